@@ -1,0 +1,512 @@
+//! Configuration: `config.toml` < environment (`WSBRIDGE_*`) < command line.
+//!
+//! The file is parsed into raw structs whose defaults are written once, beside each field
+//! (`impl Default`). Every key also has an environment name derived from its path — section,
+//! sub-section and key joined by `_`, upper-cased, after `WSBRIDGE_` — found by walking the
+//! default tree, so a new key gets its variable for free. Environment values are read as TOML
+//! literals (`42`, `true`, `["a","b"]`) and fall back to plain strings. The merged tree is then
+//! validated into the typed [`Config`]. The environment is passed in, never read here, so tests
+//! never touch the process environment.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::simulator::faults::FaultConfig;
+use crate::simulator::latency::{LatencyModel, LatencyProfile};
+
+/// Everything that can be wrong with a configuration; `main` exits with status 64 on any.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Merged(String),
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The raw file layout. Unknown keys are errors, so a typo never silently does nothing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub log: RawLog,
+    pub simulator: RawSimulator,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawServer {
+    /// Address the proxy listens on.
+    pub listen: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `wsbridge=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSimulator {
+    pub listen: String,
+    /// Bearer keys the simulator accepts; empty accepts any non-empty key.
+    pub accepted_keys: Vec<String>,
+    /// Seconds a WebSocket may live before `websocket_connection_limit_reached`.
+    pub max_connection_age_secs: u64,
+    /// Words in a text answer (before the context digest).
+    pub answer_words: u32,
+    /// Function calls the tool-loop script makes before it answers.
+    pub tool_calls: u32,
+    /// Responses in flight per socket across all lanes.
+    pub max_in_flight: u32,
+    /// Distinct named `stream_id` lanes per socket.
+    pub max_named_lanes: u32,
+    /// Largest WebSocket message or REST body accepted, in bytes.
+    pub max_frame_bytes: u64,
+    /// `store=true` responses kept for hydration (oldest dropped first).
+    pub store_capacity: u32,
+    /// Per-turn records kept in the stats (totals are never dropped).
+    pub stats_turn_capacity: u32,
+    pub latency: RawLatency,
+    pub faults: FaultConfig,
+}
+
+impl Default for RawSimulator {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9100".into(),
+            accepted_keys: Vec::new(),
+            max_connection_age_secs: 3600,
+            answer_words: 12,
+            tool_calls: 1,
+            max_in_flight: 16,
+            max_named_lanes: 32,
+            max_frame_bytes: 64 << 20,
+            store_capacity: 10_000,
+            stats_turn_capacity: 10_000,
+            latency: RawLatency::default(),
+            faults: FaultConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLatency {
+    /// `none` (all zero), `openai` (calibrated, see README) or `custom` (the keys below).
+    pub profile: String,
+    pub ttft_ms: f64,
+    pub per_token_ms: f64,
+    pub uncached_per_kib_ms: f64,
+    pub hydrate_ms: f64,
+}
+
+impl Default for RawLatency {
+    fn default() -> Self {
+        Self {
+            profile: "none".into(),
+            ttft_ms: 0.0,
+            per_token_ms: 0.0,
+            uncached_per_kib_ms: 0.0,
+            hydrate_ms: 0.0,
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub simulator: SimulatorConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// Everything the simulator needs; tests build it with `SimulatorConfig::default()` and
+/// adjust fields directly.
+#[derive(Debug, Clone)]
+pub struct SimulatorConfig {
+    pub listen: SocketAddr,
+    pub accepted_keys: Vec<String>,
+    pub max_connection_age: Duration,
+    pub answer_words: u32,
+    pub tool_calls: u32,
+    pub max_in_flight: usize,
+    pub max_named_lanes: usize,
+    pub max_frame_bytes: usize,
+    pub store_capacity: usize,
+    pub stats_turn_capacity: usize,
+    pub latency: LatencyModel,
+    pub faults: FaultConfig,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        // The defaults are the raw defaults, validated: one source of truth.
+        #[expect(
+            clippy::expect_used,
+            reason = "the built-in defaults are valid by construction; a test checks it"
+        )]
+        let config =
+            validate_simulator(RawSimulator::default()).expect("default simulator config is valid");
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..config
+        }
+    }
+}
+
+/// Where a configuration comes from.
+#[derive(Debug, Default)]
+pub struct Sources {
+    /// A config file to read; `None` means built-in defaults only.
+    pub file: Option<PathBuf>,
+    /// `(name, value)` pairs of the environment; only `WSBRIDGE_*` names are read.
+    pub env: Vec<(String, String)>,
+    /// Command-line overrides as `(dotted.key, value)`, applied last.
+    pub overrides: Vec<(&'static str, String)>,
+}
+
+impl Config {
+    /// Reads, merges and validates a configuration.
+    pub fn load(sources: Sources) -> Result<Self, ConfigError> {
+        let mut tree = match &sources.file {
+            Some(path) => read_file(path)?,
+            None => toml::Table::new(),
+        };
+        let names = env_names();
+        for (name, value) in &sources.env {
+            if !name.starts_with(ENV_PREFIX) {
+                continue;
+            }
+            match names.get(name) {
+                Some(path) => set_path(&mut tree, path, literal(value)),
+                None => {
+                    tracing::warn!(variable = %name, "ignoring unknown WSBRIDGE_ environment variable")
+                }
+            }
+        }
+        for (dotted, value) in &sources.overrides {
+            let path: Vec<String> = dotted.split('.').map(str::to_owned).collect();
+            set_path(&mut tree, &path, literal(value));
+        }
+        let raw: RawConfig = toml::Value::Table(tree)
+            .try_into()
+            .map_err(|error: toml::de::Error| ConfigError::Merged(error.message().to_owned()))?;
+        validate(raw)
+    }
+}
+
+const ENV_PREFIX: &str = "WSBRIDGE_";
+
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    text.parse::<toml::Table>()
+        .map_err(|error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: error.to_string(),
+        })
+}
+
+/// Every leaf key of the default tree, by its environment variable name.
+pub fn env_names() -> BTreeMap<String, Vec<String>> {
+    fn walk(
+        table: &toml::Table,
+        prefix: &mut Vec<String>,
+        out: &mut BTreeMap<String, Vec<String>>,
+    ) {
+        for (key, value) in table {
+            prefix.push(key.clone());
+            match value {
+                toml::Value::Table(inner) => walk(inner, prefix, out),
+                _ => {
+                    let name = format!("{ENV_PREFIX}{}", prefix.join("_").to_uppercase());
+                    out.insert(name, prefix.clone());
+                }
+            }
+            prefix.pop();
+        }
+    }
+    let mut out = BTreeMap::new();
+    if let Ok(toml::Value::Table(defaults)) = toml::Value::try_from(RawConfig::default()) {
+        walk(&defaults, &mut Vec::new(), &mut out);
+    }
+    out
+}
+
+/// A value from the environment or the command line: a TOML literal, else a string.
+fn literal(text: &str) -> toml::Value {
+    format!("v = {text}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut table| table.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_owned()))
+}
+
+fn set_path(tree: &mut toml::Table, path: &[String], value: toml::Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut table = tree;
+    for key in parents {
+        let entry = table
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(inner) = entry else {
+            return;
+        };
+        table = inner;
+    }
+    table.insert(last.clone(), value);
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    Ok(Config {
+        server: ServerConfig {
+            listen: parse_addr("server.listen", &raw.server.listen)?,
+        },
+        log: LogConfig {
+            format: match raw.log.format.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        key: "log.format",
+                        message: format!("`{other}` (expected `text` or `json`)"),
+                    });
+                }
+            },
+            level: raw.log.level,
+        },
+        simulator: validate_simulator(raw.simulator)?,
+    })
+}
+
+fn validate_simulator(raw: RawSimulator) -> Result<SimulatorConfig, ConfigError> {
+    let positive = |key: &'static str, value: u64| {
+        if value == 0 {
+            Err(ConfigError::Invalid {
+                key,
+                message: "must be at least 1".into(),
+            })
+        } else {
+            Ok(value)
+        }
+    };
+    let profile = match raw.latency.profile.as_str() {
+        "none" => LatencyProfile::None,
+        "openai" => LatencyProfile::OpenAi,
+        "custom" => LatencyProfile::Custom,
+        other => {
+            return Err(ConfigError::Invalid {
+                key: "simulator.latency.profile",
+                message: format!("`{other}` (expected `none`, `openai` or `custom`)"),
+            });
+        }
+    };
+    let latency = LatencyModel::from_profile(
+        profile,
+        [
+            ("simulator.latency.ttft_ms", raw.latency.ttft_ms),
+            ("simulator.latency.per_token_ms", raw.latency.per_token_ms),
+            (
+                "simulator.latency.uncached_per_kib_ms",
+                raw.latency.uncached_per_kib_ms,
+            ),
+            ("simulator.latency.hydrate_ms", raw.latency.hydrate_ms),
+        ],
+    )
+    .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+    raw.faults
+        .validate()
+        .map_err(|message| ConfigError::Invalid {
+            key: "simulator.faults",
+            message,
+        })?;
+    Ok(SimulatorConfig {
+        listen: parse_addr("simulator.listen", &raw.listen)?,
+        accepted_keys: raw.accepted_keys,
+        max_connection_age: Duration::from_secs(positive(
+            "simulator.max_connection_age_secs",
+            raw.max_connection_age_secs,
+        )?),
+        answer_words: raw.answer_words,
+        tool_calls: raw.tool_calls,
+        max_in_flight: positive("simulator.max_in_flight", raw.max_in_flight.into())? as usize,
+        max_named_lanes: raw.max_named_lanes as usize,
+        max_frame_bytes: positive("simulator.max_frame_bytes", raw.max_frame_bytes)? as usize,
+        store_capacity: raw.store_capacity as usize,
+        stats_turn_capacity: raw.stats_turn_capacity as usize,
+        latency,
+        faults: raw.faults,
+    })
+}
+
+fn parse_addr(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| ConfigError::Invalid {
+        key,
+        message: format!("`{text}` is not an address like 127.0.0.1:8080"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file_text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("wsbridge-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{:x}.toml", file_text.len() * 31 + env.len()));
+        std::fs::write(&path, file_text).unwrap();
+        Config::load(Sources {
+            file: Some(path),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            overrides: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn shipped_config_toml_parses_and_equals_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let shipped: RawConfig = toml::from_str(&text).unwrap();
+        let shipped = toml::Value::try_from(shipped).unwrap();
+        let defaults = toml::Value::try_from(RawConfig::default()).unwrap();
+        assert_eq!(
+            shipped, defaults,
+            "config.toml must show every default as it is"
+        );
+        Config::load(Sources {
+            file: Some(path),
+            ..Sources::default()
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn shipped_config_toml_documents_every_key() {
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml"))
+                .unwrap();
+        for name in env_names().keys() {
+            assert!(
+                text.contains(name.as_str()),
+                "config.toml does not mention {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn environment_overrides_file_and_reads_toml_literals() {
+        let config = load(
+            "[simulator]\ntool_calls = 3\n",
+            &[
+                ("WSBRIDGE_SIMULATOR_TOOL_CALLS", "7"),
+                ("WSBRIDGE_SIMULATOR_ACCEPTED_KEYS", r#"["sk-a","sk-b"]"#),
+                ("WSBRIDGE_SERVER_LISTEN", "0.0.0.0:9"),
+                ("WSBRIDGE_SIMULATOR_LATENCY_TTFT_MS", "12.5"),
+                ("WSBRIDGE_SIMULATOR_LATENCY_PROFILE", "custom"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.simulator.tool_calls, 7);
+        assert_eq!(config.simulator.accepted_keys, ["sk-a", "sk-b"]);
+        assert_eq!(config.server.listen.to_string(), "0.0.0.0:9");
+        assert_eq!(config.simulator.latency.ttft, Duration::from_micros(12_500));
+    }
+
+    #[test]
+    fn command_line_overrides_environment() {
+        let config = Config::load(Sources {
+            file: None,
+            env: vec![("WSBRIDGE_SERVER_LISTEN".into(), "127.0.0.1:1".into())],
+            overrides: vec![("server.listen", "127.0.0.1:2".into())],
+        })
+        .unwrap();
+        assert_eq!(config.server.listen.port(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_clear_errors() {
+        let error = load("[simulator]\ntool_cals = 3\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("tool_cals"), "{error}");
+        let error = load("[server]\nlisten = \"nowhere\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("server.listen"), "{error}");
+        let error = load("[simulator.latency]\nprofile = \"fast\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("simulator.latency.profile"), "{error}");
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let config = Config::load(Sources::default()).unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            config.simulator.max_connection_age,
+            Duration::from_secs(3600)
+        );
+        assert_eq!(SimulatorConfig::default().listen.port(), 0);
+    }
+}

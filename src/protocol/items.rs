@@ -1,0 +1,233 @@
+//! The canonical form of a conversation item: what "the same item" means when a client sends
+//! back, in whatever shape its SDK produced, an item the API returned (DESIGN.md §3).
+//!
+//! [`write_canonical`] writes a self-delimiting byte encoding that is equal for equal items, so
+//! callers hash it with whatever hasher they need (the simulator a fixed one, the continuation
+//! index a keyed one). Rules:
+//! - message: role + content parts; a string `content` equals one text part; `input_text` and
+//!   `output_text` parts compare by text; `id`, `status`, `annotations`, `logprobs`, `phase`
+//!   and an absent `type` are ignored;
+//! - `function_call`: `call_id`, `name`, `arguments`; `function_call_output`: `call_id`, `output`;
+//! - `reasoning`: `id`, else `encrypted_content`;
+//! - anything else: its JSON without `id`/`status`, keys sorted.
+
+use serde_json::{Map, Value};
+
+/// The class of an item, as far as matching cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemKind {
+    Message,
+    FunctionCall,
+    FunctionCallOutput,
+    Reasoning,
+    Other,
+}
+
+/// The kind of `item` (`type` absent with a `role` means a message).
+pub fn kind(item: &Value) -> ItemKind {
+    match item.get("type").and_then(Value::as_str) {
+        Some("message") => ItemKind::Message,
+        None if item.get("role").is_some() => ItemKind::Message,
+        Some("function_call") => ItemKind::FunctionCall,
+        Some("function_call_output") => ItemKind::FunctionCallOutput,
+        Some("reasoning") => ItemKind::Reasoning,
+        _ => ItemKind::Other,
+    }
+}
+
+/// Appends the canonical encoding of `item` to `out` and returns its kind.
+pub fn write_canonical(item: &Value, out: &mut Vec<u8>) -> ItemKind {
+    let kind = kind(item);
+    let field = |key: &str| item.get(key).unwrap_or(&Value::Null);
+    match kind {
+        ItemKind::Message => {
+            out.push(b'm');
+            write_str(out, field("role").as_str().unwrap_or(""));
+            match field("content") {
+                Value::String(text) => write_text_part(out, text),
+                Value::Array(parts) => {
+                    for part in parts {
+                        write_part(out, part);
+                    }
+                }
+                other => write_sorted_json(out, other),
+            }
+            out.push(b'.');
+        }
+        ItemKind::FunctionCall => {
+            out.push(b'f');
+            for key in ["call_id", "name", "arguments"] {
+                write_value(out, field(key));
+            }
+        }
+        ItemKind::FunctionCallOutput => {
+            out.push(b'o');
+            for key in ["call_id", "output"] {
+                write_value(out, field(key));
+            }
+        }
+        ItemKind::Reasoning => {
+            out.push(b'r');
+            match item.get("id") {
+                Some(id) => write_value(out, id),
+                None => write_value(out, field("encrypted_content")),
+            }
+        }
+        ItemKind::Other => {
+            out.push(b'x');
+            write_sorted_json_without(out, item, &["id", "status"]);
+        }
+    }
+    kind
+}
+
+/// The text of a message item (string content or its text parts joined), if it is a message.
+pub fn message_text(item: &Value) -> Option<String> {
+    if kind(item) != ItemKind::Message {
+        return None;
+    }
+    Some(match item.get("content") {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|part| part.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    })
+}
+
+fn write_part(out: &mut Vec<u8>, part: &Value) {
+    match part.get("type").and_then(Value::as_str) {
+        Some("input_text" | "output_text" | "text") => {
+            write_text_part(out, part.get("text").and_then(Value::as_str).unwrap_or(""));
+        }
+        Some("refusal") => {
+            out.push(b'R');
+            write_value(out, part.get("refusal").unwrap_or(&Value::Null));
+        }
+        _ => {
+            out.push(b'P');
+            write_sorted_json_without(out, part, &["annotations", "logprobs"]);
+        }
+    }
+}
+
+fn write_text_part(out: &mut Vec<u8>, text: &str) {
+    out.push(b't');
+    write_str(out, text);
+}
+
+fn write_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::String(text) => {
+            out.push(b's');
+            write_str(out, text);
+        }
+        other => write_sorted_json(out, other),
+    }
+}
+
+/// Length-prefixed, so no two different sequences of strings encode alike.
+fn write_str(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn write_sorted_json_without(out: &mut Vec<u8>, value: &Value, skip: &[&str]) {
+    match value {
+        Value::Object(map) => write_sorted_map(out, map, skip),
+        other => write_sorted_json(out, other),
+    }
+}
+
+/// JSON with object keys in sorted order, whatever order they arrived in.
+fn write_sorted_json(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Object(map) => write_sorted_map(out, map, &[]),
+        Value::Array(values) => {
+            out.push(b'[');
+            for value in values {
+                write_sorted_json(out, value);
+                out.push(b',');
+            }
+            out.push(b']');
+        }
+        Value::String(text) => {
+            out.push(b's');
+            write_str(out, text);
+        }
+        scalar => {
+            out.push(b'v');
+            write_str(out, &scalar.to_string());
+        }
+    }
+}
+
+fn write_sorted_map(out: &mut Vec<u8>, map: &Map<String, Value>, skip: &[&str]) {
+    let mut keys: Vec<&String> = map
+        .keys()
+        .filter(|key| !skip.contains(&key.as_str()))
+        .collect();
+    keys.sort_unstable();
+    out.push(b'{');
+    for key in keys {
+        write_str(out, key);
+        write_sorted_json(out, &map[key.as_str()]);
+    }
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn canon(item: Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_canonical(&item, &mut out);
+        out
+    }
+
+    #[test]
+    fn string_content_equals_typed_text_parts() {
+        let easy = canon(json!({"role":"user","content":"hi"}));
+        assert_eq!(
+            easy,
+            canon(
+                json!({"type":"message","role":"user","content":[{"type":"input_text","text":"hi"}]})
+            )
+        );
+        let returned = json!({"id":"msg_1","type":"message","status":"completed","role":"assistant",
+            "content":[{"type":"output_text","text":"hi","annotations":[],"logprobs":[]}]});
+        assert_eq!(
+            canon(returned),
+            canon(json!({"role":"assistant","content":"hi"}))
+        );
+    }
+
+    #[test]
+    fn role_text_and_arguments_are_significant() {
+        assert_ne!(
+            canon(json!({"role":"user","content":"hi"})),
+            canon(json!({"role":"assistant","content":"hi"}))
+        );
+        assert_ne!(
+            canon(json!({"role":"user","content":"hi"})),
+            canon(json!({"role":"user","content":"ho"}))
+        );
+        let call = |args: &str| {
+            canon(json!({"type":"function_call","call_id":"c","name":"f","arguments":args}))
+        };
+        assert_ne!(call("{}"), call("{\"a\":1}"));
+    }
+
+    #[test]
+    fn other_items_ignore_key_order_id_and_status() {
+        let a = canon(
+            json!({"type":"web_search_call","id":"ws_1","status":"completed","action":{"q":"x","k":1}}),
+        );
+        let b = canon(json!({"action":{"k":1,"q":"x"},"type":"web_search_call"}));
+        assert_eq!(a, b);
+    }
+}

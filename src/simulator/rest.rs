@@ -1,0 +1,241 @@
+//! The REST transport: `POST /v1/responses` (SSE when `stream: true`, else the Response JSON),
+//! `GET /v1/responses/{id}` for stored responses, and the simulator's own `/sim/*` endpoints.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use super::Shared;
+use super::faults::FaultConfig;
+use super::stats::{Outcome, Transport};
+use super::turn::{self, Sink};
+use crate::ids;
+use crate::protocol::{OpenAiError, sse};
+
+pub(super) async fn create(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let key = match shared.authenticate(&headers) {
+        Ok(key) => key,
+        Err(error) => return error.into_response(),
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return OpenAiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                format!(
+                    "Request body too large: the limit is {} bytes.",
+                    shared.config.max_frame_bytes
+                ),
+            )
+            .into_response();
+        }
+        Err(rejection) => {
+            return OpenAiError::invalid_request(rejection.body_text()).into_response();
+        }
+    };
+    let request: Map<String, Value> = match serde_json::from_slice(&body) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => {
+            return OpenAiError::invalid_request("The request body must be a JSON object.")
+                .into_response();
+        }
+        Err(_) => return OpenAiError::unparseable_json().into_response(),
+    };
+    let stream = match request.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(stream)) => *stream,
+        Some(_) => {
+            return OpenAiError::invalid_request("Invalid type for 'stream': expected a boolean.")
+                .with_param("stream")
+                .with_code("invalid_type")
+                .into_response();
+        }
+    };
+
+    let mut record = turn::record(Transport::Rest, None, &key, &request, body.len());
+    let prepared = match turn::prepare(&shared, request, Transport::Rest, |_| None) {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            record.error_code = error.code.clone();
+            shared.stats.turn(record);
+            return error.into_response();
+        }
+    };
+    record.hydrated = prepared.parent.is_some();
+    record.response_id = Some(prepared.id.clone());
+    if let Some((status, code)) = &prepared.directives.error {
+        record.error_code = Some(code.clone());
+        shared.stats.turn(record);
+        return OpenAiError::for_status(*status, code).into_response();
+    }
+
+    if stream {
+        let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+        let task_shared = shared.clone();
+        shared.tasks.spawn(async move {
+            let mut sink = SseSink(tx.clone());
+            let played =
+                turn::play(&task_shared, &prepared, &mut sink, &task_shared.shutdown).await;
+            if played.outcome == Outcome::Closed {
+                drop_connection(&tx).await;
+            }
+            record.outcome = played.outcome;
+            task_shared.stats.turn(record);
+        });
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        return (
+            [
+                (header::CONTENT_TYPE, "text/event-stream; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            Body::from_stream(body),
+        )
+            .into_response();
+    }
+
+    let played = turn::play(&shared, &prepared, &mut Discard, &shared.shutdown).await;
+    record.outcome = played.outcome;
+    shared.stats.turn(record);
+    let mut response = match played.outcome {
+        Outcome::Completed | Outcome::Incomplete => json(StatusCode::OK, &played.response),
+        Outcome::Failed => {
+            let error = &played.response["error"];
+            let code = error["code"].as_str().unwrap_or("server_error");
+            let mut failure = OpenAiError::for_status(StatusCode::INTERNAL_SERVER_ERROR, code);
+            if let Some(message) = error["message"].as_str() {
+                failure.message = message.to_owned();
+            }
+            failure.into_response()
+        }
+        Outcome::Closed | Outcome::Error => {
+            let dropped = futures_util::stream::once(async {
+                Err::<Bytes, _>(std::io::Error::other("simulated connection drop"))
+            });
+            Body::from_stream(dropped).into_response()
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&started.elapsed().as_millis().to_string()) {
+        response.headers_mut().insert("openai-processing-ms", value);
+    }
+    response
+}
+
+/// Breaks the body off (no terminal event, no clean end) after the events already sent.
+///
+/// hyper discards what it has buffered but not written when a body fails, so first wait until
+/// it has taken every queued event and had a moment to flush them; a real connection drop
+/// loses nothing that was already on the wire either.
+async fn drop_connection(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>) {
+    while tx.capacity() < tx.max_capacity() && !tx.is_closed() {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let _ = tx
+        .send(Err(std::io::Error::other("simulated connection drop")))
+        .await;
+}
+
+struct SseSink(mpsc::Sender<Result<Bytes, std::io::Error>>);
+
+impl Sink for SseSink {
+    async fn send(&mut self, event: String) -> bool {
+        let kind = sse::event_type(&event).unwrap_or_default();
+        self.0.send(Ok(sse::frame(&kind, &event))).await.is_ok()
+    }
+}
+
+/// Plays a non-streaming turn: the events are not sent anywhere, only timed.
+struct Discard;
+
+impl Sink for Discard {
+    async fn send(&mut self, _event: String) -> bool {
+        true
+    }
+}
+
+pub(super) async fn retrieve(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(error) = shared.authenticate(&headers) {
+        return error.into_response();
+    }
+    match shared.store.get(&id) {
+        Some(stored) => json(StatusCode::OK, &stored.response),
+        None => OpenAiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("Response with id '{id}' not found."),
+        )
+        .into_response(),
+    }
+}
+
+pub(super) async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    json(StatusCode::OK, &shared.stats.snapshot())
+}
+
+pub(super) async fn faults(State(shared): State<Arc<Shared>>) -> Response {
+    json(StatusCode::OK, &shared.faults.config())
+}
+
+pub(super) async fn set_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let config: FaultConfig = match serde_json::from_slice(&body) {
+        Ok(config) => config,
+        Err(error) => {
+            return OpenAiError::invalid_request(format!("Invalid fault config: {error}"))
+                .into_response();
+        }
+    };
+    match shared.faults.set(config) {
+        Ok(()) => json(StatusCode::OK, &shared.faults.config()),
+        Err(why) => OpenAiError::invalid_request(why).into_response(),
+    }
+}
+
+pub(super) async fn not_found(method: Method, uri: Uri) -> Response {
+    OpenAiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!("Invalid URL ({method} {})", uri.path()),
+    )
+    .into_response()
+}
+
+/// Headers every OpenAI response carries.
+pub(super) async fn common_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    if let Ok(id) = HeaderValue::from_str(&ids::new_id("req")) {
+        headers.insert("x-request-id", id);
+    }
+    headers.insert("openai-version", HeaderValue::from_static("2020-10-01"));
+    response
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response {
+    match serde_json::to_string(value) {
+        Ok(text) => (status, [(header::CONTENT_TYPE, "application/json")], text).into_response(),
+        Err(error) => OpenAiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            error.to_string(),
+        )
+        .into_response(),
+    }
+}

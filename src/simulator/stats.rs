@@ -1,0 +1,200 @@
+//! Counters that tests and benchmarks read: sockets by key, and a record of every turn (how
+//! many input items and bytes it received, whether it continued from the socket's memory).
+//! Exposed by `SimulatorHandle::stats` and as JSON at `GET /sim/stats`.
+//!
+//! Every change bumps a watch channel, so a test can wait for a condition
+//! (`SimulatorHandle::wait_for`) instead of sleeping.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Ws,
+    Rest,
+}
+
+/// How a turn ended, as the client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Completed,
+    Incomplete,
+    Failed,
+    /// A request-scoped `error` (WS event or REST status) before any response event.
+    Error,
+    /// The connection was dropped before a terminal event (a fault, or the client left).
+    Closed,
+}
+
+/// One turn, as the upstream received and answered it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TurnRecord {
+    /// 0-based position among all turns the simulator has seen.
+    pub index: u64,
+    pub transport: Transport,
+    /// The WebSocket that carried it (`None` for REST).
+    pub socket: Option<u64>,
+    pub key: String,
+    pub stream_id: Option<String>,
+    pub model: Option<String>,
+    /// Items in the request's `input` (a string counts as one).
+    pub input_items: usize,
+    /// Bytes of the request frame or body.
+    pub bytes: usize,
+    pub previous_response_id: Option<String>,
+    /// `previous_response_id` was found in this socket's memory.
+    pub continued: bool,
+    /// `previous_response_id` was loaded from the persisted store.
+    pub hydrated: bool,
+    /// A `generate: false` warm-up.
+    pub warmup: bool,
+    pub outcome: Outcome,
+    pub response_id: Option<String>,
+    pub error_code: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KeyStats {
+    pub sockets_opened: u64,
+    pub sockets_closed: u64,
+    pub turns: u64,
+}
+
+/// A point-in-time copy of all counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StatsSnapshot {
+    pub sockets_opened: u64,
+    pub sockets_closed: u64,
+    pub sockets_open: u64,
+    pub upgrades_refused: u64,
+    pub turns_total: u64,
+    pub bytes_received_total: u64,
+    pub keys: BTreeMap<String, KeyStats>,
+    /// The most recent turns (up to `stats_turn_capacity`), oldest first.
+    pub turns: Vec<TurnRecord>,
+}
+
+impl StatsSnapshot {
+    /// Turns carried by socket `id`, in order.
+    pub fn turns_on(&self, socket: u64) -> impl Iterator<Item = &TurnRecord> {
+        self.turns
+            .iter()
+            .filter(move |turn| turn.socket == Some(socket))
+    }
+
+    /// Distinct sockets that carried a turn for `key`.
+    pub fn sockets_for(&self, key: &str) -> std::collections::BTreeSet<u64> {
+        self.turns
+            .iter()
+            .filter(|turn| turn.key == key)
+            .filter_map(|turn| turn.socket)
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+pub struct Stats {
+    capacity: usize,
+    inner: Mutex<Inner>,
+    version: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    totals: StatsSnapshot,
+    turns: VecDeque<TurnRecord>,
+    next_socket: u64,
+}
+
+impl Stats {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            inner: Mutex::default(),
+            version: watch::Sender::new(0),
+        }
+    }
+
+    /// Registers a new socket for `key` and returns its id.
+    pub fn socket_opened(&self, key: &str) -> u64 {
+        self.update(|inner| {
+            inner.next_socket += 1;
+            inner.totals.sockets_opened += 1;
+            inner.totals.sockets_open += 1;
+            inner
+                .totals
+                .keys
+                .entry(key.to_owned())
+                .or_default()
+                .sockets_opened += 1;
+            inner.next_socket
+        })
+    }
+
+    pub fn socket_closed(&self, key: &str) {
+        self.update(|inner| {
+            inner.totals.sockets_closed += 1;
+            inner.totals.sockets_open = inner.totals.sockets_open.saturating_sub(1);
+            inner
+                .totals
+                .keys
+                .entry(key.to_owned())
+                .or_default()
+                .sockets_closed += 1;
+        });
+    }
+
+    pub fn upgrade_refused(&self) {
+        self.update(|inner| inner.totals.upgrades_refused += 1);
+    }
+
+    /// Records a finished turn; `record.index` is assigned here.
+    pub fn turn(&self, mut record: TurnRecord) {
+        self.update(|inner| {
+            record.index = inner.totals.turns_total;
+            inner.totals.turns_total += 1;
+            inner.totals.bytes_received_total += record.bytes as u64;
+            inner
+                .totals
+                .keys
+                .entry(record.key.clone())
+                .or_default()
+                .turns += 1;
+            if self.capacity > 0 {
+                if inner.turns.len() == self.capacity {
+                    inner.turns.pop_front();
+                }
+                inner.turns.push_back(record);
+            }
+        });
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let inner = self.lock();
+        StatsSnapshot {
+            turns: inner.turns.iter().cloned().collect(),
+            ..inner.totals.clone()
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    fn update<T>(&self, change: impl FnOnce(&mut Inner) -> T) -> T {
+        let out = change(&mut self.lock());
+        self.version.send_modify(|version| *version += 1);
+        out
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

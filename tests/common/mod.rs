@@ -1,0 +1,281 @@
+//! Test clients for the simulator (and later the proxy): plain HTTP with hyper, SSE parsing
+//! that checks the framing, and a WebSocket client that reads whole turns.
+
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
+use wsbridge::config::SimulatorConfig;
+use wsbridge::simulator::{Simulator, SimulatorHandle};
+
+pub const KEY: &str = "sk-test-key";
+/// Long enough for anything these tests do on a loaded 2-core machine; only failures wait it out.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub async fn simulator(config: SimulatorConfig) -> SimulatorHandle {
+    Simulator::spawn(config).await.unwrap()
+}
+
+pub async fn default_simulator() -> SimulatorHandle {
+    simulator(SimulatorConfig::default()).await
+}
+
+/// A complete HTTP response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// Parses an SSE body, asserting OpenAI's framing on every event.
+    pub fn events(&self) -> Vec<Value> {
+        parse_sse(&self.body)
+    }
+}
+
+/// `event: T\ndata: JSON\n\n` for every event, `T` equal to the JSON `type`, no `[DONE]`.
+pub fn parse_sse(body: &str) -> Vec<Value> {
+    assert!(
+        body.ends_with("\n\n"),
+        "an SSE body ends with a blank line: {body:?}"
+    );
+    assert!(
+        !body.contains("[DONE]"),
+        "the Responses API never sends [DONE]"
+    );
+    body.split("\n\n")
+        .filter(|block| !block.is_empty() && !block.starts_with(':'))
+        .map(|block| {
+            let mut lines = block.lines();
+            let event = lines
+                .next()
+                .and_then(|l| l.strip_prefix("event: "))
+                .expect("event: line first");
+            let data = lines
+                .next()
+                .and_then(|l| l.strip_prefix("data: "))
+                .expect("data: line second");
+            assert!(
+                lines.next().is_none(),
+                "exactly two lines per event: {block:?}"
+            );
+            let value: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(value["type"], event, "event: must equal the JSON type");
+            value
+        })
+        .collect()
+}
+
+pub async fn request(method: &str, url: &str, key: Option<&str>, body: Option<String>) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut builder = hyper::Request::builder().method(method).uri(url);
+    if let Some(key) = key {
+        builder = builder.header("authorization", format!("Bearer {key}"));
+    }
+    if body.is_some() {
+        builder = builder.header("content-type", "application/json");
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .unwrap();
+    let response = tokio::time::timeout(PATIENCE, client.request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
+        .await
+        .unwrap();
+    let body = String::from_utf8(body.unwrap().to_bytes().to_vec()).unwrap();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Like [`request`] but tolerates a body that breaks off: returns what arrived and whether
+/// the body ended cleanly.
+pub async fn request_partial(url: &str, body: &Value) -> (u16, String, bool) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let request = hyper::Request::post(url)
+        .header("authorization", format!("Bearer {KEY}"))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = tokio::time::timeout(PATIENCE, client.request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    let clean = loop {
+        match tokio::time::timeout(PATIENCE, body.frame()).await.unwrap() {
+            None => break true,
+            Some(Err(_)) => break false,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    text.extend_from_slice(&data);
+                }
+            }
+        }
+    };
+    (status, String::from_utf8(text).unwrap(), clean)
+}
+
+pub async fn post_json(base_url: &str, body: &Value) -> Reply {
+    request(
+        "POST",
+        &format!("{base_url}/responses"),
+        Some(KEY),
+        Some(body.to_string()),
+    )
+    .await
+}
+
+/// A WebSocket client speaking Responses WebSocket mode.
+pub struct Ws {
+    pub socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+pub async fn ws_connect(url: &str, key: &str) -> Result<Ws, tungstenite::Error> {
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let (socket, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
+        .await
+        .unwrap()?;
+    Ok(Ws { socket })
+}
+
+/// What a client can observe next on a socket.
+#[derive(Debug)]
+pub enum Seen {
+    Event(Value),
+    Closed(Option<u16>),
+}
+
+impl Ws {
+    pub async fn send(&mut self, frame: Value) {
+        self.socket
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.socket
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .unwrap();
+    }
+
+    /// `{"type":"response.create", ...body}`.
+    pub async fn create(&mut self, body: Value) {
+        let mut frame = serde_json::json!({"type": "response.create"});
+        frame
+            .as_object_mut()
+            .unwrap()
+            .extend(body.as_object().unwrap().clone());
+        self.send(frame).await;
+    }
+
+    pub async fn next(&mut self) -> Seen {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.socket.next())
+                .await
+                .expect("no frame in time");
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    return Seen::Event(serde_json::from_str(&text).unwrap());
+                }
+                Some(Ok(Message::Binary(_))) => panic!("the server must never send binary frames"),
+                Some(Ok(Message::Close(frame))) => {
+                    return Seen::Closed(frame.map(|f| f.code.into()));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Seen::Closed(None),
+            }
+        }
+    }
+
+    pub async fn event(&mut self) -> Value {
+        match self.next().await {
+            Seen::Event(event) => event,
+            Seen::Closed(code) => panic!("socket closed ({code:?}) while an event was expected"),
+        }
+    }
+
+    /// Events up to and including a terminal event or a request-scoped `error`.
+    pub async fn turn(&mut self) -> Vec<Value> {
+        let mut events = Vec::new();
+        loop {
+            let event = self.event().await;
+            let done = is_terminal(&event);
+            events.push(event);
+            if done {
+                return events;
+            }
+        }
+    }
+
+    /// Events until the server closes the socket, and the close code.
+    pub async fn until_closed(&mut self) -> (Vec<Value>, Option<u16>) {
+        let mut events = Vec::new();
+        loop {
+            match self.next().await {
+                Seen::Event(event) => events.push(event),
+                Seen::Closed(code) => return (events, code),
+            }
+        }
+    }
+}
+
+pub fn is_terminal(event: &Value) -> bool {
+    matches!(
+        event["type"].as_str(),
+        Some("response.completed" | "response.failed" | "response.incomplete" | "error")
+    )
+}
+
+pub fn types(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or("?"))
+        .collect()
+}
+
+/// The final Response object of a turn's events.
+pub fn final_response(events: &[Value]) -> &Value {
+    &events.last().expect("no events")["response"]
+}
+
+/// The text of the first message in a Response object's output.
+pub fn output_text(response: &Value) -> String {
+    response["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|item| item["type"] == "message")
+        .flat_map(|item| item["content"].as_array().unwrap().iter())
+        .filter_map(|part| part["text"].as_str())
+        .collect()
+}
