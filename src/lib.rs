@@ -12,9 +12,11 @@
 //! - [`protocol`]: OpenAI error bodies, SSE framing, canonical conversation items;
 //! - [`simulator`]: the upstream simulator (`wsbridge simulate`, and in-process for tests);
 //! - [`telemetry`]: logging setup;
+//! - [`health`]: the container health probe (`wsbridge health`);
 //! - [`shutdown`]: turning process signals into a cancellation token.
 
 pub mod config;
+pub mod health;
 pub mod ids;
 pub mod protocol;
 pub mod shutdown;

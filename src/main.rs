@@ -41,6 +41,11 @@ enum Command {
         #[arg(long)]
         latency_profile: Option<String>,
     },
+    /// Probe a running wsbridge (for container health checks): exit 0 when URL answers 200.
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
 }
 
 /// Exit status for a bad configuration (EX_USAGE).
@@ -48,6 +53,15 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Health { url }) = &cli.command {
+        return match wsbridge::health::probe(url, std::time::Duration::from_secs(3)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("wsbridge health: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let command = cli.command.unwrap_or(Command::Serve { listen: None });
     let mut overrides = Vec::new();
     if let Some(format) = cli.log_format {
@@ -66,6 +80,7 @@ fn main() -> ExitCode {
                     .map(|p| ("simulator.latency.profile", p)),
             );
         }
+        Command::Health { .. } => {}
     }
     let default_file = PathBuf::from("config.toml");
     let file = cli
@@ -103,6 +118,7 @@ fn main() -> ExitCode {
                 shutdown.cancelled().await;
                 handle.shutdown().await;
             }
+            Command::Health { .. } => {}
             Command::Serve { .. } => {
                 let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
                 tracing::info!("proxy listening on http://{}", listener.local_addr()?);

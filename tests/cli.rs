@@ -96,3 +96,23 @@ fn a_bad_configuration_exits_with_status_64_and_says_why() {
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
 }
+
+#[tokio::test]
+async fn serve_answers_healthz_and_the_health_probe_agrees() {
+    let (mut child, addr) = start(&["serve", "--listen", "127.0.0.1:0"]);
+    let reply = common::request("GET", &format!("http://{addr}/healthz"), None, None).await;
+    assert_eq!(reply.status, 200);
+    let probe = |url: String| {
+        Command::new(env!("CARGO_BIN_EXE_wsbridge"))
+            .args(["health", "--url", &url])
+            .status()
+            .unwrap()
+    };
+    assert!(probe(format!("http://{addr}/healthz")).success());
+    assert!(!probe(format!("http://{addr}/nope")).success());
+    assert_eq!(terminate(&mut child).code(), Some(0));
+    assert!(
+        !probe(format!("http://{addr}/healthz")).success(),
+        "nothing listens after exit"
+    );
+}

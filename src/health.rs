@@ -1,0 +1,42 @@
+//! `wsbridge health`: a dependency-free HTTP probe for container health checks (the runtime
+//! image has no curl). Exit status 0 when `GET URL` answers 200.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Sends `GET` to an `http://host:port/path` URL and succeeds on a 200.
+pub fn probe(url: &str, timeout: Duration) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let addr = authority
+        .to_socket_addrs()
+        .map_err(|error| format!("{authority}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("{authority}: no address"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|error| format!("{addr}: {error}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|error| error.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|error| error.to_string())?;
+    let mut head = [0u8; 12];
+    stream
+        .read_exact(&mut head)
+        .map_err(|error| format!("{addr}: {error}"))?;
+    match &head[9..12] {
+        b"200" => Ok(()),
+        status => Err(format!(
+            "{url} answered {}",
+            String::from_utf8_lossy(status)
+        )),
+    }
+}
