@@ -12,7 +12,8 @@ COPY --from=build /src/target/release/wsbridge /usr/local/bin/wsbridge
 COPY config.toml /etc/wsbridge/config.toml
 ENV WSBRIDGE_SERVER_LISTEN=0.0.0.0:8080
 EXPOSE 8080
-USER nonroot
+# 65532 is distroless's `nonroot` user.
+USER 65532:65532
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
   CMD ["/usr/local/bin/wsbridge", "health", "--url", "http://127.0.0.1:8080/healthz"]
 ENTRYPOINT ["/usr/local/bin/wsbridge", "--config", "/etc/wsbridge/config.toml"]
