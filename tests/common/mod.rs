@@ -80,7 +80,13 @@ pub fn parse_sse(body: &str) -> Vec<Value> {
         .collect()
 }
 
-pub async fn request(method: &str, url: &str, key: Option<&str>, body: Option<String>) -> Reply {
+/// Sends one request and returns the response with its body still streaming.
+async fn send(
+    method: &str,
+    url: &str,
+    key: Option<&str>,
+    body: Option<String>,
+) -> hyper::Response<hyper::body::Incoming> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut builder = hyper::Request::builder().method(method).uri(url);
     if let Some(key) = key {
@@ -92,10 +98,14 @@ pub async fn request(method: &str, url: &str, key: Option<&str>, body: Option<St
     let request = builder
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .unwrap();
-    let response = tokio::time::timeout(PATIENCE, client.request(request))
+    tokio::time::timeout(PATIENCE, client.request(request))
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+}
+
+pub async fn request(method: &str, url: &str, key: Option<&str>, body: Option<String>) -> Reply {
+    let response = send(method, url, key, body).await;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
@@ -112,15 +122,7 @@ pub async fn request(method: &str, url: &str, key: Option<&str>, body: Option<St
 /// Like [`request`] but tolerates a body that breaks off: returns what arrived and whether
 /// the body ended cleanly.
 pub async fn request_partial(url: &str, body: &Value) -> (u16, String, bool) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let request = hyper::Request::post(url)
-        .header("authorization", format!("Bearer {KEY}"))
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let response = tokio::time::timeout(PATIENCE, client.request(request))
-        .await
-        .unwrap()
-        .unwrap();
+    let response = send("POST", url, Some(KEY), Some(body.to_string())).await;
     let status = response.status().as_u16();
     let mut body = response.into_body();
     let mut text = Vec::new();
