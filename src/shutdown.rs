@@ -8,8 +8,9 @@ pub fn on_signal() -> CancellationToken {
     let trigger = token.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown signal received");
+        // Cancel before logging: if stderr is gone, the log line must not stand in the way.
         trigger.cancel();
+        tracing::info!("shutdown signal received");
     });
     token
 }

@@ -794,6 +794,35 @@ async fn close_mid_stream_drops_the_socket_without_a_terminal_event() {
 }
 
 #[tokio::test]
+async fn close_mid_stream_also_closes_reasoning_turns() {
+    let sim = default_simulator().await;
+    let mut ws = ws_connect(&sim.ws_url(), KEY).await.unwrap();
+    ws.create(
+        json!({"model": "gpt-test", "input": "x", "reasoning": {"effort": "medium"},
+                     "metadata": {"sim_fault": "close_mid_stream"}}),
+    )
+    .await;
+    let (events, _) = ws.until_closed().await;
+    assert!(!events.iter().any(is_terminal), "{:?}", types(&events));
+}
+
+#[tokio::test]
+async fn oversized_scripts_are_refused() {
+    let sim = default_simulator().await;
+    for metadata in [
+        json!({"sim_words": "4000000000"}),
+        json!({"sim_fault": "keepalive:4000000000"}),
+    ] {
+        let reply = post_json(
+            &sim.base_url(),
+            &json!({"model": "gpt-test", "input": "x", "metadata": metadata}),
+        )
+        .await;
+        assert_eq!(reply.status, 400, "{metadata}");
+    }
+}
+
+#[tokio::test]
 async fn close_mid_stream_breaks_a_rest_stream_off() {
     let sim = default_simulator().await;
     let body = json!({"model": "gpt-test", "input": "x", "stream": true, "metadata": {"sim_fault": "close_mid_stream"}});

@@ -116,10 +116,8 @@ pub fn script(input: &ScriptInput<'_>) -> Script {
         };
     }
 
-    let total_tokens: u32 = input.plan.items.iter().map(|item| item.tokens()).sum();
-    let close_at = directives
-        .close_mid_stream
-        .then_some((total_tokens / 2).max(1));
+    let deltas: u32 = input.plan.items.iter().map(PlannedItem::deltas).sum();
+    let close_at = directives.close_mid_stream.then_some((deltas / 2).max(1));
     for (index, item) in input.plan.items.iter().enumerate() {
         if out.item(index, item, directives, close_at) {
             return closed(out.steps);

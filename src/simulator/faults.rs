@@ -99,7 +99,11 @@ impl Directives {
             ("stall_before", [_]) => self.stall_before = millis(args.first())?,
             ("stall_within", [_]) => self.stall_within = millis(args.first())?,
             ("keepalive", [count, rest @ ..]) if rest.len() <= 1 => {
-                self.keepalives = count.parse().map_err(|_| "count must be a whole number")?;
+                self.keepalives = count
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= super::turn::MAX_SCRIPTED)
+                    .ok_or("count must be a whole number up to 100000")?;
                 if !rest.is_empty() {
                     self.keepalive_interval = millis(rest.first())?;
                 }
@@ -233,6 +237,10 @@ mod tests {
         );
         assert!(Directives::parse("explode").is_err());
         assert!(Directives::parse("error:200:ok").is_err());
+        assert!(
+            Directives::parse("keepalive:4000000000").is_err(),
+            "sizes are capped"
+        );
     }
 
     #[test]

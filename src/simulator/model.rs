@@ -87,6 +87,15 @@ impl Plan {
 }
 
 impl PlannedItem {
+    /// Delta events this item streams (reasoning tokens are hidden).
+    pub fn deltas(&self) -> u32 {
+        let chunks = match &self.body {
+            Body::Reasoning { summary, .. } => summary.as_ref().map_or(0, Vec::len),
+            Body::FunctionCall { chunks, .. } | Body::Message { chunks, .. } => chunks.len(),
+        };
+        chunks as u32
+    }
+
     pub fn tokens(&self) -> u32 {
         let chunks = match &self.body {
             Body::Reasoning {

@@ -140,11 +140,15 @@ pub(super) async fn create(
 /// hyper discards what it has buffered but not written when a body fails, so first wait until
 /// it has taken every queued event and had a moment to flush them; a real connection drop
 /// loses nothing that was already on the wire either.
+/// A client that has stopped reading never drains the queue; give up waiting after a second.
 async fn drop_connection(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>) {
-    while tx.capacity() < tx.max_capacity() && !tx.is_closed() {
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let drained = async {
+        while tx.capacity() < tx.max_capacity() && !tx.is_closed() {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drained).await;
     let _ = tx
         .send(Err(std::io::Error::other("simulated connection drop")))
         .await;

@@ -107,6 +107,20 @@ pub struct Stored {
     pub response: Value,
 }
 
+/// Unlinks the ancestors one at a time: dropping a long chain recursively would overflow the
+/// stack (a client can build one quickly with empty-input continuations).
+impl Drop for Stored {
+    fn drop(&mut self) {
+        let mut parent = self.parent.take();
+        while let Some(node) = parent {
+            parent = match Arc::try_unwrap(node) {
+                Ok(mut only_owner) => only_owner.parent.take(),
+                Err(_shared) => None,
+            };
+        }
+    }
+}
+
 impl Stored {
     /// Whether an item with `id` is part of this conversation.
     pub fn contains_item(&self, id: &str) -> bool {
@@ -218,6 +232,22 @@ mod tests {
             json!({"role":"assistant","content":"no"}),
         ]);
         assert_ne!(full.digest, other.digest);
+    }
+
+    #[test]
+    fn dropping_a_very_long_chain_does_not_overflow_the_stack() {
+        let mut head: Option<Arc<Stored>> = None;
+        for i in 0..200_000 {
+            head = Some(Arc::new(Stored {
+                id: i.to_string(),
+                model: "m".into(),
+                parent: head.take(),
+                items: Vec::new(),
+                summary: ContextSummary::default(),
+                response: Value::Null,
+            }));
+        }
+        drop(head);
     }
 
     #[test]

@@ -197,6 +197,9 @@ pub fn prepare(
     })
 }
 
+/// The largest answer length, tool-call count or keepalive count a request may ask for.
+pub const MAX_SCRIPTED: u32 = 100_000;
+
 /// `metadata.sim_*` knobs and fault directives, over the configured defaults.
 fn options(
     shared: &Shared,
@@ -210,12 +213,16 @@ fn options(
     let get = |key: &str| metadata.and_then(|m| m.get(key)).and_then(Value::as_str);
     let number = |key: &str, default: u32| -> Result<u32, OpenAiError> {
         get(key).map_or(Ok(default), |text| {
-            text.parse().map_err(|_| {
-                OpenAiError::invalid_request(format!(
-                    "metadata.{key} must be a whole number, got '{text}'."
-                ))
-                .with_param(format!("metadata.{key}"))
-            })
+            // The whole script is built up front, so client-chosen sizes are capped.
+            text.parse()
+                .ok()
+                .filter(|n| *n <= MAX_SCRIPTED)
+                .ok_or_else(|| {
+                    OpenAiError::invalid_request(format!(
+                        "metadata.{key} must be a whole number up to {MAX_SCRIPTED}, got '{text}'."
+                    ))
+                    .with_param(format!("metadata.{key}"))
+                })
         })
     };
     let settings = Settings {
