@@ -298,7 +298,11 @@ async fn tool_loop_answers_from_the_whole_conversation_after_n_outputs() {
         text.starts_with("You said: plan a trip. Tool said: result-3."),
         "{text}"
     );
-    let stats = sim.stats();
+    // Stats are recorded just after the terminal event goes out: wait for all four turns.
+    let stats = sim
+        .wait_for(|s| s.turns_total == 4, PATIENCE)
+        .await
+        .unwrap();
     assert!(
         stats.turns[1..]
             .iter()
@@ -448,7 +452,11 @@ async fn socket_cache_continues_its_latest_response_only() {
     .await;
     let second = final_response(&ws.turn().await).clone();
     assert!(output_text(&second).starts_with("You said: two."));
-    assert!(sim.stats().turns[1].continued);
+    let stats = sim
+        .wait_for(|s| s.turns_total == 2, PATIENCE)
+        .await
+        .unwrap();
+    assert!(stats.turns[1].continued);
 
     // The socket now holds only `second`; with store=false, `first` is gone.
     ws.create(json!({"model": "gpt-test", "input": "fork", "store": false, "previous_response_id": first})).await;
@@ -486,7 +494,11 @@ async fn unstored_responses_are_invisible_to_other_sockets_and_stored_ones_hydra
     b.create(json!({"model": "gpt-test", "input": "y", "previous_response_id": stored}))
         .await;
     assert_eq!(b.turn().await.last().unwrap()["type"], "response.completed");
-    let last = sim.stats().turns.last().unwrap().clone();
+    let stats = sim
+        .wait_for(|s| s.turns_total == 4, PATIENCE)
+        .await
+        .unwrap();
+    let last = stats.turns.last().unwrap();
     assert!(last.hydrated && !last.continued);
 }
 

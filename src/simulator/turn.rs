@@ -469,7 +469,35 @@ pub async fn play<S: Sink>(
         stored: None,
         response: Value::Null,
     };
-    for step in script.steps {
+    let outcome = match script.terminal {
+        Terminal::Completed => Outcome::Completed,
+        Terminal::Incomplete => Outcome::Incomplete,
+        Terminal::Failed => Outcome::Failed,
+        Terminal::Closed => Outcome::Closed,
+    };
+    let stored = matches!(outcome, Outcome::Completed | Outcome::Incomplete).then(|| {
+        let mut items = turn.input.clone();
+        items.extend(script.output.iter().cloned());
+        summary.extend(&script.output);
+        Arc::new(Stored {
+            id: turn.id.clone(),
+            model: turn.model.clone(),
+            parent: parent.cloned(),
+            items,
+            summary,
+            response: script.response.clone(),
+        })
+    });
+    // The terminal event is the last step; the response is stored before it goes out, so a
+    // client that continues the moment it sees `response.completed` finds it.
+    let last = script.steps.len().saturating_sub(1);
+    for (index, step) in script.steps.into_iter().enumerate() {
+        if index == last
+            && turn.store
+            && let Some(stored) = &stored
+        {
+            shared.store.insert(stored.clone());
+        }
         match step {
             Step::Event(event) => {
                 if !sink.send(event).await {
@@ -485,29 +513,6 @@ pub async fn play<S: Sink>(
             Step::Close => return closed,
         }
     }
-    let outcome = match script.terminal {
-        Terminal::Completed => Outcome::Completed,
-        Terminal::Incomplete => Outcome::Incomplete,
-        Terminal::Failed => Outcome::Failed,
-        Terminal::Closed => Outcome::Closed,
-    };
-    let stored = matches!(outcome, Outcome::Completed | Outcome::Incomplete).then(|| {
-        let mut items = turn.input.clone();
-        items.extend(script.output.iter().cloned());
-        summary.extend(&script.output);
-        let stored = Arc::new(Stored {
-            id: turn.id.clone(),
-            model: turn.model.clone(),
-            parent: parent.cloned(),
-            items,
-            summary,
-            response: script.response.clone(),
-        });
-        if turn.store {
-            shared.store.insert(stored.clone());
-        }
-        stored
-    });
     Played {
         outcome,
         stored,
