@@ -888,6 +888,41 @@ async fn response_failed_over_rest_non_streaming_is_a_500() {
 }
 
 #[tokio::test]
+async fn stream_error_ends_the_stream_with_a_flat_error_event() {
+    let sim = default_simulator().await;
+    let mut body = json!({"model": "gpt-test", "input": "x", "stream": true,
+                          "metadata": {"sim_fault": "stream_error:server_error"}});
+    let events = post_json(&sim.base_url(), &body).await.events();
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "error");
+    assert_eq!(last["code"], "server_error");
+    assert!(last.get("error").is_none(), "the in-stream error is flat");
+    assert_eq!(last["sequence_number"], events.len() as u64 - 1);
+    assert!(types(&events).contains(&"response.output_text.delta"));
+    body.as_object_mut().unwrap().remove("stream");
+    let mut ws = ws_connect(&sim.ws_url(), KEY).await.unwrap();
+    ws.create(body).await;
+    assert_eq!(ws.turn().await.last().unwrap()["code"], "server_error");
+    ws.create(hello()).await;
+    assert_eq!(
+        ws.turn().await.last().unwrap()["type"],
+        "response.completed"
+    );
+}
+
+#[tokio::test]
+async fn the_upgrade_answer_carries_no_request_id() {
+    let sim = default_simulator().await;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = sim.ws_url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    let (_, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert!(response.headers().get("x-request-id").is_none());
+}
+
+#[tokio::test]
 async fn keepalive_events_take_sequence_numbers() {
     let sim = default_simulator().await;
     let mut ws = ws_connect(&sim.ws_url(), KEY).await.unwrap();

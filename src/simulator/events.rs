@@ -63,6 +63,7 @@ pub fn script(input: &ScriptInput<'_>) -> Script {
         steps: Vec::new(),
         per_token: input.per_token,
         tokens_sent: 0,
+        failed: false,
     };
     let directives = input.directives;
     let output: Vec<Value> = input
@@ -120,6 +121,14 @@ pub fn script(input: &ScriptInput<'_>) -> Script {
     let close_at = directives.close_mid_stream.then_some((deltas / 2).max(1));
     for (index, item) in input.plan.items.iter().enumerate() {
         if out.item(index, item, directives, close_at) {
+            if out.failed {
+                return Script {
+                    steps: out.steps,
+                    terminal: Terminal::Failed,
+                    response: Value::Null,
+                    output: Vec::new(),
+                };
+            }
             return closed(out.steps);
         }
     }
@@ -161,6 +170,8 @@ struct Emitter<'a> {
     steps: Vec<Step>,
     per_token: Duration,
     tokens_sent: u32,
+    /// The script ended with an in-stream `error` event rather than a close.
+    failed: bool,
 }
 
 impl Emitter<'_> {
@@ -206,6 +217,16 @@ impl Emitter<'_> {
         self.tokens_sent += 1;
         if self.tokens_sent == 1 {
             self.sleep(directives.stall_within);
+            if let Some(code) = &directives.stream_error {
+                // The flat in-stream error of PROTOCOL.md §3.8b, which ends the stream.
+                let message = "An error occurred while processing your request.";
+                self.event(
+                    "error",
+                    json!({"code": code, "message": message, "param": null}),
+                );
+                self.failed = true;
+                return true;
+            }
         }
         if close_at == Some(self.tokens_sent) {
             self.steps.push(Step::Close);

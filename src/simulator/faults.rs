@@ -7,6 +7,7 @@
 //! - `close_mid_stream`: drop it in the middle of the output, no terminal event;
 //! - `response_failed`: end with `response.failed` (`server_error`);
 //! - `error:STATUS:CODE`: answer with a request-scoped error (WS `error` event, REST status);
+//! - `stream_error:CODE`: after the first delta, a flat `error` event that ends the stream;
 //! - `stall_before:MS`, `stall_within:MS`: pause before `response.created` / after the first delta;
 //! - `keepalive:N[:MS]`: N `keepalive` events after `response.in_progress`, MS apart.
 
@@ -57,6 +58,8 @@ pub struct Directives {
     pub close_mid_stream: bool,
     pub response_failed: bool,
     pub error: Option<(StatusCode, String)>,
+    /// A flat `error` event after the first delta, ending the stream.
+    pub stream_error: Option<String>,
     pub stall_before: Duration,
     pub stall_within: Duration,
     pub keepalives: u32,
@@ -96,6 +99,7 @@ impl Directives {
                     .ok_or("status must be an HTTP error status")?;
                 self.error = Some((status, (*code).to_owned()));
             }
+            ("stream_error", [code]) => self.stream_error = Some((*code).to_owned()),
             ("stall_before", [_]) => self.stall_before = millis(args.first())?,
             ("stall_within", [_]) => self.stall_within = millis(args.first())?,
             ("keepalive", [count, rest @ ..]) if rest.len() <= 1 => {
@@ -120,6 +124,9 @@ impl Directives {
         self.response_failed |= other.response_failed;
         if other.error.is_some() {
             self.error = other.error;
+        }
+        if other.stream_error.is_some() {
+            self.stream_error = other.stream_error;
         }
         self.stall_before = self.stall_before.max(other.stall_before);
         self.stall_within = self.stall_within.max(other.stall_within);

@@ -224,6 +224,10 @@ pub(super) async fn not_found(method: Method, uri: Uri) -> Response {
 
 /// Headers every OpenAI response carries.
 pub(super) async fn common_headers(mut response: Response) -> Response {
+    // The upgrade answer carries no request id on the real API (PROTOCOL.md §1.3).
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return response;
+    }
     let headers = response.headers_mut();
     if let Ok(id) = HeaderValue::from_str(&ids::new_id("req")) {
         headers.insert("x-request-id", id);
