@@ -468,10 +468,7 @@ async fn socket_cache_continues_its_latest_response_only() {
 
     // A request-scoped error leaves the socket open and its state intact.
     ws.create(json!({"model": "gpt-test", "input": "three", "store": false, "previous_response_id": second["id"]})).await;
-    assert_eq!(
-        ws.turn().await.last().unwrap()["type"],
-        "response.completed"
-    );
+    assert_eq!(ws.outcome().await, "response.completed");
 }
 
 #[tokio::test]
@@ -493,7 +490,7 @@ async fn unstored_responses_are_invisible_to_other_sockets_and_stored_ones_hydra
     let stored = final_response(&a.turn().await)["id"].clone();
     b.create(json!({"model": "gpt-test", "input": "y", "previous_response_id": stored}))
         .await;
-    assert_eq!(b.turn().await.last().unwrap()["type"], "response.completed");
+    assert_eq!(b.outcome().await, "response.completed");
     let stats = sim
         .wait_for(|s| s.turns_total == 4, PATIENCE)
         .await
@@ -637,10 +634,7 @@ async fn stream_ids_are_validated_and_named_lanes_are_capped() {
     for lane in ["a", "b"] {
         ws.create(json!({"model": "gpt-test", "input": "x", "stream_id": lane}))
             .await;
-        assert_eq!(
-            ws.turn().await.last().unwrap()["type"],
-            "response.completed"
-        );
+        assert_eq!(ws.outcome().await, "response.completed");
     }
     ws.create(json!({"model": "gpt-test", "input": "x", "stream_id": "c"}))
         .await;
@@ -650,7 +644,7 @@ async fn stream_ids_are_validated_and_named_lanes_are_capped() {
     ws.create(json!({"model": "gpt-test", "input": "x", "stream_id": "a"}))
         .await;
     assert_eq!(
-        ws.turn().await.last().unwrap()["type"],
+        ws.outcome().await,
         "response.completed",
         "existing lanes still work"
     );
@@ -666,10 +660,7 @@ async fn background_is_rejected_over_websocket() {
     assert_eq!(error["status"], 400);
     assert_eq!(error["error"]["param"], "background");
     ws.create(hello()).await;
-    assert_eq!(
-        ws.turn().await.last().unwrap()["type"],
-        "response.completed"
-    );
+    assert_eq!(ws.outcome().await, "response.completed");
 }
 
 #[tokio::test]
@@ -868,10 +859,7 @@ async fn error_directives_answer_with_the_given_status_and_code() {
     assert_eq!(reply.status, 429);
     assert_eq!(reply.json()["error"]["code"], "rate_limit_exceeded");
     ws.create(hello()).await;
-    assert_eq!(
-        ws.turn().await.last().unwrap()["type"],
-        "response.completed"
-    );
+    assert_eq!(ws.outcome().await, "response.completed");
 }
 
 #[tokio::test]
@@ -904,22 +892,14 @@ async fn stream_error_ends_the_stream_with_a_flat_error_event() {
     ws.create(body).await;
     assert_eq!(ws.turn().await.last().unwrap()["code"], "server_error");
     ws.create(hello()).await;
-    assert_eq!(
-        ws.turn().await.last().unwrap()["type"],
-        "response.completed"
-    );
+    assert_eq!(ws.outcome().await, "response.completed");
 }
 
 #[tokio::test]
 async fn the_upgrade_answer_carries_no_request_id() {
     let sim = default_simulator().await;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = sim.ws_url().into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
-    let (_, response) = tokio_tungstenite::connect_async(request).await.unwrap();
-    assert!(response.headers().get("x-request-id").is_none());
+    let ws = ws_connect(&sim.ws_url(), KEY).await.unwrap();
+    assert!(ws.handshake.get("x-request-id").is_none());
 }
 
 #[tokio::test]
@@ -1018,12 +998,7 @@ async fn configured_faults_hit_every_nth_turn() {
     let mut last = Vec::new();
     for _ in 0..4 {
         ws.create(hello()).await;
-        last.push(
-            ws.turn().await.last().unwrap()["type"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        last.push(ws.outcome().await);
     }
     assert_eq!(
         last,

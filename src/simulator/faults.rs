@@ -107,7 +107,12 @@ impl Directives {
                     .parse()
                     .ok()
                     .filter(|n| *n <= super::turn::MAX_SCRIPTED)
-                    .ok_or("count must be a whole number up to 100000")?;
+                    .ok_or_else(|| {
+                        format!(
+                            "count must be a whole number up to {}",
+                            super::turn::MAX_SCRIPTED
+                        )
+                    })?;
                 if !rest.is_empty() {
                     self.keepalive_interval = millis(rest.first())?;
                 }

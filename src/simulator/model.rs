@@ -96,14 +96,12 @@ impl PlannedItem {
         chunks as u32
     }
 
+    /// Output tokens: the streamed deltas plus hidden reasoning tokens.
     pub fn tokens(&self) -> u32 {
-        let chunks = match &self.body {
-            Body::Reasoning {
-                summary, tokens, ..
-            } => return tokens + summary.as_ref().map_or(0, Vec::len) as u32,
-            Body::FunctionCall { chunks, .. } | Body::Message { chunks, .. } => chunks.len(),
-        };
-        chunks as u32
+        match &self.body {
+            Body::Reasoning { tokens, .. } => tokens + self.deltas(),
+            _ => self.deltas(),
+        }
     }
 
     /// The item as it appears in `response.output` once done.

@@ -152,6 +152,8 @@ pub async fn post_json(base_url: &str, body: &Value) -> Reply {
 
 /// A WebSocket client speaking Responses WebSocket mode.
 pub struct Ws {
+    /// Headers of the 101 answer.
+    pub handshake: hyper::HeaderMap,
     pub socket: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
@@ -162,10 +164,14 @@ pub async fn ws_connect(url: &str, key: &str) -> Result<Ws, tungstenite::Error> 
     request
         .headers_mut()
         .insert("authorization", format!("Bearer {key}").parse().unwrap());
-    let (socket, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
-        .await
-        .unwrap()?;
-    Ok(Ws { socket })
+    let (socket, response) =
+        tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
+            .await
+            .unwrap()?;
+    Ok(Ws {
+        handshake: response.headers().clone(),
+        socket,
+    })
 }
 
 /// What a client can observe next on a socket.
@@ -237,6 +243,16 @@ impl Ws {
                 return events;
             }
         }
+    }
+
+    /// The `type` of the event that ends the next turn.
+    pub async fn outcome(&mut self) -> String {
+        let events = self.turn().await;
+        events
+            .last()
+            .and_then(|e| e["type"].as_str())
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// Events until the server closes the socket, and the close code.
