@@ -39,6 +39,9 @@ pub enum ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct RawConfig {
     pub server: RawServer,
+    pub upstream: RawUpstream,
+    pub pool: RawPool,
+    pub auth: RawAuth,
     pub log: RawLog,
     pub simulator: RawSimulator,
 }
@@ -48,12 +51,117 @@ pub struct RawConfig {
 pub struct RawServer {
     /// Address the proxy listens on.
     pub listen: String,
+    /// Largest request body accepted, in bytes (larger → 413).
+    pub max_body_bytes: u64,
+    /// Seconds of upstream silence before an SSE comment keep-alive is written (0: never).
+    pub sse_keepalive_secs: u64,
+    /// Seconds in-flight requests get to finish after SIGTERM / ctrl-c.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for RawServer {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 32 << 20,
+            sse_keepalive_secs: 15,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawUpstream {
+    /// `remote` (talk to `base_url`) or `simulator` (run the simulator in-process).
+    pub mode: String,
+    /// REST base URL; the WebSocket URL is derived from it (`https` → `wss`).
+    pub base_url: String,
+    /// Connecting and upgrading one WebSocket, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Waiting for the first upstream event of a turn, in milliseconds (then 504).
+    pub first_event_timeout_ms: u64,
+    /// Upstream silence in the middle of a stream before it is failed, in seconds.
+    pub stream_idle_timeout_secs: u64,
+    /// Tries per request before the first event (a closed socket, a refused or failed
+    /// connect, `websocket_connection_limit_reached`).
+    pub max_attempts: u32,
+    /// Largest `response.create` frame sent over a WebSocket; larger requests go over REST.
+    pub max_frame_bytes: u64,
+    /// Largest upstream WebSocket message accepted, in bytes.
+    pub max_message_bytes: u64,
+    /// Seconds a credential stays on REST after the upstream refused the upgrade with
+    /// 426, 404 or 405.
+    pub rest_fallback_cooldown_secs: u64,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            mode: "remote".into(),
+            base_url: "https://api.openai.com/v1".into(),
+            connect_timeout_ms: 10_000,
+            first_event_timeout_ms: 120_000,
+            stream_idle_timeout_secs: 600,
+            max_attempts: 3,
+            max_frame_bytes: 16 << 20,
+            max_message_bytes: 256 << 20,
+            rest_fallback_cooldown_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawPool {
+    /// Empty sockets kept open per credential, ready for new conversations.
+    pub min_idle: u32,
+    /// Sockets per credential (so also turns in flight per credential).
+    pub max_sockets: u32,
+    /// No turn starts on a socket older than this, in seconds (OpenAI closes at 60 minutes).
+    pub max_age_secs: u64,
+    /// Idle sockets beyond `min_idle` are closed after this many seconds.
+    pub idle_timeout_secs: u64,
+    /// Seconds between WebSocket pings on an idle socket; a ping unanswered by the next one
+    /// closes it (0: no pings).
+    pub ping_interval_secs: u64,
+    /// Waiting for a free socket when all are busy, in milliseconds (then 429).
+    pub checkout_timeout_ms: u64,
+}
+
+impl Default for RawPool {
+    fn default() -> Self {
+        Self {
+            min_idle: 1,
+            max_sockets: 64,
+            max_age_secs: 55 * 60,
+            idle_timeout_secs: 300,
+            ping_interval_secs: 30,
+            checkout_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAuth {
+    /// `passthrough` (clients send their own key) or `inject` (wsbridge adds one).
+    pub mode: String,
+    /// `inject`: the environment variable holding the upstream API key.
+    pub api_key_env: String,
+    /// `inject`: bearer tokens clients must present (empty: no client check).
+    pub client_tokens: Vec<String>,
+    /// `inject`: allow a non-loopback listen address with no client tokens.
+    pub allow_open_relay: bool,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            mode: "passthrough".into(),
+            api_key_env: "OPENAI_API_KEY".into(),
+            client_tokens: Vec::new(),
+            allow_open_relay: false,
         }
     }
 }
@@ -148,13 +256,93 @@ impl Default for RawLatency {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub pool: PoolConfig,
+    pub auth: AuthConfig,
     pub log: LogConfig,
     pub simulator: SimulatorConfig,
+}
+
+impl Default for Config {
+    /// The built-in defaults (what `config.toml` shows).
+    fn default() -> Self {
+        #[expect(
+            clippy::expect_used,
+            reason = "the built-in defaults are valid by construction; a test checks it"
+        )]
+        validate(RawConfig::default(), &[]).expect("default config is valid")
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    /// `None`: no SSE comment keep-alives.
+    pub sse_keepalive: Option<Duration>,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamMode {
+    Remote,
+    Simulator,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub mode: UpstreamMode,
+    /// Validated: `http` or `https`, no query; kept without a trailing `/`.
+    pub base_url: String,
+    pub connect_timeout: Duration,
+    pub first_event_timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    pub max_attempts: u32,
+    pub max_frame_bytes: usize,
+    pub max_message_bytes: usize,
+    pub rest_fallback_cooldown: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub min_idle: usize,
+    pub max_sockets: usize,
+    pub max_age: Duration,
+    pub idle_timeout: Duration,
+    /// `None`: no pings.
+    pub ping_interval: Option<Duration>,
+    pub checkout_timeout: Duration,
+}
+
+/// A secret (an API key or client token): compared and sent, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum AuthConfig {
+    /// The client's `Authorization`, `OpenAI-Organization` and `OpenAI-Project` go upstream.
+    Passthrough,
+    /// wsbridge sends `api_key`; clients must present one of `client_tokens` when any are set.
+    Inject {
+        api_key: Secret,
+        client_tokens: Vec<Secret>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,7 +428,7 @@ impl Config {
         let raw: RawConfig = toml::Value::Table(tree)
             .try_into()
             .map_err(|error: toml::de::Error| ConfigError::Merged(error.message().to_owned()))?;
-        validate(raw)
+        validate(raw, &sources.env)
     }
 }
 
@@ -313,11 +501,48 @@ fn set_path(tree: &mut toml::Table, path: &[String], value: toml::Value) {
     table.insert(last.clone(), value);
 }
 
-fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+fn at_least_one(key: &'static str, value: u64) -> Result<u64, ConfigError> {
+    if value == 0 {
+        Err(invalid(key, "must be at least 1"))
+    } else {
+        Ok(value)
+    }
+}
+
+fn validate(raw: RawConfig, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let listen = parse_addr("server.listen", &raw.server.listen)?;
+    let secs = Duration::from_secs;
+    let millis = Duration::from_millis;
     Ok(Config {
         server: ServerConfig {
-            listen: parse_addr("server.listen", &raw.server.listen)?,
+            listen,
+            max_body_bytes: at_least_one("server.max_body_bytes", raw.server.max_body_bytes)?
+                as usize,
+            sse_keepalive: (raw.server.sse_keepalive_secs > 0)
+                .then(|| secs(raw.server.sse_keepalive_secs)),
+            shutdown_grace: secs(raw.server.shutdown_grace_secs),
         },
+        upstream: validate_upstream(raw.upstream)?,
+        pool: PoolConfig {
+            min_idle: raw.pool.min_idle as usize,
+            max_sockets: at_least_one("pool.max_sockets", raw.pool.max_sockets.into())? as usize,
+            max_age: secs(at_least_one("pool.max_age_secs", raw.pool.max_age_secs)?),
+            idle_timeout: secs(at_least_one(
+                "pool.idle_timeout_secs",
+                raw.pool.idle_timeout_secs,
+            )?),
+            ping_interval: (raw.pool.ping_interval_secs > 0)
+                .then(|| secs(raw.pool.ping_interval_secs)),
+            checkout_timeout: millis(raw.pool.checkout_timeout_ms),
+        },
+        auth: validate_auth(raw.auth, listen, env)?,
         log: LogConfig {
             format: match raw.log.format.as_str() {
                 "text" => LogFormat::Text,
@@ -333,6 +558,100 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         },
         simulator: validate_simulator(raw.simulator)?,
     })
+}
+
+fn validate_upstream(raw: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+    let mode = match raw.mode.as_str() {
+        "remote" => UpstreamMode::Remote,
+        "simulator" => UpstreamMode::Simulator,
+        other => {
+            return Err(invalid(
+                "upstream.mode",
+                format!("`{other}` (expected `remote` or `simulator`)"),
+            ));
+        }
+    };
+    let base_url = raw.base_url.trim_end_matches('/').to_owned();
+    let uri: axum::http::Uri = base_url
+        .parse()
+        .map_err(|_| invalid("upstream.base_url", format!("`{base_url}` is not a URL")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(invalid(
+            "upstream.base_url",
+            format!("`{base_url}` must be an http:// or https:// URL with a host"),
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(invalid("upstream.base_url", "must not have a query string"));
+    }
+    let millis = |key, value| at_least_one(key, value).map(Duration::from_millis);
+    Ok(UpstreamConfig {
+        mode,
+        base_url,
+        connect_timeout: millis("upstream.connect_timeout_ms", raw.connect_timeout_ms)?,
+        first_event_timeout: millis(
+            "upstream.first_event_timeout_ms",
+            raw.first_event_timeout_ms,
+        )?,
+        stream_idle_timeout: Duration::from_secs(at_least_one(
+            "upstream.stream_idle_timeout_secs",
+            raw.stream_idle_timeout_secs,
+        )?),
+        max_attempts: at_least_one("upstream.max_attempts", raw.max_attempts.into())? as u32,
+        max_frame_bytes: at_least_one("upstream.max_frame_bytes", raw.max_frame_bytes)? as usize,
+        max_message_bytes: at_least_one("upstream.max_message_bytes", raw.max_message_bytes)?
+            as usize,
+        rest_fallback_cooldown: Duration::from_secs(raw.rest_fallback_cooldown_secs),
+    })
+}
+
+fn validate_auth(
+    raw: RawAuth,
+    listen: SocketAddr,
+    env: &[(String, String)],
+) -> Result<AuthConfig, ConfigError> {
+    match raw.mode.as_str() {
+        "passthrough" => Ok(AuthConfig::Passthrough),
+        "inject" => {
+            let api_key = env
+                .iter()
+                .rev()
+                .find(|(name, _)| *name == raw.api_key_env)
+                .map(|(_, value)| value.trim())
+                .filter(|value| !value.is_empty())
+                .ok_or_else(|| {
+                    invalid(
+                        "auth.api_key_env",
+                        format!(
+                            "auth.mode is `inject` but the environment variable `{}` is not set",
+                            raw.api_key_env
+                        ),
+                    )
+                })?;
+            let client_tokens: Vec<Secret> = raw
+                .client_tokens
+                .into_iter()
+                .filter(|token| !token.is_empty())
+                .map(Secret)
+                .collect();
+            if client_tokens.is_empty() && !listen.ip().is_loopback() && !raw.allow_open_relay {
+                return Err(invalid(
+                    "auth.client_tokens",
+                    format!(
+                        "refusing to inject an API key for anyone who can reach {listen}: set                          auth.client_tokens, listen on a loopback address, or set                          auth.allow_open_relay = true"
+                    ),
+                ));
+            }
+            Ok(AuthConfig::Inject {
+                api_key: Secret(api_key.to_owned()),
+                client_tokens,
+            })
+        }
+        other => Err(invalid(
+            "auth.mode",
+            format!("`{other}` (expected `passthrough` or `inject`)"),
+        )),
+    }
 }
 
 fn validate_simulator(raw: RawSimulator) -> Result<SimulatorConfig, ConfigError> {

@@ -8,6 +8,11 @@
 //! ```
 //!
 //! Modules:
+//! - [`http`]: the proxy's routes ([`http::Proxy`], [`run`]): the bridged `POST /v1/responses`,
+//!   pass-through for the rest, health, readiness and metrics;
+//! - [`upstream`]: upstream WebSockets and the per-credential pool;
+//! - [`auth`]: resolving a request's upstream credential (passthrough or injected key);
+//! - [`metrics`]: Prometheus metrics with enum labels;
 //! - [`config`]: raw + validated configuration, environment overlay, defaults in one place;
 //! - [`protocol`]: OpenAI error bodies, SSE framing, canonical conversation items;
 //! - [`simulator`]: the upstream simulator (`wsbridge simulate`, and in-process for tests);
@@ -15,10 +20,16 @@
 //! - [`health`]: the container health probe (`wsbridge health`);
 //! - [`shutdown`]: turning process signals into a cancellation token.
 
+pub mod auth;
 pub mod config;
 pub mod health;
+pub mod http;
 pub mod ids;
+pub mod metrics;
 pub mod protocol;
 pub mod shutdown;
 pub mod simulator;
 pub mod telemetry;
+pub mod upstream;
+
+pub use http::{Proxy, run};

@@ -31,6 +31,12 @@ enum Command {
         /// Address to listen on (config `server.listen`).
         #[arg(long)]
         listen: Option<String>,
+        /// Upstream REST base URL (config `upstream.base_url`).
+        #[arg(long)]
+        upstream: Option<String>,
+        /// Use the built-in simulator as the upstream (config `upstream.mode = "simulator"`).
+        #[arg(long)]
+        simulate: bool,
     },
     /// Run the upstream simulator stand-alone.
     Simulate {
@@ -62,13 +68,27 @@ fn main() -> ExitCode {
             }
         };
     }
-    let command = cli.command.unwrap_or(Command::Serve { listen: None });
+    let command = cli.command.unwrap_or(Command::Serve {
+        listen: None,
+        upstream: None,
+        simulate: false,
+    });
     let mut overrides = Vec::new();
     if let Some(format) = cli.log_format {
         overrides.push(("log.format", format));
     }
     match &command {
-        Command::Serve { listen } => overrides.extend(listen.clone().map(|l| ("server.listen", l))),
+        Command::Serve {
+            listen,
+            upstream,
+            simulate,
+        } => {
+            overrides.extend(listen.clone().map(|l| ("server.listen", l)));
+            overrides.extend(upstream.clone().map(|u| ("upstream.base_url", u)));
+            if *simulate {
+                overrides.push(("upstream.mode", "simulator".into()));
+            }
+        }
         Command::Simulate {
             listen,
             latency_profile,
@@ -120,13 +140,9 @@ fn main() -> ExitCode {
             }
             Command::Health { .. } => {}
             Command::Serve { .. } => {
-                let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
-                tracing::info!("proxy listening on http://{}", listener.local_addr()?);
-                let app =
-                    axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await?;
+                wsbridge::run(config, shutdown)
+                    .await
+                    .map_err(std::io::Error::other)?;
             }
         }
         Ok::<(), std::io::Error>(())

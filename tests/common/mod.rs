@@ -1,5 +1,6 @@
-//! Test clients for the simulator (and later the proxy): plain HTTP with hyper, SSE parsing
-//! that checks the framing, and a WebSocket client that reads whole turns.
+//! Test clients for the simulator and the proxy: plain HTTP with hyper, SSE parsing that checks
+//! the framing, a WebSocket client that reads whole turns, and [`bridge`] (a simulator with a
+//! proxy in front of it, both in-process on port 0).
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
@@ -13,7 +14,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
-use wsbridge::config::SimulatorConfig;
+use wsbridge::Proxy;
+use wsbridge::config::{Config, SimulatorConfig};
 use wsbridge::simulator::{Simulator, SimulatorHandle};
 
 pub const KEY: &str = "sk-test-key";
@@ -81,16 +83,16 @@ pub fn parse_sse(body: &str) -> Vec<Value> {
 }
 
 /// Sends one request and returns the response with its body still streaming.
-async fn send(
+pub async fn send(
     method: &str,
     url: &str,
-    key: Option<&str>,
+    headers: &[(&str, &str)],
     body: Option<String>,
 ) -> hyper::Response<hyper::body::Incoming> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut builder = hyper::Request::builder().method(method).uri(url);
-    if let Some(key) = key {
-        builder = builder.header("authorization", format!("Bearer {key}"));
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
     }
     if body.is_some() {
         builder = builder.header("content-type", "application/json");
@@ -104,8 +106,27 @@ async fn send(
         .unwrap()
 }
 
+fn bearer(key: Option<&str>) -> Option<String> {
+    key.map(|key| format!("Bearer {key}"))
+}
+
 pub async fn request(method: &str, url: &str, key: Option<&str>, body: Option<String>) -> Reply {
-    let response = send(method, url, key, body).await;
+    let authorization = bearer(key);
+    let headers: Vec<(&str, &str)> = authorization
+        .iter()
+        .map(|value| ("authorization", value.as_str()))
+        .collect();
+    request_with(method, url, &headers, body).await
+}
+
+/// [`request`] with any headers.
+pub async fn request_with(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<String>,
+) -> Reply {
+    let response = send(method, url, headers, body).await;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
@@ -122,7 +143,14 @@ pub async fn request(method: &str, url: &str, key: Option<&str>, body: Option<St
 /// Like [`request`] but tolerates a body that breaks off: returns what arrived and whether
 /// the body ended cleanly.
 pub async fn request_partial(url: &str, body: &Value) -> (u16, String, bool) {
-    let response = send("POST", url, Some(KEY), Some(body.to_string())).await;
+    let authorization = format!("Bearer {KEY}");
+    let response = send(
+        "POST",
+        url,
+        &[("authorization", &authorization)],
+        Some(body.to_string()),
+    )
+    .await;
     let status = response.status().as_u16();
     let mut body = response.into_body();
     let mut text = Vec::new();
@@ -296,4 +324,81 @@ pub fn output_text(response: &Value) -> String {
         .flat_map(|item| item["content"].as_array().unwrap().iter())
         .filter_map(|part| part["text"].as_str())
         .collect()
+}
+
+/// A simulator with a proxy in front of it.
+pub struct Bridge {
+    pub sim: SimulatorHandle,
+    pub proxy: Proxy,
+}
+
+impl Bridge {
+    /// The proxy's `http://ADDR/v1`.
+    pub fn url(&self) -> String {
+        self.proxy.base_url()
+    }
+
+    /// `POST /v1/responses` through the proxy with [`KEY`].
+    pub async fn post(&self, body: &Value) -> Reply {
+        post_json(&self.url(), body).await
+    }
+}
+
+/// A proxy for tests: port 0, the given simulator as upstream, no pre-warmed sockets (so socket
+/// counts are exact), then `tune`.
+pub async fn bridge_with(
+    simulator_config: SimulatorConfig,
+    tune: impl FnOnce(&mut Config),
+) -> Bridge {
+    let sim = simulator(simulator_config).await;
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.upstream.base_url = sim.base_url();
+    config.pool.min_idle = 0;
+    tune(&mut config);
+    let proxy = Proxy::start(config).await.unwrap();
+    Bridge { sim, proxy }
+}
+
+pub async fn bridge() -> Bridge {
+    bridge_with(SimulatorConfig::default(), |_| {}).await
+}
+
+/// Replaces the values of JSON string fields named `keys` with `*` and of numeric fields named
+/// `numbers` with `0`, working on the text so everything else stays byte for byte.
+pub fn mask_fields(text: &str, keys: &[&str], numbers: &[&str]) -> String {
+    let mut out = text.to_owned();
+    for key in keys {
+        let needle = format!("\"{key}\":\"");
+        let mut result = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(at) = rest.find(&needle) {
+            let start = at + needle.len();
+            result.push_str(&rest[..start]);
+            let end = rest[start..].find('"').unwrap() + start;
+            result.push('*');
+            rest = &rest[end..];
+        }
+        result.push_str(rest);
+        out = result;
+    }
+    for key in numbers {
+        let needle = format!("\"{key}\":");
+        let mut result = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(at) = rest.find(&needle) {
+            let start = at + needle.len();
+            result.push_str(&rest[..start]);
+            let end = rest[start..]
+                .find(|c: char| !c.is_ascii_digit())
+                .map_or(rest.len(), |n| n + start);
+            if end > start {
+                result.push('0');
+            }
+            rest = &rest[end..];
+        }
+        result.push_str(rest);
+        out = result;
+    }
+    out
 }

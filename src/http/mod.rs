@@ -1,0 +1,337 @@
+//! The proxy's HTTP surface and its lifecycle ([`Proxy`]).
+//!
+//! ```text
+//! POST /v1/responses ─▶ responses::create ─▶ pool lease ─▶ SSE / JSON   (REST fallback: passthrough)
+//! GET  /v1/responses + Upgrade ─▶ 426 (WebSocket clients fall back to HTTP at once)
+//! any  /v1/*        ─▶ passthrough::handle (streamed both ways)
+//! /healthz /readyz /metrics
+//! ```
+
+pub mod passthrough;
+pub mod responses;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::auth::Auth;
+use crate::config::{Config, UpstreamMode};
+use crate::metrics::{Metrics, Route};
+use crate::protocol::OpenAiError;
+use crate::simulator::{Simulator, SimulatorHandle};
+use crate::upstream::pool::Pool;
+use crate::upstream::socket::Connector;
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    auth: Auth,
+    pool: Pool,
+    client: HttpsClient,
+    metrics: Arc<Metrics>,
+    upstream_base: Uri,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the in-process simulator: {0}")]
+    Simulator(std::io::Error),
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// A running proxy (and its in-process simulator in `simulator` mode).
+#[derive(Debug)]
+pub struct Proxy {
+    addr: SocketAddr,
+    app: Arc<App>,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+    simulator: Option<SimulatorHandle>,
+}
+
+impl Proxy {
+    /// Binds `server.listen`, starts the simulator first in `simulator` mode, pre-warms the
+    /// injected credential's sockets, and serves until [`Proxy::shutdown`].
+    pub async fn start(mut config: Config) -> Result<Self, StartError> {
+        let simulator = match config.upstream.mode {
+            UpstreamMode::Remote => None,
+            UpstreamMode::Simulator => {
+                let mut simulator_config = config.simulator.clone();
+                simulator_config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+                let handle = Simulator::spawn(simulator_config)
+                    .await
+                    .map_err(StartError::Simulator)?;
+                config.upstream.base_url = handle.base_url();
+                tracing::info!(url = %handle.base_url(), "in-process simulator is the upstream");
+                Some(handle)
+            }
+        };
+        let upstream_base: Uri = config.upstream.base_url.parse().map_err(|_| {
+            StartError::Config(format!(
+                "bad upstream.base_url {}",
+                config.upstream.base_url
+            ))
+        })?;
+        let auth = Auth::from_config(&config.auth).map_err(StartError::Config)?;
+        let tls = crate::upstream::tls_config()?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_all_versions()
+            .build();
+        let client = Client::builder(TokioExecutor::new()).build(https);
+        let metrics = Arc::new(Metrics::default());
+        let connector = Connector::new(
+            crate::upstream::websocket_url(&config.upstream.base_url),
+            tls,
+            config.upstream.connect_timeout,
+            config.upstream.max_message_bytes,
+        );
+        let pool = Pool::new(config.pool.clone(), connector, metrics.clone());
+        if let Some(credential) = auth.fixed() {
+            pool.prewarm(credential);
+        }
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.server.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+        let app = Arc::new(App {
+            config,
+            auth,
+            pool,
+            client,
+            metrics,
+            upstream_base,
+        });
+        let stop = CancellationToken::new();
+        let router = router(app.clone());
+        let stopped = stop.clone();
+        let server = tokio::spawn(async move {
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(%error, "cannot set TCP_NODELAY");
+                }
+            });
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(stopped.cancelled_owned())
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "the proxy server failed");
+            }
+        });
+        Ok(Self {
+            addr,
+            app,
+            stop,
+            server,
+            simulator,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR/v1`, what an SDK takes as `base_url`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// The in-process simulator, in `simulator` mode.
+    pub fn simulator(&self) -> Option<&SimulatorHandle> {
+        self.simulator.as_ref()
+    }
+
+    /// Stops accepting, lets in-flight requests finish within `server.shutdown_grace`, closes
+    /// the upstream sockets, then stops the in-process simulator.
+    pub async fn shutdown(self) {
+        let grace = self.app.config.server.shutdown_grace;
+        self.stop.cancel();
+        let mut server = self.server;
+        if tokio::time::timeout(grace, &mut server).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "in-flight requests did not finish within the grace period"
+            );
+            server.abort();
+        }
+        self.app.pool.close(Duration::from_secs(2)).await;
+        if let Some(simulator) = self.simulator {
+            simulator.shutdown().await;
+        }
+    }
+}
+
+/// Starts the proxy, logs where it listens, and runs until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let proxy = Proxy::start(config).await?;
+    tracing::info!(
+        "proxy listening on http://{} (OpenAI base URL {})",
+        proxy.addr(),
+        proxy.base_url()
+    );
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+fn router(app: Arc<App>) -> Router {
+    let body_limit = app.config.server.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route(
+            "/v1/responses",
+            axum::routing::post(responses::create)
+                .layer(DefaultBodyLimit::max(body_limit))
+                .get(responses_get)
+                .fallback(passthrough::handle),
+        )
+        .route("/v1", any(passthrough::handle))
+        .route("/v1/{*rest}", any(passthrough::handle))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
+        .with_state(app)
+}
+
+/// Metrics and a tracing span for every request.
+async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let route = if path == "/v1/responses" && request.method() == axum::http::Method::POST {
+        Route::Responses
+    } else if path == "/v1" || path.starts_with("/v1/") {
+        Route::Passthrough
+    } else {
+        Route::Operations
+    };
+    let span = tracing::info_span!("request", method = %request.method(), path = %path);
+    let started = Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    app.metrics.first_byte(route, started.elapsed());
+    app.metrics.request(route, response.status().as_u16());
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "answered"
+        );
+    });
+    response
+}
+
+/// `GET /v1/responses`: a WebSocket upgrade is refused at once with 426 so WebSocket-first
+/// clients (Codex, `responses.connect()`) fall back to HTTP; anything else passes through.
+async fn responses_get(state: State<Arc<App>>, request: Request) -> Response {
+    let wants_websocket = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.eq_ignore_ascii_case("websocket"));
+    if wants_websocket {
+        return OpenAiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "invalid_request_error",
+            "wsbridge serves the Responses API over HTTP: use POST /v1/responses (it uses \
+             WebSockets upstream for you).",
+        )
+        .with_code("websocket_not_supported")
+        .into_response();
+    }
+    passthrough::handle(state, request).await
+}
+
+async fn healthz() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        "{\"status\":\"ok\"}",
+    )
+}
+
+/// Ready when a pooled socket is idle, else when the upstream answers a TCP connect.
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let [idle, busy, _] = app.pool.census();
+    let ready = idle > 0 || upstream_reachable(&app.upstream_base).await;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "upstream_unreachable" },
+        "idle_sockets": idle,
+        "busy_sockets": busy,
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn upstream_reachable(base: &Uri) -> bool {
+    let Some(host) = base.host() else {
+        return false;
+    };
+    let port = base
+        .port_u16()
+        .unwrap_or(if base.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let connect = tokio::net::TcpStream::connect((host, port));
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), connect).await,
+        Ok(Ok(_))
+    )
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let text = app.metrics.render(app.pool.census());
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+}
+
+async fn not_found(uri: Uri, headers: HeaderMap) -> Response {
+    let _ = headers;
+    OpenAiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!("Invalid URL ({uri}): wsbridge serves the OpenAI API under /v1."),
+    )
+    .into_response()
+}

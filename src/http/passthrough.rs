@@ -1,0 +1,185 @@
+//! Everything that is not bridged goes to the upstream REST API as it came: method, path under
+//! the base, query, headers (minus hop-by-hop ones, with the resolved credential) and body, all
+//! streamed both ways without buffering. The REST fallback of `POST /v1/responses` uses the same
+//! path with the body it already read.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+
+use super::App;
+use crate::auth::Credential;
+use crate::protocol::OpenAiError;
+
+/// `any /v1/*`: forwards the request upstream.
+pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let credential = match app.auth.resolve(&parts.headers) {
+        Ok(credential) => credential,
+        Err(error) => return error.into_response(),
+    };
+    forward(
+        &app,
+        parts.method,
+        &parts.uri,
+        parts.headers,
+        &credential,
+        body,
+    )
+    .await
+}
+
+/// Sends one request to the upstream REST API and streams its answer back.
+pub async fn forward(
+    app: &App,
+    method: Method,
+    uri: &Uri,
+    mut headers: HeaderMap,
+    credential: &Credential,
+    body: Body,
+) -> Response {
+    let Some(target) = upstream_uri(&app.upstream_base, uri) else {
+        return OpenAiError::invalid_request(format!("Invalid URL ({method} {uri})"))
+            .into_response();
+    };
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    credential.apply(&mut headers);
+    let mut request = axum::http::Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = target;
+    *request.headers_mut() = headers;
+    match app.client.request(request).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            let is_event_stream = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .is_some_and(|value| value.starts_with("text/event-stream"));
+            if is_event_stream {
+                parts
+                    .headers
+                    .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+            }
+            Response::from_parts(parts, Body::new(body))
+        }
+        Err(error) => {
+            tracing::warn!(error = %error_chain(&error), "upstream REST request failed");
+            let mut response = OpenAiError::new(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                "wsbridge could not reach the upstream API. Please retry.",
+            )
+            .with_code("upstream_unreachable")
+            .into_response();
+            response
+                .headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("true"));
+            response
+        }
+    }
+}
+
+pub const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
+/// The upstream URL for a proxy URL: `/v1/models?x=1` under base `https://h/v1` →
+/// `https://h/v1/models?x=1`. `None` when the path is not under `/v1`.
+fn upstream_uri(base: &Uri, uri: &Uri) -> Option<Uri> {
+    let path = uri.path();
+    let rest = path.strip_prefix("/v1")?;
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return None;
+    }
+    let base_path = base.path().trim_end_matches('/');
+    let mut target = format!("{base_path}{rest}");
+    if let Some(query) = uri.query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(target.parse().ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+/// Removes the headers that describe one hop (RFC 9110 §7.6.1), including any named in
+/// `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_uri_keeps_the_path_under_the_base_and_the_query() {
+        let base: Uri = "https://api.openai.com/v1".parse().unwrap();
+        let uri: Uri = "/v1/models?limit=2".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&base, &uri).unwrap().to_string(),
+            "https://api.openai.com/v1/models?limit=2"
+        );
+        let proxied: Uri = "http://10.0.0.1:81/openai/v1/".parse().unwrap();
+        let uri: Uri = "/v1/responses/resp_1".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&proxied, &uri).unwrap().to_string(),
+            "http://10.0.0.1:81/openai/v1/responses/resp_1"
+        );
+        assert!(upstream_uri(&base, &"/v1x/models".parse().unwrap()).is_none());
+        assert!(upstream_uri(&base, &"/other".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_with_those_named_in_connection() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close, x-hop"));
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert("x-end-to-end", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-end-to-end"));
+    }
+}

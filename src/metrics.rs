@@ -1,0 +1,294 @@
+//! Prometheus metrics (`GET /metrics`, text format 0.0.4). Every label is an enum or a status
+//! code, never an id, a key or a message, so cardinality is bounded by construction.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Which surface served a request.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /v1/responses`, bridged over a WebSocket or its REST fallback.
+    Responses,
+    /// Any other `/v1/*` request, proxied as it is.
+    Passthrough,
+    /// `/healthz`, `/readyz`, `/metrics`, unknown paths.
+    Operations,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: Route,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: Route,
+}
+
+/// Pool sockets by state, counted when metrics are scraped.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum SocketState {
+    Idle,
+    Busy,
+    Connecting,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: SocketState,
+}
+
+/// Why an upstream socket was closed.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The upstream closed it (or the connection broke).
+    ServerClosed,
+    /// An unsolicited or answered `websocket_connection_limit_reached`.
+    LimitReached,
+    /// A ping went unanswered.
+    PingTimeout,
+    /// It reached `pool.max_age`.
+    MaxAge,
+    /// Idle beyond `pool.idle_timeout` with more than `pool.min_idle` idle sockets.
+    IdleTimeout,
+    /// The client went away mid-turn (closing stops generation upstream).
+    ClientGone,
+    /// A turn failed or timed out; the socket's state is unknown.
+    TurnFailed,
+    /// The upstream sent something the protocol does not allow (binary frame, bad event).
+    ProtocolError,
+    /// wsbridge is shutting down.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabels {
+    reason: CloseReason,
+}
+
+/// Why a request was retried on another socket before its first event.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum RecoveryCause {
+    /// The socket closed before the first event.
+    SocketClosed,
+    /// Connecting failed or the upgrade was refused with a retryable status.
+    ConnectFailed,
+    /// The upstream answered `websocket_connection_limit_reached`.
+    LimitReached,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: RecoveryCause,
+}
+
+/// Why a `POST /v1/responses` went over REST instead of a WebSocket.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum FallbackReason {
+    /// `background: true` is not supported over WebSocket.
+    Background,
+    /// The `response.create` frame would exceed `upstream.max_frame_bytes`.
+    FrameTooLarge,
+    /// The upstream refused the upgrade with 426, 404 or 405 (now or within the cool-down).
+    UpgradeRefused,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FallbackLabels {
+    reason: FallbackReason,
+}
+
+/// All of wsbridge's metrics and their registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    time_to_first_byte: Family<RouteLabels, Histogram>,
+    sockets: Family<StateLabels, Gauge>,
+    socket_opens: Counter,
+    socket_closes: Family<CloseLabels, Counter>,
+    recoveries: Family<CauseLabels, Counter>,
+    fallbacks: Family<FallbackLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("wsbridge");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route and HTTP status",
+            requests.clone(),
+        );
+        let time_to_first_byte = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_25, 2.0, 18))
+        });
+        registry.register(
+            "time_to_first_byte_seconds",
+            "From the request's arrival to its response status and headers",
+            time_to_first_byte.clone(),
+        );
+        let sockets = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "upstream_sockets",
+            "Upstream WebSockets by state",
+            sockets.clone(),
+        );
+        let socket_opens = Counter::default();
+        registry.register(
+            "upstream_socket_opens",
+            "Upstream WebSockets opened",
+            socket_opens.clone(),
+        );
+        let socket_closes = Family::<CloseLabels, Counter>::default();
+        registry.register(
+            "upstream_socket_closes",
+            "Upstream WebSockets closed, by reason",
+            socket_closes.clone(),
+        );
+        let recoveries = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "upstream_recoveries",
+            "Requests retried on another socket before their first event, by cause",
+            recoveries.clone(),
+        );
+        let fallbacks = Family::<FallbackLabels, Counter>::default();
+        registry.register(
+            "rest_fallbacks",
+            "POST /v1/responses sent over REST instead of a WebSocket, by reason",
+            fallbacks.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            time_to_first_byte,
+            sockets,
+            socket_opens,
+            socket_closes,
+            recoveries,
+            fallbacks,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, route: Route, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
+    }
+
+    pub fn first_byte(&self, route: Route, elapsed: Duration) {
+        self.time_to_first_byte
+            .get_or_create(&RouteLabels { route })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn socket_opened(&self) {
+        self.socket_opens.inc();
+    }
+
+    pub fn socket_closed(&self, reason: CloseReason) {
+        self.socket_closes
+            .get_or_create(&CloseLabels { reason })
+            .inc();
+    }
+
+    pub fn recovery(&self, cause: RecoveryCause) {
+        self.recoveries.get_or_create(&CauseLabels { cause }).inc();
+    }
+
+    pub fn fallback(&self, reason: FallbackReason) {
+        self.fallbacks
+            .get_or_create(&FallbackLabels { reason })
+            .inc();
+    }
+
+    /// The text exposition, with the socket gauges set from `sockets` (idle, busy, connecting).
+    pub fn render(&self, sockets: [usize; 3]) -> String {
+        for (state, count) in [
+            SocketState::Idle,
+            SocketState::Busy,
+            SocketState::Connecting,
+        ]
+        .into_iter()
+        .zip(sockets)
+        {
+            self.sockets
+                .get_or_create(&StateLabels { state })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        let mut out = String::new();
+        if let Err(error) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            tracing::error!(%error, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// Label values are the variants' names in snake_case (`server_closed`).
+macro_rules! snake_case_labels {
+    ($($kind:ty),*) => {$(
+        impl EncodeLabelValue for $kind {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                use std::fmt::Write;
+                for (index, c) in format!("{self:?}").chars().enumerate() {
+                    if c.is_ascii_uppercase() {
+                        if index > 0 {
+                            encoder.write_char('_')?;
+                        }
+                        encoder.write_char(c.to_ascii_lowercase())?;
+                    } else {
+                        encoder.write_char(c)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    )*};
+}
+
+snake_case_labels!(
+    Route,
+    SocketState,
+    CloseReason,
+    RecoveryCause,
+    FallbackReason
+);
+
+/// The `content-type` of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_snake_case_and_gauges_follow_the_census() {
+        let metrics = Metrics::default();
+        metrics.socket_closed(CloseReason::ServerClosed);
+        metrics.request(Route::Responses, 200);
+        let text = metrics.render([2, 1, 0]);
+        assert!(
+            text.contains("wsbridge_upstream_socket_closes_total{reason=\"server_closed\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wsbridge_requests_total{route=\"responses\",status=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wsbridge_upstream_sockets{state=\"idle\"} 2"),
+            "{text}"
+        );
+    }
+}

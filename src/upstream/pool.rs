@@ -1,0 +1,496 @@
+//! The pool of upstream sockets, partitioned by credential (DESIGN.md §4).
+//!
+//! ```text
+//!  checkout ──▶ idle socket (fresh first, else least recently used) ──▶ Lease ──▶ release → idle
+//!     │         or connect a new one (under max_sockets)                  └─────▶ drop/close → gone
+//!     └─ all busy: wait up to checkout_timeout, then CheckoutError::Busy (429)
+//! ```
+//!
+//! Each idle socket is owned by a watcher task that answers pings, sends its own, and closes the
+//! socket when the upstream closes it, sends `websocket_connection_limit_reached`, stops
+//! answering pings, grows too old, or sits idle beyond `idle_timeout` while more than
+//! `min_idle` sockets are idle. A checkout asks the watcher for the socket over a oneshot, so a
+//! socket has exactly one owner at every moment; a [`Lease`] gives it back only through
+//! [`Lease::release`] after a clean turn, and closes it otherwise (also when dropped, which is
+//! how a client disconnect stops generation upstream).
+//!
+//! # Concurrency
+//! Per partition, a semaphore of `max_sockets` permits bounds turns in flight; the counters
+//! (`open` = idle + busy + connecting) live under a std mutex that is never held across an
+//! await. The watcher that closes a socket is the one that decrements `open` for it, so a
+//! checkout racing with a dying socket just retries. `Notify` wakes one waiter whenever a
+//! socket goes idle or a slot frees up.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::time::{Instant as TokioInstant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::socket::{ConnectError, Connector, Inbound, Socket};
+use crate::auth::Credential;
+use crate::config::PoolConfig;
+use crate::metrics::{CloseReason, Metrics};
+
+/// Why no socket could be leased.
+#[derive(Debug)]
+pub enum CheckoutError {
+    /// Every socket of this credential stayed busy for `checkout_timeout`.
+    Busy { retry_after: Duration },
+    /// Opening a new socket failed.
+    Connect(ConnectError),
+    /// The pool is shutting down.
+    ShuttingDown,
+}
+
+/// The pool; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: PoolConfig,
+    connector: Connector,
+    metrics: Arc<Metrics>,
+    partitions: Mutex<HashMap<Credential, Arc<Partition>>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// The sockets of one credential.
+#[derive(Debug)]
+struct Partition {
+    credential: Credential,
+    turns: Arc<Semaphore>,
+    available: Notify,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    idle: Vec<Idle>,
+    /// Idle + busy + connecting.
+    open: usize,
+    connecting: usize,
+    busy: usize,
+    /// REST only until then (the upstream refused the upgrade with 426/404/405).
+    rest_until: Option<Instant>,
+}
+
+/// An idle socket as the pool sees it; the socket itself is with its watcher.
+#[derive(Debug)]
+struct Idle {
+    id: u64,
+    opened: Instant,
+    /// Never carried a turn: preferred for new conversations.
+    fresh: bool,
+    since: Instant,
+    take: oneshot::Sender<oneshot::Sender<Socket>>,
+}
+
+/// Sockets by state, summed over credentials: (idle, busy, connecting).
+pub type Census = [usize; 3];
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a pool lock leaves plain counters behind; keep serving.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Pool {
+    pub fn new(config: PoolConfig, connector: Connector, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                connector,
+                metrics,
+                partitions: Mutex::new(HashMap::new()),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    pub fn connector(&self) -> &Connector {
+        &self.inner.connector
+    }
+
+    /// Opens `min_idle` sockets for `credential` in the background.
+    pub fn prewarm(&self, credential: &Credential) {
+        let partition = self.inner.partition(credential);
+        self.inner.refill(&partition);
+    }
+
+    /// True while `credential` is on REST after a refused upgrade.
+    pub fn rest_only(&self, credential: &Credential) -> bool {
+        let partition = self.inner.partition(credential);
+        let mut state = lock(&partition.state);
+        match state.rest_until {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                state.rest_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Sends `credential` over REST for `cooldown`.
+    pub fn mark_rest_only(&self, credential: &Credential, cooldown: Duration) {
+        let partition = self.inner.partition(credential);
+        lock(&partition.state).rest_until = Some(Instant::now() + cooldown);
+    }
+
+    /// Leases a socket for one turn: an idle one (fresh first, then least recently used), else
+    /// a new connection, else waits up to `checkout_timeout` for one to come back.
+    pub async fn checkout(&self, credential: &Credential) -> Result<Lease, CheckoutError> {
+        let inner = &self.inner;
+        if inner.shutdown.is_cancelled() {
+            return Err(CheckoutError::ShuttingDown);
+        }
+        let partition = inner.partition(credential);
+        let deadline = TokioInstant::now() + inner.config.checkout_timeout;
+        let busy = || CheckoutError::Busy {
+            retry_after: inner.config.checkout_timeout.max(Duration::from_secs(1)),
+        };
+        let permit = tokio::time::timeout_at(deadline, partition.turns.clone().acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| CheckoutError::ShuttingDown)?;
+        loop {
+            enum Next {
+                Take(Idle),
+                Connect,
+                Wait,
+            }
+            let next = {
+                let mut state = lock(&partition.state);
+                let pick = state
+                    .idle
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, idle)| (!idle.fresh, idle.since))
+                    .map(|(index, _)| index);
+                match pick {
+                    Some(index) => Next::Take(state.idle.swap_remove(index)),
+                    None if state.open < inner.config.max_sockets => {
+                        state.open += 1;
+                        state.connecting += 1;
+                        Next::Connect
+                    }
+                    None => Next::Wait,
+                }
+            };
+            match next {
+                Next::Take(idle) => {
+                    if idle.opened.elapsed() >= inner.config.max_age {
+                        // Dropping `take` tells the watcher to close it (max age).
+                        continue;
+                    }
+                    let (reply, socket) = oneshot::channel();
+                    if idle.take.send(reply).is_err() {
+                        continue;
+                    }
+                    // An error here means the watcher closed it first; it did the accounting.
+                    if let Ok(socket) = socket.await {
+                        lock(&partition.state).busy += 1;
+                        inner.refill(&partition);
+                        return Ok(inner.lease(&partition, socket, permit));
+                    }
+                }
+                Next::Connect => {
+                    let connected = inner.connector.connect(credential).await;
+                    let mut state = lock(&partition.state);
+                    state.connecting -= 1;
+                    match connected {
+                        Ok(socket) => {
+                            state.busy += 1;
+                            drop(state);
+                            inner.metrics.socket_opened();
+                            tracing::debug!(socket = socket.id(), credential = ?credential, "upstream socket opened");
+                            inner.refill(&partition);
+                            return Ok(inner.lease(&partition, socket, permit));
+                        }
+                        Err(error) => {
+                            state.open -= 1;
+                            drop(state);
+                            partition.available.notify_one();
+                            return Err(CheckoutError::Connect(error));
+                        }
+                    }
+                }
+                Next::Wait => {
+                    // A background connect holds the last slot; it notifies when it lands.
+                    if tokio::time::timeout_at(deadline, partition.available.notified())
+                        .await
+                        .is_err()
+                    {
+                        return Err(busy());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sockets by state over all credentials.
+    pub fn census(&self) -> Census {
+        let partitions: Vec<Arc<Partition>> =
+            lock(&self.inner.partitions).values().cloned().collect();
+        partitions.iter().fold([0; 3], |mut sum, partition| {
+            let state = lock(&partition.state);
+            sum[0] += state.idle.len();
+            sum[1] += state.busy;
+            sum[2] += state.connecting;
+            sum
+        })
+    }
+
+    /// Closes idle sockets now and leased ones when their turn ends; waits up to `grace` for
+    /// the close frames to go out.
+    pub async fn close(&self, grace: Duration) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        let _ = tokio::time::timeout(grace, self.inner.tasks.wait()).await;
+    }
+}
+
+impl Inner {
+    fn partition(&self, credential: &Credential) -> Arc<Partition> {
+        lock(&self.partitions)
+            .entry(credential.clone())
+            .or_insert_with(|| {
+                Arc::new(Partition {
+                    credential: credential.clone(),
+                    turns: Arc::new(Semaphore::new(self.config.max_sockets)),
+                    available: Notify::new(),
+                    state: Mutex::new(State::default()),
+                })
+            })
+            .clone()
+    }
+
+    fn lease(
+        self: &Arc<Self>,
+        partition: &Arc<Partition>,
+        socket: Socket,
+        permit: OwnedSemaphorePermit,
+    ) -> Lease {
+        Lease {
+            socket: Some(socket),
+            partition: partition.clone(),
+            pool: self.clone(),
+            _permit: permit,
+        }
+    }
+
+    /// Opens sockets in the background until `min_idle` are idle or connecting.
+    fn refill(self: &Arc<Self>, partition: &Arc<Partition>) {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let count = {
+            let mut state = lock(&partition.state);
+            let want = self
+                .config
+                .min_idle
+                .saturating_sub(state.idle.len() + state.connecting);
+            let count = want.min(self.config.max_sockets.saturating_sub(state.open));
+            state.open += count;
+            state.connecting += count;
+            count
+        };
+        for _ in 0..count {
+            let pool = self.clone();
+            let partition = partition.clone();
+            self.tasks.spawn(async move {
+                let connected = pool.connector.connect(&partition.credential).await;
+                let mut state = lock(&partition.state);
+                state.connecting -= 1;
+                match connected {
+                    Ok(socket) => {
+                        drop(state);
+                        pool.metrics.socket_opened();
+                        tracing::debug!(socket = socket.id(), credential = ?partition.credential, "upstream socket pre-warmed");
+                        pool.park(&partition, socket);
+                    }
+                    Err(error) => {
+                        state.open -= 1;
+                        drop(state);
+                        tracing::warn!(%error, credential = ?partition.credential, "pre-warming an upstream socket failed");
+                        partition.available.notify_one();
+                    }
+                }
+            });
+        }
+    }
+
+    /// Makes `socket` idle: registers it and hands it to a watcher task.
+    fn park(self: &Arc<Self>, partition: &Arc<Partition>, socket: Socket) {
+        if self.shutdown.is_cancelled() {
+            self.retire(partition, socket, CloseReason::Shutdown);
+            return;
+        }
+        let (take, requests) = oneshot::channel();
+        lock(&partition.state).idle.push(Idle {
+            id: socket.id(),
+            opened: socket.opened(),
+            fresh: socket.turns() == 0,
+            since: Instant::now(),
+            take,
+        });
+        partition.available.notify_one();
+        let pool = self.clone();
+        let partition = partition.clone();
+        self.tasks
+            .spawn(async move { pool.watch(partition, socket, requests).await });
+    }
+
+    /// Owns an idle socket until a checkout takes it or it has to close.
+    async fn watch(
+        self: Arc<Self>,
+        partition: Arc<Partition>,
+        mut socket: Socket,
+        mut requests: oneshot::Receiver<oneshot::Sender<Socket>>,
+    ) {
+        let config = &self.config;
+        let aged = TokioInstant::from_std(socket.opened() + config.max_age);
+        let mut idle_deadline = TokioInstant::now() + config.idle_timeout;
+        let mut next_ping = config
+            .ping_interval
+            .map(|every| TokioInstant::now() + every);
+        let mut awaiting_pong = false;
+        let reason = loop {
+            tokio::select! {
+                biased;
+                request = &mut requests => match request {
+                    Ok(reply) => match reply.send(socket) {
+                        Ok(()) => return,
+                        // The checkout gave up meanwhile: the socket stays idle.
+                        Err(socket) => {
+                            self.park(&partition, socket);
+                            return;
+                        }
+                    },
+                    // The entry was dropped: too old at checkout, or the pool is closing.
+                    Err(_) if self.shutdown.is_cancelled() => break CloseReason::Shutdown,
+                    Err(_) => break CloseReason::MaxAge,
+                },
+                _ = self.shutdown.cancelled() => break CloseReason::Shutdown,
+                inbound = socket.read() => match inbound {
+                    Inbound::Control { pong } => awaiting_pong &= !pong,
+                    Inbound::Closed(reason) => break reason,
+                    Inbound::Event(text) => {
+                        if text.contains("websocket_connection_limit_reached") {
+                            break CloseReason::LimitReached;
+                        }
+                        if crate::protocol::sse::event_type(&text).as_deref() != Some("keepalive") {
+                            tracing::warn!(socket = socket.id(), "unexpected event on an idle upstream socket");
+                            break CloseReason::ProtocolError;
+                        }
+                    }
+                },
+                _ = sleep_until(next_ping.unwrap_or(aged)), if next_ping.is_some() => {
+                    if awaiting_pong {
+                        break CloseReason::PingTimeout;
+                    }
+                    if socket.ping().await.is_err() {
+                        break CloseReason::ServerClosed;
+                    }
+                    awaiting_pong = true;
+                    next_ping = config.ping_interval.map(|every| TokioInstant::now() + every);
+                },
+                _ = sleep_until(idle_deadline) => {
+                    let idle = lock(&partition.state).idle.len();
+                    if idle > config.min_idle {
+                        break CloseReason::IdleTimeout;
+                    }
+                    idle_deadline = TokioInstant::now() + config.idle_timeout;
+                },
+                _ = sleep_until(aged) => break CloseReason::MaxAge,
+            }
+        };
+        {
+            let mut state = lock(&partition.state);
+            let id = socket.id();
+            if let Some(index) = state.idle.iter().position(|idle| idle.id == id) {
+                state.idle.swap_remove(index);
+            }
+        }
+        self.retire(&partition, socket, reason);
+    }
+
+    /// Accounts for a socket that is closing (it was idle or leased) and closes it.
+    fn retire(self: &Arc<Self>, partition: &Arc<Partition>, socket: Socket, reason: CloseReason) {
+        lock(&partition.state).open -= 1;
+        self.metrics.socket_closed(reason);
+        tracing::debug!(
+            socket = socket.id(),
+            ?reason,
+            turns = socket.turns(),
+            "upstream socket closed"
+        );
+        partition.available.notify_one();
+        self.tasks.spawn(socket.close());
+        if reason != CloseReason::Shutdown {
+            self.refill(partition);
+        }
+    }
+}
+
+/// Exclusive use of one socket for one turn.
+#[derive(Debug)]
+pub struct Lease {
+    socket: Option<Socket>,
+    partition: Arc<Partition>,
+    pool: Arc<Inner>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Lease {
+    pub fn socket(&mut self) -> &mut Socket {
+        #[expect(
+            clippy::expect_used,
+            reason = "the socket is only taken by self-consuming methods"
+        )]
+        self.socket.as_mut().expect("a live lease holds its socket")
+    }
+
+    /// The turn ended cleanly: the socket goes back to the pool.
+    pub fn release(mut self) {
+        if let Some(socket) = self.socket.take() {
+            lock(&self.partition.state).busy -= 1;
+            if socket.age() >= self.pool.config.max_age {
+                self.pool
+                    .retire(&self.partition, socket, CloseReason::MaxAge);
+            } else {
+                self.pool.park(&self.partition, socket);
+            }
+        }
+    }
+
+    /// The socket cannot be trusted with another turn: close it.
+    pub fn close(mut self, reason: CloseReason) {
+        self.discard(reason);
+    }
+
+    fn discard(&mut self, reason: CloseReason) {
+        if let Some(socket) = self.socket.take() {
+            lock(&self.partition.state).busy -= 1;
+            self.pool.retire(&self.partition, socket, reason);
+        }
+    }
+}
+
+impl Drop for Lease {
+    /// A lease dropped mid-turn means the client went away: closing the socket is what stops
+    /// the upstream from generating further.
+    fn drop(&mut self) {
+        self.discard(CloseReason::ClientGone);
+    }
+}

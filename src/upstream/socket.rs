@@ -1,0 +1,195 @@
+//! One upstream WebSocket ([`Socket`]) and how it is opened ([`Connector`]).
+//!
+//! A socket is a plain value with one owner at a time: the pool's idle watcher while it waits,
+//! the request that leased it during a turn. Events are read as text frames and handed on as
+//! they came ([`Utf8Bytes`] shares the received buffer), so nothing is re-serialised.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::auth::Credential;
+use crate::metrics::CloseReason;
+
+type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// An open upstream WebSocket.
+#[derive(Debug)]
+pub struct Socket {
+    id: u64,
+    ws: Stream,
+    opened: Instant,
+    turns: u64,
+}
+
+/// What reading a socket produced.
+#[derive(Debug)]
+pub enum Inbound {
+    /// One JSON event, as the upstream wrote it.
+    Event(Utf8Bytes),
+    /// A control frame was handled (ping answered, pong seen); nothing for the caller.
+    Control { pong: bool },
+    /// The socket is finished.
+    Closed(CloseReason),
+}
+
+impl Socket {
+    /// A process-unique number, for logs.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn age(&self) -> Duration {
+        self.opened.elapsed()
+    }
+
+    pub fn opened(&self) -> Instant {
+        self.opened
+    }
+
+    /// Turns started on this socket (0 for a pre-warmed one).
+    pub fn turns(&self) -> u64 {
+        self.turns
+    }
+
+    /// Sends one client event (a `response.create` frame) and counts a turn.
+    pub async fn send(&mut self, frame: Utf8Bytes) -> Result<(), tungstenite::Error> {
+        self.turns += 1;
+        self.ws.send(Message::Text(frame)).await
+    }
+
+    pub async fn ping(&mut self) -> Result<(), tungstenite::Error> {
+        self.ws.send(Message::Ping(Bytes::new())).await
+    }
+
+    /// Reads the next frame. Pings are answered by tungstenite while reading.
+    pub async fn read(&mut self) -> Inbound {
+        match self.ws.next().await {
+            Some(Ok(Message::Text(text))) => Inbound::Event(text),
+            Some(Ok(Message::Pong(_))) => Inbound::Control { pong: true },
+            Some(Ok(Message::Ping(_) | Message::Frame(_))) => Inbound::Control { pong: false },
+            Some(Ok(Message::Binary(_))) => Inbound::Closed(CloseReason::ProtocolError),
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                Inbound::Closed(CloseReason::ServerClosed)
+            }
+        }
+    }
+
+    /// The next event, skipping control frames; `Err` when the socket is finished.
+    pub async fn next_event(&mut self) -> Result<Utf8Bytes, CloseReason> {
+        loop {
+            match self.read().await {
+                Inbound::Event(text) => return Ok(text),
+                Inbound::Control { .. } => {}
+                Inbound::Closed(reason) => return Err(reason),
+            }
+        }
+    }
+
+    /// Closes politely (a close frame, briefly waiting for the reply), then drops the socket.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(None)).await;
+    }
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The upstream answered the upgrade with an HTTP status instead of 101.
+    Refused {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+    /// DNS, TCP, TLS or the handshake failed.
+    Failed(String),
+    /// No upgrade within `upstream.connect_timeout`.
+    TimedOut,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused { status, .. } => write!(f, "upgrade refused with {status}"),
+            Self::Failed(message) => write!(f, "connect failed: {message}"),
+            Self::TimedOut => f.write_str("connect timed out"),
+        }
+    }
+}
+
+/// Opens upstream WebSockets to one URL.
+#[derive(Debug)]
+pub struct Connector {
+    url: String,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+    max_message_bytes: usize,
+    next_id: AtomicU64,
+}
+
+impl Connector {
+    pub fn new(
+        url: String,
+        tls: Arc<rustls::ClientConfig>,
+        timeout: Duration,
+        max_message_bytes: usize,
+    ) -> Self {
+        Self {
+            url,
+            tls,
+            timeout,
+            max_message_bytes,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Connects and upgrades with `credential`'s headers, within the connect timeout.
+    pub async fn connect(&self, credential: &Credential) -> Result<Socket, ConnectError> {
+        let mut request = self
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|error| ConnectError::Failed(error.to_string()))?;
+        credential.apply(request.headers_mut());
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(self.max_message_bytes))
+            .max_frame_size(Some(self.max_message_bytes));
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            Some(tokio_tungstenite::Connector::Rustls(self.tls.clone())),
+        );
+        match tokio::time::timeout(self.timeout, connect).await {
+            Err(_) => Err(ConnectError::TimedOut),
+            Ok(Ok((ws, _response))) => Ok(Socket {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                ws,
+                opened: Instant::now(),
+                turns: 0,
+            }),
+            Ok(Err(tungstenite::Error::Http(response))) => {
+                let (parts, body) = (*response).into_parts();
+                Err(ConnectError::Refused {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body: body.map(Bytes::from).unwrap_or_default(),
+                })
+            }
+            Ok(Err(error)) => Err(ConnectError::Failed(error.to_string())),
+        }
+    }
+}
