@@ -87,7 +87,10 @@ impl Proxy {
                     .await
                     .map_err(StartError::Simulator)?;
                 config.upstream.base_url = handle.base_url();
-                tracing::info!(url = %handle.base_url(), "in-process simulator is the upstream");
+                tracing::info!(
+                    "upstream: the in-process simulator at {}",
+                    handle.base_url()
+                );
                 Some(handle)
             }
         };
