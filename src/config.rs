@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::continuation::ReasoningPolicy;
 use crate::simulator::faults::FaultConfig;
 use crate::simulator::latency::{LatencyModel, LatencyProfile};
 
@@ -42,6 +43,7 @@ pub struct RawConfig {
     pub upstream: RawUpstream,
     pub pool: RawPool,
     pub auth: RawAuth,
+    pub continuation: RawContinuation,
     pub log: RawLog,
     pub simulator: RawSimulator,
 }
@@ -138,6 +140,24 @@ impl Default for RawPool {
             idle_timeout_secs: 300,
             ping_interval_secs: 30,
             checkout_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawContinuation {
+    /// Turn full-history resends into `previous_response_id` + the new items.
+    pub enabled: bool,
+    /// `lenient` (a client that dropped reasoning items still continues) or `strict`.
+    pub reasoning: String,
+}
+
+impl Default for RawContinuation {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            reasoning: "lenient".into(),
         }
     }
 }
@@ -259,6 +279,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub pool: PoolConfig,
     pub auth: AuthConfig,
+    pub continuation: ContinuationConfig,
     pub log: LogConfig,
     pub simulator: SimulatorConfig,
 }
@@ -301,6 +322,12 @@ pub struct UpstreamConfig {
     pub max_frame_bytes: usize,
     pub max_message_bytes: usize,
     pub rest_fallback_cooldown: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContinuationConfig {
+    pub enabled: bool,
+    pub reasoning: ReasoningPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -543,6 +570,19 @@ fn validate(raw: RawConfig, env: &[(String, String)]) -> Result<Config, ConfigEr
             checkout_timeout: millis(raw.pool.checkout_timeout_ms),
         },
         auth: validate_auth(raw.auth, listen, env)?,
+        continuation: ContinuationConfig {
+            enabled: raw.continuation.enabled,
+            reasoning: match raw.continuation.reasoning.as_str() {
+                "lenient" => ReasoningPolicy::Lenient,
+                "strict" => ReasoningPolicy::Strict,
+                other => {
+                    return Err(invalid(
+                        "continuation.reasoning",
+                        format!("`{other}` (expected `lenient` or `strict`)"),
+                    ));
+                }
+            },
+        },
         log: LogConfig {
             format: match raw.log.format.as_str() {
                 "text" => LogFormat::Text,

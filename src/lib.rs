@@ -11,6 +11,7 @@
 //! - [`http`]: the proxy's routes ([`http::Proxy`], [`run`]): the bridged `POST /v1/responses`,
 //!   pass-through for the rest, health, readiness and metrics;
 //! - [`upstream`]: upstream WebSockets and the per-credential pool;
+//! - [`continuation`]: canonical item digests, heads, continuation frames;
 //! - [`auth`]: resolving a request's upstream credential (passthrough or injected key);
 //! - [`metrics`]: Prometheus metrics with enum labels;
 //! - [`config`]: raw + validated configuration, environment overlay, defaults in one place;
@@ -22,6 +23,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod continuation;
 pub mod health;
 pub mod http;
 pub mod ids;

@@ -116,6 +116,28 @@ pub struct Metrics {
     socket_closes: Family<CloseLabels, Counter>,
     recoveries: Family<CauseLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
+    continuations: Family<ContinuationLabels, Counter>,
+    head_evictions: Counter,
+    upstream_bytes: Counter,
+    request_bytes: Counter,
+}
+
+/// How a `POST /v1/responses` turn went upstream.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Continuation {
+    /// Only the new items, with `previous_response_id`, on the socket holding the head.
+    Continued,
+    /// The client's input as given (a new conversation, or no idle head to extend).
+    Fresh,
+    /// The client chained with its own `previous_response_id` (sent as given).
+    Explicit,
+    /// A continuation the upstream could not resolve, resent in full before any output.
+    Recovered,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ContinuationLabels {
+    outcome: Continuation,
 }
 
 impl Default for Metrics {
@@ -165,9 +187,37 @@ impl Default for Metrics {
             "POST /v1/responses sent over REST instead of a WebSocket, by reason",
             fallbacks.clone(),
         );
+        let continuations = Family::<ContinuationLabels, Counter>::default();
+        registry.register(
+            "continuations",
+            "POST /v1/responses turns by how they went upstream",
+            continuations.clone(),
+        );
+        let head_evictions = Counter::default();
+        registry.register(
+            "head_evictions",
+            "Idle sockets whose head was dropped to serve another conversation",
+            head_evictions.clone(),
+        );
+        let upstream_bytes = Counter::default();
+        registry.register(
+            "upstream_frame_bytes",
+            "Bytes of response.create frames sent upstream",
+            upstream_bytes.clone(),
+        );
+        let request_bytes = Counter::default();
+        registry.register(
+            "client_request_bytes",
+            "Bytes of the bridged client request bodies (what full resends would have sent)",
+            request_bytes.clone(),
+        );
         Self {
             registry,
             requests,
+            continuations,
+            head_evictions,
+            upstream_bytes,
+            request_bytes,
             time_to_first_byte,
             sockets,
             socket_opens,
@@ -209,6 +259,22 @@ impl Metrics {
         self.fallbacks
             .get_or_create(&FallbackLabels { reason })
             .inc();
+    }
+
+    pub fn continuation(&self, outcome: Continuation) {
+        self.continuations
+            .get_or_create(&ContinuationLabels { outcome })
+            .inc();
+    }
+
+    pub fn head_evicted(&self) {
+        self.head_evictions.inc();
+    }
+
+    /// A frame of `frame` bytes went upstream for a client body of `body` bytes.
+    pub fn frame_sent(&self, frame: usize, body: usize) {
+        self.upstream_bytes.inc_by(frame as u64);
+        self.request_bytes.inc_by(body as u64);
     }
 
     /// The text exposition, with the socket gauges set from `sockets` (idle, busy, connecting).
@@ -262,7 +328,8 @@ snake_case_labels!(
     SocketState,
     CloseReason,
     RecoveryCause,
-    FallbackReason
+    FallbackReason,
+    Continuation
 );
 
 /// The `content-type` of [`Metrics::render`].

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Bridge, KEY, PATIENCE, bridge, bridge_with, mask_fields, output_text, types};
+use common::{Bridge, KEY, PATIENCE, bridge, bridge_with, mask_fields, metric, output_text, types};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use wsbridge::config::SimulatorConfig;
@@ -20,24 +20,6 @@ fn hello(stream: bool) -> Value {
 
 fn with_fault(fault: &str) -> Value {
     json!({"model": "gpt-test", "input": "hello", "stream": true, "metadata": {"sim_fault": fault}})
-}
-
-async fn metrics(bridge: &Bridge) -> String {
-    common::request(
-        "GET",
-        &format!("http://{}/metrics", bridge.proxy.addr()),
-        None,
-        None,
-    )
-    .await
-    .body
-}
-
-/// The value of one metric line (`name{labels}`), 0 when absent.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 // ---------------------------------------------------------------- the normal path
@@ -108,8 +90,11 @@ async fn non_stream_returns_the_final_response_object() {
 }
 
 #[tokio::test]
-async fn sequential_turns_reuse_one_socket() {
-    let bridge = bridge().await;
+async fn sequential_turns_reuse_one_socket_when_sockets_keep_no_heads() {
+    let bridge = bridge_with(SimulatorConfig::default(), |config| {
+        config.continuation.enabled = false;
+    })
+    .await;
     for _ in 0..3 {
         assert_eq!(bridge.post(&hello(true)).await.status, 200);
     }
@@ -308,7 +293,7 @@ async fn close_before_created_is_retried_on_another_socket_transparently() {
     assert_eq!(events.last().unwrap()["type"], "response.completed");
     assert!(
         metric(
-            &metrics(&bridge).await,
+            &bridge.metrics().await,
             "wsbridge_upstream_recoveries_total{cause=\"socket_closed\"}"
         ) >= 1.0
     );
@@ -343,7 +328,7 @@ async fn an_idle_socket_that_reaches_the_connection_limit_is_replaced() {
         .wait_for(|s| s.sockets_closed >= 1, PATIENCE)
         .await
         .expect("the simulator closes the aged socket");
-    let text = metrics(&bridge).await;
+    let text = bridge.metrics().await;
     let replaced = metric(
         &text,
         "wsbridge_upstream_socket_closes_total{reason=\"limit_reached\"}",
@@ -375,7 +360,7 @@ async fn a_turn_refused_for_the_connection_limit_is_retried_on_a_new_socket() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert!(
         metric(
-            &metrics(&bridge).await,
+            &bridge.metrics().await,
             "wsbridge_upstream_recoveries_total{cause=\"limit_reached\"}"
         ) >= 1.0
     );
@@ -466,7 +451,7 @@ async fn background_and_oversized_requests_go_over_rest() {
             .count(),
         2
     );
-    let text = metrics(&bridge).await;
+    let text = bridge.metrics().await;
     assert_eq!(
         metric(
             &text,
@@ -632,7 +617,7 @@ async fn a_client_that_goes_away_mid_stream_closes_the_upstream_socket() {
         .wait_for(|s| s.sockets_closed == 1, PATIENCE)
         .await
         .expect("the upstream sees its socket closed");
-    let text = metrics(&bridge).await;
+    let text = bridge.metrics().await;
     assert_eq!(
         metric(
             &text,
@@ -703,7 +688,7 @@ async fn operations_endpoints_answer() {
     let ready = common::request("GET", &format!("http://{addr}/readyz"), None, None).await;
     assert_eq!(ready.status, 200, "the upstream answers");
     assert_eq!(bridge.post(&hello(true)).await.status, 200);
-    let text = metrics(&bridge).await;
+    let text = bridge.metrics().await;
     assert_eq!(
         metric(
             &text,
@@ -774,6 +759,7 @@ async fn inject_mode_sends_its_own_key_and_checks_client_tokens() {
 async fn idle_sockets_are_pinged_and_kept() {
     let bridge = bridge_with(SimulatorConfig::default(), |config| {
         config.pool.ping_interval = Some(Duration::from_millis(50));
+        config.continuation.enabled = false;
     })
     .await;
     assert_eq!(bridge.post(&hello(true)).await.status, 200);

@@ -46,6 +46,7 @@ pub struct App {
     client: HttpsClient,
     metrics: Arc<Metrics>,
     upstream_base: Uri,
+    digester: crate::continuation::Digester,
 }
 
 /// Why the proxy could not start.
@@ -129,6 +130,7 @@ impl Proxy {
             addr: config.server.listen,
             source,
         })?;
+        let app_policy = config.continuation.reasoning;
         let app = Arc::new(App {
             config,
             auth,
@@ -136,6 +138,7 @@ impl Proxy {
             client,
             metrics,
             upstream_base,
+            digester: crate::continuation::Digester::new(app_policy),
         });
         let stop = CancellationToken::new();
         let router = router(app.clone());

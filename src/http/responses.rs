@@ -22,9 +22,10 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::App;
 use super::passthrough::{self, X_ACCEL_BUFFERING};
 use crate::auth::Credential;
-use crate::metrics::{CloseReason, FallbackReason, RecoveryCause};
+use crate::continuation::{self, Digester, Frame, Head};
+use crate::metrics::{CloseReason, Continuation, FallbackReason, RecoveryCause};
 use crate::protocol::{OpenAiError, sse};
-use crate::upstream::pool::{CheckoutError, Lease};
+use crate::upstream::pool::{Affinity, Checkout, CheckoutError, Lease};
 use crate::upstream::socket::ConnectError;
 
 /// The handler. Every answer carries an `x-request-id` (the upstream socket gives none).
@@ -105,14 +106,15 @@ async fn respond(
     if request.get("background") == Some(&Value::Bool(true)) {
         return rest(FallbackReason::Background).await;
     }
-    let frame = create_frame(request);
-    if frame.len() > app.config.upstream.max_frame_bytes {
+    let plan = Plan::new(app, &request);
+    let full_frame = plan.frame(None);
+    if full_frame.len() > app.config.upstream.max_frame_bytes {
         return rest(FallbackReason::FrameTooLarge).await;
     }
     if app.pool.rest_only(&credential) {
         return rest(FallbackReason::UpgradeRefused).await;
     }
-    let started = match start_turn(app, &credential, Utf8Bytes::from(frame)).await {
+    let started = match start_turn(app, &credential, &plan, full_frame, body.len()).await {
         Ok(started) => started,
         Err(Failure::Answer(response)) => return *response,
         Err(Failure::UpgradeRefused) => {
@@ -122,30 +124,148 @@ async fn respond(
             return rest(FallbackReason::UpgradeRefused).await;
         }
     };
-    if stream {
+    app.metrics.continuation(started.route);
+    let route = HeaderValue::from_static(started.route.header_value());
+    let mut response = if stream {
         stream_events(app, started)
     } else {
         collect_response(app, started).await
+    };
+    response
+        .headers_mut()
+        .insert(X_WSBRIDGE_CONTINUATION, route);
+    response
+}
+
+/// Says how a bridged turn went upstream: `continued`, `fresh`, `explicit` or `recovered`.
+pub const X_WSBRIDGE_CONTINUATION: header::HeaderName =
+    header::HeaderName::from_static("x-wsbridge-continuation");
+
+impl Continuation {
+    fn header_value(self) -> &'static str {
+        match self {
+            Continuation::Continued => "continued",
+            Continuation::Fresh => "fresh",
+            Continuation::Explicit => "explicit",
+            Continuation::Recovered => "recovered",
+        }
     }
 }
 
-/// The `response.create` frame: `type` first, then the client's fields as given, minus the
-/// REST-only `stream` and `background`.
-fn create_frame(request: Map<String, Value>) -> String {
-    let mut frame = Map::with_capacity(request.len() + 1);
-    frame.insert("type".into(), Value::from("response.create"));
-    frame.extend(
-        request
-            .into_iter()
-            .filter(|(key, _)| key != "stream" && key != "background"),
-    );
-    Value::Object(frame).to_string()
+/// What a request needs to find and continue a head, computed once per request.
+struct Plan<'a> {
+    request: &'a Map<String, Value>,
+    items: std::borrow::Cow<'a, [Value]>,
+    /// Digest after each input item (empty unless wsbridge may rewrite the request).
+    prefixes: Vec<u128>,
+    model: &'a str,
+    /// The client's own `previous_response_id`.
+    explicit: Option<&'a str>,
+    digester: &'a Digester,
+    enabled: bool,
+}
+
+impl<'a> Plan<'a> {
+    fn new(app: &'a App, request: &'a Map<String, Value>) -> Self {
+        let explicit = request.get("previous_response_id").and_then(Value::as_str);
+        // Requests that chain themselves (or use `conversation`) are never rewritten.
+        let rewritable = app.config.continuation.enabled
+            && explicit.is_none()
+            && request.get("conversation").is_none_or(Value::is_null);
+        let items = continuation::input_items(request);
+        let prefixes = if rewritable {
+            app.digester.prefixes(&items)
+        } else {
+            Vec::new()
+        };
+        Self {
+            request,
+            items,
+            prefixes,
+            model: request.get("model").and_then(Value::as_str).unwrap_or(""),
+            explicit,
+            digester: &app.digester,
+            enabled: app.config.continuation.enabled,
+        }
+    }
+
+    fn affinity(&self) -> Affinity<'_> {
+        match self.explicit {
+            Some(id) if self.enabled => Affinity::Response(id),
+            None if !self.prefixes.is_empty() => Affinity::Extend {
+                prefixes: &self.prefixes,
+                model: self.model,
+            },
+            _ => Affinity::None,
+        }
+    }
+
+    /// The frame: the request as given, or only `items[k..]` after `previous`.
+    fn frame(&self, continuation: Option<(&str, usize)>) -> String {
+        Frame {
+            request: self.request,
+            continuation: continuation.map(|(previous, k)| (previous, &self.items[k..])),
+        }
+        .to_json()
+    }
+
+    /// What the socket's head will be once this turn completes (its output still to add).
+    fn seed(&self) -> HeadSeed {
+        HeadSeed {
+            enabled: self.enabled,
+            digester: self.digester.clone(),
+            input: self
+                .prefixes
+                .last()
+                .copied()
+                .filter(|_| !self.prefixes.is_empty()),
+            model: self.model.to_owned(),
+        }
+    }
+}
+
+/// The parts of a head known before the turn ran.
+struct HeadSeed {
+    /// Continuations are on (otherwise sockets keep no heads).
+    enabled: bool,
+    digester: Digester,
+    /// Digest of the full input, when wsbridge knows the full input.
+    input: Option<u128>,
+    model: String,
+}
+
+impl HeadSeed {
+    /// The head after a `response.completed` / `response.incomplete` event.
+    fn head(&self, terminal: &str) -> Option<Head> {
+        if !self.enabled {
+            return None;
+        }
+        #[derive(serde::Deserialize)]
+        struct Terminal {
+            response: TerminalResponse,
+        }
+        #[derive(serde::Deserialize)]
+        struct TerminalResponse {
+            id: String,
+            #[serde(default)]
+            output: Vec<Value>,
+        }
+        let terminal: Terminal = serde_json::from_str(terminal).ok()?;
+        let output = &terminal.response.output;
+        Some(Head {
+            response_id: terminal.response.id,
+            digest: self.input.map(|input| self.digester.extend(input, output)),
+            model: self.model.clone(),
+        })
+    }
 }
 
 /// A turn whose first event has arrived.
 struct Started {
     lease: Lease,
     first: Utf8Bytes,
+    route: Continuation,
+    seed: HeadSeed,
 }
 
 enum Failure {
@@ -155,14 +275,18 @@ enum Failure {
     UpgradeRefused,
 }
 
-/// Leases a socket, sends the frame and waits for the first event, retrying on another socket
-/// while nothing has reached the client (bounded by `upstream.max_attempts`).
+/// Leases a socket, sends the frame and waits for the first event, retrying while nothing has
+/// reached the client (bounded by `upstream.max_attempts`). A continuation the upstream cannot
+/// resolve (`previous_response_not_found`) is resent in full on the same socket.
 async fn start_turn(
     app: &App,
     credential: &Credential,
-    frame: Utf8Bytes,
+    plan: &Plan<'_>,
+    full_frame: String,
+    body_len: usize,
 ) -> Result<Started, Failure> {
     let config = &app.config.upstream;
+    let full_frame = Utf8Bytes::from(full_frame);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -176,107 +300,142 @@ async fn start_turn(
                 Ok(())
             }
         };
-        let mut lease = match app.pool.checkout(credential).await {
-            Ok(lease) => lease,
-            Err(CheckoutError::Busy { retry_after }) => {
-                let mut response = OpenAiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "requests",
-                    "All upstream connections for this API key are busy (pool.max_sockets). \
+        let Checkout { mut lease, matched } =
+            match app.pool.checkout(credential, plan.affinity()).await {
+                Ok(checkout) => checkout,
+                Err(CheckoutError::Busy { retry_after }) => {
+                    let mut response = OpenAiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "requests",
+                        "All upstream connections for this API key are busy (pool.max_sockets). \
                      Please retry shortly.",
-                )
-                .with_code("wsbridge_pool_exhausted")
-                .into_response();
-                if let Ok(value) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
-                {
-                    response.headers_mut().insert(header::RETRY_AFTER, value);
-                }
-                return Err(Failure::Answer(Box::new(response)));
-            }
-            Err(CheckoutError::ShuttingDown) => {
-                return Err(Failure::Answer(Box::new(
-                    OpenAiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "server_error",
-                        "wsbridge is shutting down.",
                     )
-                    .into_response(),
-                )));
-            }
-            Err(CheckoutError::Connect(ConnectError::Refused {
-                status,
-                headers,
-                body,
-            })) => {
-                if matches!(status.as_u16(), 404 | 405 | 426) {
-                    return Err(Failure::UpgradeRefused);
+                    .with_code("wsbridge_pool_exhausted")
+                    .into_response();
+                    if let Ok(value) =
+                        HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
+                    {
+                        response.headers_mut().insert(header::RETRY_AFTER, value);
+                    }
+                    return Err(Failure::Answer(Box::new(response)));
                 }
-                if status.is_server_error() && !last {
-                    retry(
-                        RecoveryCause::ConnectFailed,
-                        OpenAiError::for_status(status, "server_error"),
-                    )?;
+                Err(CheckoutError::ShuttingDown) => {
+                    return Err(Failure::Answer(Box::new(
+                        OpenAiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "server_error",
+                            "wsbridge is shutting down.",
+                        )
+                        .into_response(),
+                    )));
+                }
+                Err(CheckoutError::Connect(ConnectError::Refused {
+                    status,
+                    headers,
+                    body,
+                })) => {
+                    if matches!(status.as_u16(), 404 | 405 | 426) {
+                        return Err(Failure::UpgradeRefused);
+                    }
+                    if status.is_server_error() && !last {
+                        retry(
+                            RecoveryCause::ConnectFailed,
+                            OpenAiError::for_status(status, "server_error"),
+                        )?;
+                        continue;
+                    }
+                    return Err(Failure::Answer(Box::new(refused(status, &headers, body))));
+                }
+                Err(CheckoutError::Connect(error)) => {
+                    tracing::warn!(%error, "connecting upstream failed");
+                    let unreachable = OpenAiError::new(
+                        if matches!(error, ConnectError::TimedOut) {
+                            StatusCode::GATEWAY_TIMEOUT
+                        } else {
+                            StatusCode::BAD_GATEWAY
+                        },
+                        "server_error",
+                        format!("wsbridge could not open an upstream WebSocket ({error})."),
+                    )
+                    .with_code("upstream_unreachable");
+                    retry(RecoveryCause::ConnectFailed, unreachable)?;
                     continue;
                 }
-                return Err(Failure::Answer(Box::new(refused(status, &headers, body))));
+            };
+        let mut route = match (plan.explicit, matched) {
+            (Some(_), _) => Continuation::Explicit,
+            (None, Some(_)) => Continuation::Continued,
+            (None, None) => Continuation::Fresh,
+        };
+        let mut frame = match (route, matched, lease.socket().head()) {
+            (Continuation::Continued, Some(k), Some(head)) => {
+                Utf8Bytes::from(plan.frame(Some((&head.response_id, k))))
             }
-            Err(CheckoutError::Connect(error)) => {
-                tracing::warn!(%error, "connecting upstream failed");
-                let unreachable = OpenAiError::new(
-                    if matches!(error, ConnectError::TimedOut) {
-                        StatusCode::GATEWAY_TIMEOUT
-                    } else {
-                        StatusCode::BAD_GATEWAY
-                    },
-                    "server_error",
-                    format!("wsbridge could not open an upstream WebSocket ({error})."),
-                )
-                .with_code("upstream_unreachable");
-                retry(RecoveryCause::ConnectFailed, unreachable)?;
-                continue;
+            _ => {
+                route = route.min_fresh();
+                full_frame.clone()
             }
         };
-        let closed_early = || {
-            OpenAiError::new(
-                StatusCode::BAD_GATEWAY,
-                "server_error",
-                "The upstream closed the WebSocket before the response started.",
-            )
-            .with_code("upstream_closed")
+        // The socket's head is replaced by this turn's (or dropped if it does not complete).
+        lease.socket().set_head(None);
+        let first = loop {
+            app.metrics.frame_sent(frame.len(), body_len);
+            if lease.socket().send(frame.clone()).await.is_err() {
+                break Err(CloseReason::ServerClosed);
+            }
+            let first =
+                tokio::time::timeout(config.first_event_timeout, lease.socket().next_event()).await;
+            match first {
+                Ok(Ok(text))
+                    if route == Continuation::Continued
+                        && sse::event_type(&text).as_deref() == Some("error")
+                        && text.contains("\"previous_response_not_found\"") =>
+                {
+                    // Our own rewrite missed (the upstream dropped its copy): resend in full.
+                    tracing::info!("continuation not found upstream; resending the full input");
+                    route = Continuation::Recovered;
+                    frame = full_frame.clone();
+                }
+                Ok(first) => break first,
+                Err(_) => {
+                    lease.close(CloseReason::TurnFailed);
+                    return Err(Failure::Answer(Box::new(
+                        OpenAiError::new(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "server_error",
+                            format!(
+                                "The upstream did not start the response within {} ms \
+                                 (upstream.first_event_timeout_ms).",
+                                config.first_event_timeout.as_millis()
+                            ),
+                        )
+                        .with_code("upstream_timeout")
+                        .into_response(),
+                    )));
+                }
+            }
         };
-        if lease.socket().send(frame.clone()).await.is_err() {
-            lease.close(CloseReason::ServerClosed);
-            retry(RecoveryCause::SocketClosed, closed_early())?;
-            continue;
-        }
-        let first =
-            tokio::time::timeout(config.first_event_timeout, lease.socket().next_event()).await;
         let first = match first {
-            Err(_) => {
-                lease.close(CloseReason::TurnFailed);
-                return Err(Failure::Answer(Box::new(
-                    OpenAiError::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "server_error",
-                        format!(
-                            "The upstream did not start the response within {} ms \
-                             (upstream.first_event_timeout_ms).",
-                            config.first_event_timeout.as_millis()
-                        ),
-                    )
-                    .with_code("upstream_timeout")
-                    .into_response(),
-                )));
-            }
-            Ok(Err(reason)) => {
+            Ok(first) => first,
+            Err(reason) => {
                 lease.close(reason);
-                retry(RecoveryCause::SocketClosed, closed_early())?;
+                let closed_early = OpenAiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "server_error",
+                    "The upstream closed the WebSocket before the response started.",
+                )
+                .with_code("upstream_closed");
+                retry(RecoveryCause::SocketClosed, closed_early)?;
                 continue;
             }
-            Ok(Ok(first)) => first,
         };
         if sse::event_type(&first).as_deref() != Some("error") {
-            return Ok(Started { lease, first });
+            return Ok(Started {
+                lease,
+                first,
+                route,
+                seed: plan.seed(),
+            });
         }
         // A request-scoped error before any output.
         let event: Value = serde_json::from_str(&first).unwrap_or_default();
@@ -296,6 +455,16 @@ async fn start_turn(
         let mut response = error.into_response();
         copy_error_headers(&event, response.headers_mut());
         return Err(Failure::Answer(Box::new(response)));
+    }
+}
+
+impl Continuation {
+    /// A turn that was to continue but sends its full input is `fresh`.
+    fn min_fresh(self) -> Self {
+        match self {
+            Continuation::Continued => Continuation::Fresh,
+            other => other,
+        }
     }
 }
 
@@ -377,6 +546,7 @@ fn stream_events(app: &App, started: Started) -> Response {
     let relay = Relay {
         lease: Some(started.lease),
         first: Some(started.first),
+        seed: started.seed,
         keepalive: app.config.server.sse_keepalive,
         idle_timeout: app.config.upstream.stream_idle_timeout,
         created: None,
@@ -407,6 +577,7 @@ fn stream_events(app: &App, started: Started) -> Response {
 struct Relay {
     lease: Option<Lease>,
     first: Option<Utf8Bytes>,
+    seed: HeadSeed,
     keepalive: Option<Duration>,
     idle_timeout: Duration,
     /// The `response` object of `response.created`, for a synthesised `response.failed`.
@@ -448,7 +619,10 @@ impl Relay {
         match &*kind {
             "response.completed" | "response.incomplete" | "response.failed" => {
                 self.finished = true;
-                if let Some(lease) = self.lease.take() {
+                if let Some(mut lease) = self.lease.take() {
+                    if kind != "response.failed" {
+                        lease.socket().set_head(self.seed.head(&text));
+                    }
                     lease.release();
                 }
             }
@@ -543,13 +717,19 @@ fn sequence_number(text: &str) -> Option<u64> {
 
 /// `stream: false`: reads the turn to its end and answers with the final Response object.
 async fn collect_response(app: &App, started: Started) -> Response {
-    let Started { mut lease, first } = started;
+    let Started {
+        mut lease,
+        first,
+        seed,
+        ..
+    } = started;
     let idle_timeout = app.config.upstream.stream_idle_timeout;
     let mut text = first;
     loop {
         let kind = sse::event_type(&text).unwrap_or_default();
         match &*kind {
             "response.completed" | "response.incomplete" => {
+                lease.socket().set_head(seed.head(&text));
                 lease.release();
                 #[derive(serde::Deserialize)]
                 struct Terminal<'a> {
@@ -617,18 +797,6 @@ async fn collect_response(app: &App, started: Started) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn create_frame_puts_type_first_and_drops_rest_only_fields() {
-        let request: Map<String, Value> = serde_json::from_str(
-            r#"{"model":"m","stream":true,"background":false,"input":"hi","x_unknown":{"a":1}}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            create_frame(request),
-            r#"{"type":"response.create","model":"m","input":"hi","x_unknown":{"a":1}}"#
-        );
-    }
 
     #[test]
     fn sequence_number_is_read_without_parsing() {

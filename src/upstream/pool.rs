@@ -1,10 +1,15 @@
 //! The pool of upstream sockets, partitioned by credential (DESIGN.md §4).
 //!
 //! ```text
-//!  checkout ──▶ idle socket (fresh first, else least recently used) ──▶ Lease ──▶ release → idle
-//!     │         or connect a new one (under max_sockets)                  └─────▶ drop/close → gone
+//!  checkout ──▶ the idle socket whose head the request extends (Affinity)
+//!     │         else an idle socket without a head, else a new connection (under max_sockets),
+//!     │         else the least recently used idle head (evicted) ──▶ Lease ──▶ release → idle
+//!     │                                                                   └──▶ drop/close → gone
 //!     └─ all busy: wait up to checkout_timeout, then CheckoutError::Busy (429)
 //! ```
+//!
+//! Heads of idle sockets are indexed per credential by digest and by response id, so finding
+//! the socket a request continues is a few hash lookups under the partition lock.
 //!
 //! Each idle socket is owned by a watcher task that answers pings, sends its own, and closes the
 //! socket when the upstream closes it, sends `websocket_connection_limit_reached`, stops
@@ -33,6 +38,7 @@ use tokio_util::task::TaskTracker;
 use super::socket::{ConnectError, Connector, Inbound, Socket};
 use crate::auth::Credential;
 use crate::config::PoolConfig;
+use crate::continuation::{Head, longest_match};
 use crate::metrics::{CloseReason, Metrics};
 
 /// Why no socket could be leased.
@@ -74,6 +80,10 @@ struct Partition {
 #[derive(Debug, Default)]
 struct State {
     idle: Vec<Idle>,
+    /// Head digest → idle socket id.
+    heads: HashMap<u128, u64>,
+    /// Head response id → idle socket id.
+    responses: HashMap<String, u64>,
     /// Idle + busy + connecting.
     open: usize,
     connecting: usize,
@@ -87,10 +97,96 @@ struct State {
 struct Idle {
     id: u64,
     opened: Instant,
-    /// Never carried a turn: preferred for new conversations.
-    fresh: bool,
+    /// The socket's head (a copy; the socket keeps its own).
+    head: Option<Head>,
     since: Instant,
     take: oneshot::Sender<oneshot::Sender<Socket>>,
+}
+
+impl State {
+    fn add_idle(&mut self, idle: Idle) {
+        if let Some(head) = &idle.head {
+            if let Some(digest) = head.digest {
+                self.heads.insert(digest, idle.id);
+            }
+            self.responses.insert(head.response_id.clone(), idle.id);
+        }
+        self.idle.push(idle);
+    }
+
+    fn remove_idle(&mut self, index: usize) -> Idle {
+        let idle = self.idle.swap_remove(index);
+        if let Some(head) = &idle.head {
+            if let Some(digest) = head.digest {
+                if self.heads.get(&digest) == Some(&idle.id) {
+                    self.heads.remove(&digest);
+                }
+            }
+            if self.responses.get(&head.response_id) == Some(&idle.id) {
+                self.responses.remove(&head.response_id);
+            }
+        }
+        idle
+    }
+
+    fn idle_index(&self, id: u64) -> Option<usize> {
+        self.idle.iter().position(|idle| idle.id == id)
+    }
+
+    /// The idle socket `affinity` wants, and how many of the request's items its head covers.
+    fn affine(&self, affinity: &Affinity<'_>) -> Option<(usize, usize)> {
+        match affinity {
+            Affinity::None => None,
+            Affinity::Extend { prefixes, model } => {
+                let mut found = None;
+                let matched = longest_match(prefixes, |digest| {
+                    found = self
+                        .heads
+                        .get(&digest)
+                        .and_then(|id| self.idle_index(*id))
+                        .filter(|index| {
+                            self.idle[*index]
+                                .head
+                                .as_ref()
+                                .is_some_and(|head| head.model == *model)
+                        });
+                    found.is_some()
+                })?;
+                Some((found?, matched))
+            }
+            Affinity::Response(id) => {
+                let index = self
+                    .responses
+                    .get(*id)
+                    .and_then(|id| self.idle_index(*id))?;
+                Some((index, 0))
+            }
+        }
+    }
+}
+
+/// Which socket a request would like (DESIGN.md §3).
+#[derive(Debug, Clone, Copy)]
+pub enum Affinity<'a> {
+    /// Any socket (a new conversation, or one wsbridge does not rewrite).
+    None,
+    /// The socket whose head is the longest prefix of the request's items (digests after each
+    /// item), for the same model.
+    Extend {
+        prefixes: &'a [u128],
+        model: &'a str,
+    },
+    /// The socket whose head is this response (the client's own `previous_response_id`).
+    Response(&'a str),
+}
+
+/// A leased socket and what it holds for the request.
+#[derive(Debug)]
+pub struct Checkout {
+    pub lease: Lease,
+    /// `Some(k)`: the socket's head covers the request's first `k` items (`Affinity::Extend`),
+    /// or is the requested response (`Affinity::Response`, `k` = 0).
+    pub matched: Option<usize>,
 }
 
 /// Sockets by state, summed over credentials: (idle, busy, connecting).
@@ -147,9 +243,14 @@ impl Pool {
         lock(&partition.state).rest_until = Some(Instant::now() + cooldown);
     }
 
-    /// Leases a socket for one turn: an idle one (fresh first, then least recently used), else
-    /// a new connection, else waits up to `checkout_timeout` for one to come back.
-    pub async fn checkout(&self, credential: &Credential) -> Result<Lease, CheckoutError> {
+    /// Leases a socket for one turn: the idle one `affinity` wants, else an idle one without a
+    /// head, else a new connection, else the least recently used idle head, else waits up to
+    /// `checkout_timeout` for one to come back.
+    pub async fn checkout(
+        &self,
+        credential: &Credential,
+        affinity: Affinity<'_>,
+    ) -> Result<Checkout, CheckoutError> {
         let inner = &self.inner;
         if inner.shutdown.is_cancelled() {
             return Err(CheckoutError::ShuttingDown);
@@ -165,30 +266,43 @@ impl Pool {
             .map_err(|_| CheckoutError::ShuttingDown)?;
         loop {
             enum Next {
-                Take(Idle),
+                Take(Idle, Option<usize>),
                 Connect,
                 Wait,
             }
             let next = {
                 let mut state = lock(&partition.state);
-                let pick = state
+                let headless = state
                     .idle
                     .iter()
                     .enumerate()
-                    .min_by_key(|(_, idle)| (!idle.fresh, idle.since))
+                    .filter(|(_, idle)| idle.head.is_none())
+                    .min_by_key(|(_, idle)| idle.since)
                     .map(|(index, _)| index);
-                match pick {
-                    Some(index) => Next::Take(state.idle.swap_remove(index)),
-                    None if state.open < inner.config.max_sockets => {
-                        state.open += 1;
-                        state.connecting += 1;
-                        Next::Connect
-                    }
-                    None => Next::Wait,
+                let least_recent = || {
+                    state
+                        .idle
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, idle)| idle.since)
+                        .map(|(index, _)| index)
+                };
+                if let Some((index, matched)) = state.affine(&affinity) {
+                    Next::Take(state.remove_idle(index), Some(matched))
+                } else if let Some(index) = headless {
+                    Next::Take(state.remove_idle(index), None)
+                } else if state.open < inner.config.max_sockets {
+                    state.open += 1;
+                    state.connecting += 1;
+                    Next::Connect
+                } else if let Some(index) = least_recent() {
+                    Next::Take(state.remove_idle(index), None)
+                } else {
+                    Next::Wait
                 }
             };
             match next {
-                Next::Take(idle) => {
+                Next::Take(idle, matched) => {
                     if idle.opened.elapsed() >= inner.config.max_age {
                         // Dropping `take` tells the watcher to close it (max age).
                         continue;
@@ -198,10 +312,18 @@ impl Pool {
                         continue;
                     }
                     // An error here means the watcher closed it first; it did the accounting.
-                    if let Ok(socket) = socket.await {
+                    if let Ok(mut socket) = socket.await {
                         lock(&partition.state).busy += 1;
+                        if matched.is_none() && socket.head().is_some() {
+                            // Taken for another conversation: its head is about to be replaced.
+                            socket.set_head(None);
+                            inner.metrics.head_evicted();
+                        }
                         inner.refill(&partition);
-                        return Ok(inner.lease(&partition, socket, permit));
+                        return Ok(Checkout {
+                            lease: inner.lease(&partition, socket, permit),
+                            matched,
+                        });
                     }
                 }
                 Next::Connect => {
@@ -215,7 +337,10 @@ impl Pool {
                             inner.metrics.socket_opened();
                             tracing::debug!(socket = socket.id(), credential = ?credential, "upstream socket opened");
                             inner.refill(&partition);
-                            return Ok(inner.lease(&partition, socket, permit));
+                            return Ok(Checkout {
+                                lease: inner.lease(&partition, socket, permit),
+                                matched: None,
+                            });
                         }
                         Err(error) => {
                             state.open -= 1;
@@ -337,10 +462,10 @@ impl Inner {
             return;
         }
         let (take, requests) = oneshot::channel();
-        lock(&partition.state).idle.push(Idle {
+        lock(&partition.state).add_idle(Idle {
             id: socket.id(),
             opened: socket.opened(),
-            fresh: socket.turns() == 0,
+            head: socket.head().cloned(),
             since: Instant::now(),
             take,
         });
@@ -417,9 +542,8 @@ impl Inner {
         };
         {
             let mut state = lock(&partition.state);
-            let id = socket.id();
-            if let Some(index) = state.idle.iter().position(|idle| idle.id == id) {
-                state.idle.swap_remove(index);
+            if let Some(index) = state.idle_index(socket.id()) {
+                state.remove_idle(index);
             }
         }
         self.retire(&partition, socket, reason);

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::auth::Credential;
+use crate::continuation::Head;
 use crate::metrics::CloseReason;
 
 type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -29,6 +30,8 @@ pub struct Socket {
     ws: Stream,
     opened: Instant,
     turns: u64,
+    /// The last completed turn, which the upstream holds in this socket's memory.
+    head: Option<Head>,
 }
 
 /// What reading a socket produced.
@@ -59,6 +62,16 @@ impl Socket {
     /// Turns started on this socket (0 for a pre-warmed one).
     pub fn turns(&self) -> u64 {
         self.turns
+    }
+
+    pub fn head(&self) -> Option<&Head> {
+        self.head.as_ref()
+    }
+
+    /// Replaces the head: `Some` after a completed turn, `None` when the upstream may no longer
+    /// hold it (a failed turn, a turn for another conversation).
+    pub fn set_head(&mut self, head: Option<Head>) {
+        self.head = head;
     }
 
     /// Sends one client event (a `response.create` frame) and counts a turn.
@@ -180,6 +193,7 @@ impl Connector {
                 ws,
                 opened: Instant::now(),
                 turns: 0,
+                head: None,
             }),
             Ok(Err(tungstenite::Error::Http(response))) => {
                 let (parts, body) = (*response).into_parts();

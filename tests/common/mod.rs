@@ -338,6 +338,23 @@ impl Bridge {
         self.proxy.base_url()
     }
 
+    /// The proxy's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        request(
+            "GET",
+            &format!("http://{}/metrics", self.proxy.addr()),
+            None,
+            None,
+        )
+        .await
+        .body
+    }
+
+    /// One series of the proxy's metrics (`name{labels}`), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric(&self.metrics().await, series)
+    }
+
     /// `POST /v1/responses` through the proxy with [`KEY`].
     pub async fn post(&self, body: &Value) -> Reply {
         post_json(&self.url(), body).await
@@ -401,4 +418,11 @@ pub fn mask_fields(text: &str, keys: &[&str], numbers: &[&str]) -> String {
         out = result;
     }
     out
+}
+
+/// The value of one series (`name{labels}`) in a Prometheus text exposition, 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
