@@ -5,10 +5,8 @@ import assert from "node:assert/strict";
 import OpenAI from "openai";
 import { ResponsesWS } from "openai/resources/responses/ws";
 import { startSimulator } from "./simulator.js";
+import { MODEL, TIMEOUT, TERMINAL, checkStream, textDeltas, messageText } from "./checks.js";
 
-const MODEL = "gpt-sim";
-const TIMEOUT = { timeout: 60_000 };
-const TERMINAL = new Set(["response.completed", "response.failed", "response.incomplete", "error"]);
 const TOOLS = [
   {
     type: "function",
@@ -29,33 +27,6 @@ before(async () => {
 after(async () => {
   if (sim) assert.equal(await sim.stop(), 0, `the simulator must exit 0 on SIGTERM; stderr:\n${sim.log()}`);
 });
-
-/** What every Responses stream must look like; returns the terminal event. */
-function checkStream(events) {
-  const types = events.map((e) => e.type);
-  assert.deepEqual(types.slice(0, 2), ["response.created", "response.in_progress"], types.join(" "));
-  assert.deepEqual(
-    events.map((e) => e.sequence_number),
-    events.map((_, i) => i),
-  );
-  assert.ok(TERMINAL.has(types.at(-1)), types.join(" "));
-  assert.ok(!types.slice(0, -1).some((t) => TERMINAL.has(t)), types.join(" "));
-  return events.at(-1);
-}
-
-const textDeltas = (events) =>
-  events
-    .filter((e) => e.type === "response.output_text.delta")
-    .map((e) => e.delta)
-    .join("");
-
-const messageText = (response) =>
-  response.output
-    .filter((item) => item.type === "message")
-    .flatMap((item) => item.content)
-    .filter((part) => part.type === "output_text")
-    .map((part) => part.text)
-    .join("");
 
 test("non-streamed create returns the echo answer", TIMEOUT, async () => {
   const response = await client.responses.create({ model: MODEL, input: "hello node" });

@@ -16,34 +16,9 @@ import pytest
 from openai import OpenAI, Omit
 
 from conftest import STRICT_KEY
+from sdk_helpers import MODEL, TERMINAL, TOOLS, check_stream, run_tool_loop, text_deltas
 
-MODEL = "gpt-sim"
-TERMINAL = ("response.completed", "response.failed", "response.incomplete", "error")
-TOOLS = [
-    {
-        "type": "function",
-        "name": "lookup",
-        "description": "Look something up.",
-        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
-    }
-]
 REASONING = {"effort": "low", "summary": "auto"}
-
-
-def check_stream(events):
-    """What every Responses stream must look like; returns the terminal event."""
-    types = [e.type for e in events]
-    assert types[:2] == ["response.created", "response.in_progress"], types
-    assert [e.sequence_number for e in events] == list(range(len(events))), types
-    assert types[-1] in TERMINAL and not any(t in TERMINAL for t in types[:-1]), types
-    assert events[0].response.status == "in_progress" and events[0].response.output == []
-    ids = {e.response.id for e in events if hasattr(e, "response")}
-    assert len(ids) == 1, ids
-    return events[-1]
-
-
-def text_deltas(events):
-    return "".join(e.delta for e in events if e.type == "response.output_text.delta")
 
 
 # --- REST: plain answers -----------------------------------------------------------------------
@@ -133,35 +108,6 @@ def test_stream_helper_text_deltas(client):
 
 
 # --- REST: the function-tool loop --------------------------------------------------------------
-
-
-def run_tool_loop(client, question, calls, chained):
-    """The usual SDK agent loop. Full history: `input += response.output`, then the tool outputs.
-    Chained: only the new items, with `previous_response_id` (REST, `store` left at its default)."""
-    history = [{"role": "user", "content": question}]
-    kwargs = {"model": MODEL, "tools": TOOLS, "metadata": {"sim_tool_calls": str(calls)}}
-    response = client.responses.create(input=history, **kwargs)
-    seen_calls, outputs = [], []
-    for _ in range(calls + 2):
-        function_calls = [item for item in response.output if item.type == "function_call"]
-        if not function_calls:
-            return response, seen_calls, outputs
-        new_items = []
-        for call in function_calls:
-            assert call.name == "lookup"
-            assert call.call_id.startswith("call_")
-            assert isinstance(json.loads(call.arguments), dict), call.arguments
-            seen_calls.append(call)
-            outputs.append(f"result #{len(outputs) + 1} for {call.call_id}")
-            new_items.append({"type": "function_call_output", "call_id": call.call_id, "output": outputs[-1]})
-        if chained:
-            response = client.responses.create(input=new_items, previous_response_id=response.id, **kwargs)
-            assert response.previous_response_id is not None
-        else:
-            history += response.output
-            history += new_items
-            response = client.responses.create(input=history, **kwargs)
-    raise AssertionError(f"the model was still calling tools after {len(seen_calls)} calls")
 
 
 def test_function_tool_loop_with_full_history(client):
@@ -291,29 +237,6 @@ def test_wrong_key_is_rejected_when_keys_are_configured(strict_base_url):
     assert right.responses.create(model=MODEL, input="x").output_text.startswith("You said: x")
 
 
-def test_unknown_previous_response_is_a_bad_request(client):
-    with pytest.raises(openai.BadRequestError) as raised:
-        client.responses.create(model=MODEL, input="x", previous_response_id="resp_doesnotexist")
-    assert raised.value.status_code == 400
-    assert raised.value.code == "previous_response_not_found"
-    assert raised.value.param == "previous_response_id"
-    assert "resp_doesnotexist" in raised.value.message
-
-
-def test_unknown_previous_response_is_a_bad_request_when_streaming(client):
-    # Errors found before the stream starts are plain HTTP errors, never SSE.
-    with pytest.raises(openai.BadRequestError) as raised:
-        client.responses.create(model=MODEL, input="x", previous_response_id="resp_doesnotexist", stream=True)
-    assert raised.value.code == "previous_response_not_found"
-
-
-def test_rate_limit_fault_is_a_rate_limit_error(client):
-    with pytest.raises(openai.RateLimitError) as raised:
-        client.responses.create(model=MODEL, input="x", metadata={"sim_fault": "error:429:rate_limit_exceeded"})
-    assert raised.value.status_code == 429
-    assert raised.value.code == "rate_limit_exceeded"
-
-
 def test_failed_response_arrives_as_an_event(client):
     events = list(
         client.responses.create(model=MODEL, input="x", stream=True, metadata={"sim_fault": "response_failed"})
@@ -333,19 +256,6 @@ def test_sim_stats_is_a_json_object(base_url):
 
 
 # --- async client ------------------------------------------------------------------------------
-
-
-def test_async_client_streams(async_client):
-    async def run():
-        async with async_client:
-            stream = await async_client.responses.create(model=MODEL, input="async", stream=True)
-            return [event async for event in stream]
-
-    events = asyncio.run(run())
-    last = check_stream(events)
-    assert last.type == "response.completed"
-    assert text_deltas(events) == last.response.output_text
-    assert last.response.output_text.startswith("You said: async")
 
 
 def test_async_client_websocket_turn(async_client):
