@@ -544,6 +544,47 @@ fn at_least_one(key: &'static str, value: u64) -> Result<u64, ConfigError> {
 }
 
 fn validate(raw: RawConfig, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let config = validate_fields(raw, env)?;
+    // Deadlines are `now + duration`: keep every duration far from overflowing an Instant.
+    const LIMIT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+    let server = &config.server;
+    let upstream = &config.upstream;
+    let pool = &config.pool;
+    for (key, duration) in [
+        (
+            "server.sse_keepalive_secs",
+            server.sse_keepalive.unwrap_or_default(),
+        ),
+        ("server.shutdown_grace_secs", server.shutdown_grace),
+        ("upstream.connect_timeout_ms", upstream.connect_timeout),
+        (
+            "upstream.first_event_timeout_ms",
+            upstream.first_event_timeout,
+        ),
+        (
+            "upstream.stream_idle_timeout_secs",
+            upstream.stream_idle_timeout,
+        ),
+        (
+            "upstream.rest_fallback_cooldown_secs",
+            upstream.rest_fallback_cooldown,
+        ),
+        ("pool.max_age_secs", pool.max_age),
+        ("pool.idle_timeout_secs", pool.idle_timeout),
+        (
+            "pool.ping_interval_secs",
+            pool.ping_interval.unwrap_or_default(),
+        ),
+        ("pool.checkout_timeout_ms", pool.checkout_timeout),
+    ] {
+        if duration > LIMIT {
+            return Err(invalid(key, "must be at most ten years"));
+        }
+    }
+    Ok(config)
+}
+
+fn validate_fields(raw: RawConfig, env: &[(String, String)]) -> Result<Config, ConfigError> {
     let listen = parse_addr("server.listen", &raw.server.listen)?;
     let secs = Duration::from_secs;
     let millis = Duration::from_millis;
@@ -678,7 +719,9 @@ fn validate_auth(
                 return Err(invalid(
                     "auth.client_tokens",
                     format!(
-                        "refusing to inject an API key for anyone who can reach {listen}: set                          auth.client_tokens, listen on a loopback address, or set                          auth.allow_open_relay = true"
+                        "refusing to inject an API key for anyone who can reach {listen}: set \
+                         auth.client_tokens, listen on a loopback address, or set \
+                         auth.allow_open_relay = true"
                     ),
                 ));
             }
@@ -856,6 +899,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("simulator.latency.profile"), "{error}");
+        let error = load("[pool]\nmax_age_secs = 9223372036854775807\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("pool.max_age_secs"), "{error}");
     }
 
     #[test]

@@ -464,6 +464,41 @@ async fn with_no_socket_to_spare_a_new_conversation_evicts_the_least_recent_head
 }
 
 #[tokio::test]
+async fn a_history_too_large_to_resend_over_the_socket_still_continues_on_it() {
+    let bridge = bridge_with(SimulatorConfig::default(), |config| {
+        config.upstream.max_frame_bytes = 2_000
+    })
+    .await;
+    let url = bridge.url();
+    let mut input = vec![json!({"role": "user", "content": "x".repeat(1_500)})];
+    let first = common::post_json(
+        &url,
+        &json!({"model": "gpt-test", "input": input, "store": false}),
+    )
+    .await;
+    input.extend(first.json()["output"].as_array().unwrap().clone());
+    input.push(json!({"role": "user", "content": "short"}));
+    let body = json!({"model": "gpt-test", "input": input, "store": false});
+    assert!(body.to_string().len() > 2_000);
+    let second = common::post_json(&url, &body).await;
+    assert_eq!(second.headers["x-wsbridge-continuation"], "continued");
+    assert!(output_text(&second.json()).starts_with("You said: short."));
+    let stats = bridge.sim.stats();
+    assert!(stats.turns.iter().all(|t| t.transport == Transport::Ws));
+    // A new conversation that large has nothing to continue: it goes over REST.
+    let fresh = common::post_json(
+        &url,
+        &json!({"model": "gpt-test", "input": "y".repeat(2_500)}),
+    )
+    .await;
+    assert_eq!(fresh.status, 200);
+    assert_eq!(
+        bridge.sim.stats().turns.last().unwrap().transport,
+        Transport::Rest
+    );
+}
+
+#[tokio::test]
 async fn continuation_can_be_turned_off() {
     let bridge = bridge_with(SimulatorConfig::default(), |config| {
         config.continuation.enabled = false

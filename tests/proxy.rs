@@ -22,6 +22,18 @@ fn with_fault(fault: &str) -> Value {
     json!({"model": "gpt-test", "input": "hello", "stream": true, "metadata": {"sim_fault": fault}})
 }
 
+/// Sequence numbers go up by one from event to event, nothing dropped or doubled.
+fn assert_consecutive_sequence_numbers(events: &[Value]) {
+    let sequence: Vec<u64> = events
+        .iter()
+        .map(|e| e["sequence_number"].as_u64().unwrap())
+        .collect();
+    assert!(
+        sequence.windows(2).all(|w| w[1] == w[0] + 1),
+        "{sequence:?}"
+    );
+}
+
 // ---------------------------------------------------------------- the normal path
 
 #[tokio::test]
@@ -521,14 +533,7 @@ async fn a_mid_stream_close_ends_with_response_failed_and_nothing_duplicated() {
     assert_eq!(last["response"]["status"], "failed");
     assert_eq!(last["response"]["error"]["code"], "server_error");
     assert_eq!(last["response"]["id"], events[0]["response"]["id"]);
-    let sequence: Vec<u64> = events
-        .iter()
-        .map(|e| e["sequence_number"].as_u64().unwrap())
-        .collect();
-    assert!(
-        sequence.windows(2).all(|w| w[1] == w[0] + 1),
-        "{sequence:?}"
-    );
+    assert_consecutive_sequence_numbers(&events);
     assert_eq!(
         types(&events)
             .iter()
@@ -625,6 +630,58 @@ async fn a_client_that_goes_away_mid_stream_closes_the_upstream_socket() {
         ),
         1.0
     );
+}
+
+#[tokio::test]
+async fn upstream_keepalive_events_are_relayed_unchanged() {
+    let bridge = bridge().await;
+    let reply = bridge.post(&with_fault("keepalive:2")).await;
+    let events = reply.events();
+    assert_eq!(
+        types(&events).iter().filter(|t| **t == "keepalive").count(),
+        2
+    );
+    assert_eq!(events.last().unwrap()["type"], "response.completed");
+    assert_consecutive_sequence_numbers(&events);
+}
+
+#[tokio::test]
+async fn a_request_cancelled_while_connecting_gives_its_socket_slot_back() {
+    // An upstream that accepts TCP and never answers the upgrade.
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole = black_hole.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = black_hole.accept().await {
+            held.push(socket);
+        }
+    });
+    let bridge = bridge_with(SimulatorConfig::default(), |config| {
+        config.upstream.base_url = format!("http://{hole}/v1");
+        config.pool.max_sockets = 1;
+    })
+    .await;
+    let url = bridge.url();
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(300),
+        common::post_json(&url, &hello(true)),
+    )
+    .await;
+    assert!(
+        cancelled.is_err(),
+        "the connect hangs, so the client gives up"
+    );
+    let connecting = "wsbridge_upstream_sockets{state=\"connecting\"}";
+    let mut settled = false;
+    for _ in 0..100 {
+        if bridge.metric(connecting).await == 0.0 {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(settled, "the abandoned connect released its slot");
+    held.abort();
 }
 
 // ---------------------------------------------------------------- everything else

@@ -108,7 +108,8 @@ async fn respond(
     }
     let plan = Plan::new(app, &request);
     let full_frame = plan.frame(None);
-    if full_frame.len() > app.config.upstream.max_frame_bytes {
+    // Too large in full can still fit as a continuation; without a chance of one, go now.
+    if full_frame.len() > app.config.upstream.max_frame_bytes && plan.prefixes.is_empty() {
         return rest(FallbackReason::FrameTooLarge).await;
     }
     if app.pool.rest_only(&credential) {
@@ -117,6 +118,7 @@ async fn respond(
     let started = match start_turn(app, &credential, &plan, full_frame, body.len()).await {
         Ok(started) => started,
         Err(Failure::Answer(response)) => return *response,
+        Err(Failure::FrameTooLarge) => return rest(FallbackReason::FrameTooLarge).await,
         Err(Failure::UpgradeRefused) => {
             app.pool
                 .mark_rest_only(&credential, app.config.upstream.rest_fallback_cooldown);
@@ -189,9 +191,15 @@ impl<'a> Plan<'a> {
         }
     }
 
-    fn affinity(&self) -> Affinity<'_> {
+    /// Which socket to ask for; `only_continuation` when the request fits in a frame only as
+    /// a continuation.
+    fn affinity(&self, only_continuation: bool) -> Affinity<'_> {
         match self.explicit {
             Some(id) if self.enabled => Affinity::Response(id),
+            None if only_continuation => Affinity::Only {
+                prefixes: &self.prefixes,
+                model: self.model,
+            },
             None if !self.prefixes.is_empty() => Affinity::Extend {
                 prefixes: &self.prefixes,
                 model: self.model,
@@ -273,6 +281,8 @@ enum Failure {
     Answer(Box<Response>),
     /// The upstream cannot do WebSockets: go over REST.
     UpgradeRefused,
+    /// The frame this turn needs is over `upstream.max_frame_bytes`: go over REST.
+    FrameTooLarge,
 }
 
 /// Leases a socket, sends the frame and waits for the first event, retrying while nothing has
@@ -300,68 +310,72 @@ async fn start_turn(
                 Ok(())
             }
         };
-        let Checkout { mut lease, matched } =
-            match app.pool.checkout(credential, plan.affinity()).await {
-                Ok(checkout) => checkout,
-                Err(CheckoutError::Busy { retry_after }) => {
-                    let mut response = OpenAiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "requests",
-                        "All upstream connections for this API key are busy (pool.max_sockets). \
+        let only_continuation = full_frame.len() > config.max_frame_bytes;
+        let Checkout { mut lease, matched } = match app
+            .pool
+            .checkout(credential, plan.affinity(only_continuation))
+            .await
+        {
+            Ok(checkout) => checkout,
+            Err(CheckoutError::NoMatch) => return Err(Failure::FrameTooLarge),
+            Err(CheckoutError::Busy { retry_after }) => {
+                let mut response = OpenAiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "requests",
+                    "All upstream connections for this API key are busy (pool.max_sockets). \
                      Please retry shortly.",
-                    )
-                    .with_code("wsbridge_pool_exhausted")
-                    .into_response();
-                    if let Ok(value) =
-                        HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
-                    {
-                        response.headers_mut().insert(header::RETRY_AFTER, value);
-                    }
-                    return Err(Failure::Answer(Box::new(response)));
+                )
+                .with_code("wsbridge_pool_exhausted")
+                .into_response();
+                if let Ok(value) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
+                {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
                 }
-                Err(CheckoutError::ShuttingDown) => {
-                    return Err(Failure::Answer(Box::new(
-                        OpenAiError::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "server_error",
-                            "wsbridge is shutting down.",
-                        )
-                        .into_response(),
-                    )));
-                }
-                Err(CheckoutError::Connect(ConnectError::Refused {
-                    status,
-                    headers,
-                    body,
-                })) => {
-                    if matches!(status.as_u16(), 404 | 405 | 426) {
-                        return Err(Failure::UpgradeRefused);
-                    }
-                    if status.is_server_error() && !last {
-                        retry(
-                            RecoveryCause::ConnectFailed,
-                            OpenAiError::for_status(status, "server_error"),
-                        )?;
-                        continue;
-                    }
-                    return Err(Failure::Answer(Box::new(refused(status, &headers, body))));
-                }
-                Err(CheckoutError::Connect(error)) => {
-                    tracing::warn!(%error, "connecting upstream failed");
-                    let unreachable = OpenAiError::new(
-                        if matches!(error, ConnectError::TimedOut) {
-                            StatusCode::GATEWAY_TIMEOUT
-                        } else {
-                            StatusCode::BAD_GATEWAY
-                        },
+                return Err(Failure::Answer(Box::new(response)));
+            }
+            Err(CheckoutError::ShuttingDown) => {
+                return Err(Failure::Answer(Box::new(
+                    OpenAiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
                         "server_error",
-                        format!("wsbridge could not open an upstream WebSocket ({error})."),
+                        "wsbridge is shutting down.",
                     )
-                    .with_code("upstream_unreachable");
-                    retry(RecoveryCause::ConnectFailed, unreachable)?;
+                    .into_response(),
+                )));
+            }
+            Err(CheckoutError::Connect(ConnectError::Refused {
+                status,
+                headers,
+                body,
+            })) => {
+                if matches!(status.as_u16(), 404 | 405 | 426) {
+                    return Err(Failure::UpgradeRefused);
+                }
+                if status.is_server_error() && !last {
+                    retry(
+                        RecoveryCause::ConnectFailed,
+                        OpenAiError::for_status(status, "server_error"),
+                    )?;
                     continue;
                 }
-            };
+                return Err(Failure::Answer(Box::new(refused(status, &headers, body))));
+            }
+            Err(CheckoutError::Connect(error)) => {
+                tracing::warn!(%error, "connecting upstream failed");
+                let unreachable = OpenAiError::new(
+                    if matches!(error, ConnectError::TimedOut) {
+                        StatusCode::GATEWAY_TIMEOUT
+                    } else {
+                        StatusCode::BAD_GATEWAY
+                    },
+                    "server_error",
+                    format!("wsbridge could not open an upstream WebSocket ({error})."),
+                )
+                .with_code("upstream_unreachable");
+                retry(RecoveryCause::ConnectFailed, unreachable)?;
+                continue;
+            }
+        };
         let mut route = match (plan.explicit, matched) {
             (Some(_), _) => Continuation::Explicit,
             (None, Some(_)) => Continuation::Continued,
@@ -376,15 +390,33 @@ async fn start_turn(
                 full_frame.clone()
             }
         };
+        let too_large = |frame: &Utf8Bytes| frame.len() > config.max_frame_bytes;
+        if too_large(&frame) {
+            // Nothing was sent: the socket and its head stay as they were.
+            lease.release();
+            return Err(Failure::FrameTooLarge);
+        }
         // The socket's head is replaced by this turn's (or dropped if it does not complete).
         lease.socket().set_head(None);
         let first = loop {
             app.metrics.frame_sent(frame.len(), body_len);
-            if lease.socket().send(frame.clone()).await.is_err() {
-                break Err(CloseReason::ServerClosed);
-            }
-            let first =
-                tokio::time::timeout(config.first_event_timeout, lease.socket().next_event()).await;
+            // The send and the wait for the first event share one deadline: an upstream that
+            // stops reading (a full TCP window) cannot hang the request either.
+            let started = async {
+                let socket = lease.socket();
+                socket
+                    .send(frame.clone())
+                    .await
+                    .map_err(|_| CloseReason::ServerClosed)?;
+                loop {
+                    let event = socket.next_event().await?;
+                    // A keep-alive before the response starts says nothing about it.
+                    if sse::event_type(&event).as_deref() != Some("keepalive") {
+                        return Ok(event);
+                    }
+                }
+            };
+            let first = tokio::time::timeout(config.first_event_timeout, started).await;
             match first {
                 Ok(Ok(text))
                     if route == Continuation::Continued
@@ -395,6 +427,10 @@ async fn start_turn(
                     tracing::info!("continuation not found upstream; resending the full input");
                     route = Continuation::Recovered;
                     frame = full_frame.clone();
+                    if too_large(&frame) {
+                        lease.release();
+                        return Err(Failure::FrameTooLarge);
+                    }
                 }
                 Ok(first) => break first,
                 Err(_) => {
@@ -415,6 +451,7 @@ async fn start_turn(
                 }
             }
         };
+        let first: Result<Utf8Bytes, CloseReason> = first;
         let first = match first {
             Ok(first) => first,
             Err(reason) => {
@@ -497,15 +534,20 @@ fn status_for_code(code: &str) -> StatusCode {
     }
 }
 
-/// `error.headers` (or a top-level `headers` map) of a WebSocket error become HTTP headers,
-/// e.g. `retry-after` on a 429.
+/// The retry and rate-limit entries of a WebSocket error's `error.headers` (or top-level
+/// `headers`) map become HTTP headers, e.g. `retry-after` on a 429; nothing else is copied.
 fn copy_error_headers(event: &Value, headers: &mut HeaderMap) {
     let map = event
         .pointer("/error/headers")
         .or_else(|| event.get("headers"))
         .and_then(Value::as_object);
     for (name, value) in map.into_iter().flatten() {
-        let Some(value) = value.as_str() else {
+        let name = name.to_ascii_lowercase();
+        let allowed = matches!(
+            name.as_str(),
+            "retry-after" | "retry-after-ms" | "x-should-retry"
+        ) || name.starts_with("x-ratelimit-");
+        let Some(value) = value.as_str().filter(|_| allowed) else {
             continue;
         };
         if let (Ok(name), Ok(value)) = (
@@ -797,6 +839,20 @@ async fn collect_response(app: &App, started: Started) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_retry_and_rate_limit_headers_are_copied_from_an_error_event() {
+        let event: Value = serde_json::from_str(
+            r#"{"type":"error","status":429,"error":{"type":"requests","code":"rate_limit_exceeded","message":"m",
+                "headers":{"retry-after":"2","x-ratelimit-remaining-requests":"0","content-length":"9","connection":"close"}}}"#,
+        )
+        .unwrap();
+        let mut headers = HeaderMap::new();
+        copy_error_headers(&event, &mut headers);
+        assert_eq!(headers.len(), 2, "{headers:?}");
+        assert_eq!(headers["retry-after"], "2");
+        assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
+    }
 
     #[test]
     fn sequence_number_is_read_without_parsing() {

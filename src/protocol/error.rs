@@ -135,6 +135,8 @@ impl OpenAiError {
             .and_then(Value::as_u64)
             .and_then(|s| u16::try_from(s).ok())
             .and_then(|s| StatusCode::from_u16(s).ok())
+            // An error event is an error: a missing or non-error status reads as 500.
+            .filter(|s| s.is_client_error() || s.is_server_error())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let text = |key: &str| error.get(key).and_then(Value::as_str).map(str::to_owned);
         let kind = match error.get("type").and_then(Value::as_str) {

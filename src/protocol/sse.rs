@@ -3,8 +3,14 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// Frames one event. `data` must be single-line JSON (serde_json never emits raw newlines).
+/// Frames one event. JSON with raw line breaks (legal whitespace, but it would end the `data:`
+/// line) is re-serialised compactly first; everything else goes out byte for byte.
 pub fn frame(event_type: &str, data: &str) -> Bytes {
+    if data.contains(['\n', '\r']) {
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(data) {
+            return frame(event_type, &value.to_string());
+        }
+    }
     let mut out = BytesMut::with_capacity(event_type.len() + data.len() + 16);
     out.put_slice(b"event: ");
     out.put_slice(event_type.as_bytes());
@@ -42,6 +48,12 @@ mod tests {
             &framed[..],
             b"event: response.created\ndata: {\"type\":\"response.created\"}\n\n"
         );
+    }
+
+    #[test]
+    fn multi_line_json_is_compacted_so_the_event_stays_one_data_line() {
+        let framed = frame("x", "{\"type\":\"x\",\n \"a\": 1}");
+        assert_eq!(&framed[..], b"event: x\ndata: {\"type\":\"x\",\"a\":1}\n\n");
     }
 
     #[test]

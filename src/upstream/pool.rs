@@ -34,6 +34,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::{Instant as TokioInstant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::socket::{ConnectError, Connector, Inbound, Socket};
 use crate::auth::Credential;
@@ -50,6 +51,8 @@ pub enum CheckoutError {
     Connect(ConnectError),
     /// The pool is shutting down.
     ShuttingDown,
+    /// `Affinity::Only` found no idle socket holding the head it needs.
+    NoMatch,
 }
 
 /// The pool; cheap to clone.
@@ -90,20 +93,80 @@ struct State {
     busy: usize,
     /// REST only until then (the upstream refused the upgrade with 426/404/405).
     rest_until: Option<Instant>,
+    /// Last checkout; a credential unused for `idle_timeout` lets all its sockets go.
+    last_used: Option<Instant>,
+    /// Kept warm regardless of use (the injected credential).
+    pinned: bool,
+    /// Wait before the next background connect: grows while connects fail or fresh sockets
+    /// are closed at once, so a broken upstream is not hammered.
+    refill_delay: Duration,
 }
 
 /// An idle socket as the pool sees it; the socket itself is with its watcher.
 #[derive(Debug)]
 struct Idle {
     id: u64,
+    /// The watcher's channel: a checkout sends where the socket should go.
     opened: Instant,
     /// The socket's head (a copy; the socket keeps its own).
     head: Option<Head>,
     since: Instant,
-    take: oneshot::Sender<oneshot::Sender<Socket>>,
+    take: oneshot::Sender<oneshot::Sender<Handover>>,
+}
+
+/// A socket on its way from its watcher to a checkout. If the checkout is gone before it
+/// takes the socket (the client disconnected), dropping this retires the socket, so nothing
+/// leaks.
+#[derive(Debug)]
+struct Handover {
+    socket: Option<Socket>,
+    pool: Arc<Inner>,
+    partition: Arc<Partition>,
+}
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        if let Some(socket) = self.socket.take() {
+            self.pool
+                .retire(&self.partition, socket, CloseReason::ClientGone);
+        }
+    }
+}
+
+/// One `open` + `connecting` slot taken for a connect in progress; dropping it (the connect
+/// failed, or the waiting request was cancelled) gives the slot back.
+struct ConnectSlot<'a> {
+    partition: &'a Partition,
+    armed: bool,
+}
+
+impl ConnectSlot<'_> {
+    /// The connect succeeded: the slot now belongs to a socket that is `busy`.
+    fn into_busy(mut self) {
+        self.armed = false;
+        let mut state = lock(&self.partition.state);
+        state.connecting -= 1;
+        state.busy += 1;
+    }
+}
+
+impl Drop for ConnectSlot<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut state = lock(&self.partition.state);
+            state.connecting -= 1;
+            state.open -= 1;
+            drop(state);
+            self.partition.available.notify_one();
+        }
+    }
 }
 
 impl State {
+    fn headless_idle(&self) -> usize {
+        self.idle.iter().filter(|idle| idle.head.is_none()).count()
+    }
+
     fn add_idle(&mut self, idle: Idle) {
         if let Some(head) = &idle.head {
             if let Some(digest) = head.digest {
@@ -137,7 +200,7 @@ impl State {
     fn affine(&self, affinity: &Affinity<'_>) -> Option<(usize, usize)> {
         match affinity {
             Affinity::None => None,
-            Affinity::Extend { prefixes, model } => {
+            Affinity::Extend { prefixes, model } | Affinity::Only { prefixes, model } => {
                 let mut found = None;
                 let matched = longest_match(prefixes, |digest| {
                     found = self
@@ -178,6 +241,11 @@ pub enum Affinity<'a> {
     },
     /// The socket whose head is this response (the client's own `previous_response_id`).
     Response(&'a str),
+    /// Like `Extend`, but no other socket will do (the request only fits as a continuation).
+    Only {
+        prefixes: &'a [u128],
+        model: &'a str,
+    },
 }
 
 /// A leased socket and what it holds for the request.
@@ -187,6 +255,11 @@ pub struct Checkout {
     /// `Some(k)`: the socket's head covers the request's first `k` items (`Affinity::Extend`),
     /// or is the requested response (`Affinity::Response`, `k` = 0).
     pub matched: Option<usize>,
+}
+
+/// The next refill delay after a failure: 1 s, doubling, at most 30 s.
+fn backoff(delay: Duration) -> Duration {
+    (delay * 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
 }
 
 /// Sockets by state, summed over credentials: (idle, busy, connecting).
@@ -220,6 +293,7 @@ impl Pool {
     /// Opens `min_idle` sockets for `credential` in the background.
     pub fn prewarm(&self, credential: &Credential) {
         let partition = self.inner.partition(credential);
+        lock(&partition.state).pinned = true;
         self.inner.refill(&partition);
     }
 
@@ -272,6 +346,7 @@ impl Pool {
             }
             let next = {
                 let mut state = lock(&partition.state);
+                state.last_used = Some(Instant::now());
                 let headless = state
                     .idle
                     .iter()
@@ -289,8 +364,12 @@ impl Pool {
                 };
                 if let Some((index, matched)) = state.affine(&affinity) {
                     Next::Take(state.remove_idle(index), Some(matched))
+                } else if matches!(affinity, Affinity::Only { .. }) {
+                    return Err(CheckoutError::NoMatch);
                 } else if let Some(index) = headless {
                     Next::Take(state.remove_idle(index), None)
+                } else if inner.shutdown.is_cancelled() {
+                    return Err(CheckoutError::ShuttingDown);
                 } else if state.open < inner.config.max_sockets {
                     state.open += 1;
                     state.connecting += 1;
@@ -312,14 +391,23 @@ impl Pool {
                         continue;
                     }
                     // An error here means the watcher closed it first; it did the accounting.
-                    if let Ok(mut socket) = socket.await {
+                    let received = socket.await.ok().and_then(|mut handover| {
+                        let socket = handover.socket.take()?;
                         lock(&partition.state).busy += 1;
+                        Some(socket)
+                    });
+                    if let Some(mut socket) = received {
                         if matched.is_none() && socket.head().is_some() {
                             // Taken for another conversation: its head is about to be replaced.
                             socket.set_head(None);
                             inner.metrics.head_evicted();
                         }
                         inner.refill(&partition);
+                        tracing::debug!(
+                            socket = socket.id(),
+                            ?matched,
+                            "leased an idle upstream socket"
+                        );
                         return Ok(Checkout {
                             lease: inner.lease(&partition, socket, permit),
                             matched,
@@ -327,13 +415,13 @@ impl Pool {
                     }
                 }
                 Next::Connect => {
-                    let connected = inner.connector.connect(credential).await;
-                    let mut state = lock(&partition.state);
-                    state.connecting -= 1;
-                    match connected {
+                    let slot = ConnectSlot {
+                        partition: &partition,
+                        armed: true,
+                    };
+                    match inner.connector.connect(credential).await {
                         Ok(socket) => {
-                            state.busy += 1;
-                            drop(state);
+                            slot.into_busy();
                             inner.metrics.socket_opened();
                             tracing::debug!(socket = socket.id(), credential = ?credential, "upstream socket opened");
                             inner.refill(&partition);
@@ -343,9 +431,7 @@ impl Pool {
                             });
                         }
                         Err(error) => {
-                            state.open -= 1;
-                            drop(state);
-                            partition.available.notify_one();
+                            drop(slot);
                             return Err(CheckoutError::Connect(error));
                         }
                     }
@@ -380,6 +466,10 @@ impl Pool {
     /// the close frames to go out.
     pub async fn close(&self, grace: Duration) {
         self.inner.shutdown.cancel();
+        // Waiting checkouts get ShuttingDown (503) rather than waiting for a 429.
+        for partition in lock(&self.inner.partitions).values() {
+            partition.turns.close();
+        }
         self.inner.tasks.close();
         let _ = tokio::time::timeout(grace, self.inner.tasks.wait()).await;
     }
@@ -410,44 +500,61 @@ impl Inner {
             socket: Some(socket),
             partition: partition.clone(),
             pool: self.clone(),
-            _permit: permit,
+            permit: Some(permit),
         }
     }
 
-    /// Opens sockets in the background until `min_idle` are idle or connecting.
+    /// Opens sockets in the background until `min_idle` empty ones are idle or connecting, for
+    /// credentials in use (or pinned), after `refill_delay`.
     fn refill(self: &Arc<Self>, partition: &Arc<Partition>) {
         if self.shutdown.is_cancelled() {
             return;
         }
-        let count = {
+        let (count, delay) = {
             let mut state = lock(&partition.state);
+            let in_use = state.pinned
+                || state
+                    .last_used
+                    .is_some_and(|used| used.elapsed() < self.config.idle_timeout);
+            if !in_use {
+                return;
+            }
             let want = self
                 .config
                 .min_idle
-                .saturating_sub(state.idle.len() + state.connecting);
+                .saturating_sub(state.headless_idle() + state.connecting);
             let count = want.min(self.config.max_sockets.saturating_sub(state.open));
             state.open += count;
             state.connecting += count;
-            count
+            (count, state.refill_delay)
         };
         for _ in 0..count {
             let pool = self.clone();
             let partition = partition.clone();
             self.tasks.spawn(async move {
-                let connected = pool.connector.connect(&partition.credential).await;
+                let connected = tokio::select! {
+                    connected = async {
+                        tokio::time::sleep(delay).await;
+                        pool.connector.connect(&partition.credential).await
+                    } => Some(connected),
+                    () = pool.shutdown.cancelled() => None,
+                };
                 let mut state = lock(&partition.state);
                 state.connecting -= 1;
                 match connected {
-                    Ok(socket) => {
+                    Some(Ok(socket)) => {
                         drop(state);
                         pool.metrics.socket_opened();
                         tracing::debug!(socket = socket.id(), credential = ?partition.credential, "upstream socket pre-warmed");
                         pool.park(&partition, socket);
                     }
-                    Err(error) => {
+                    failed => {
                         state.open -= 1;
+                        if let Some(Err(error)) = failed {
+                            state.refill_delay = backoff(state.refill_delay);
+                            tracing::warn!(%error, credential = ?partition.credential, "pre-warming an upstream socket failed");
+                        }
                         drop(state);
-                        tracing::warn!(%error, credential = ?partition.credential, "pre-warming an upstream socket failed");
                         partition.available.notify_one();
                     }
                 }
@@ -472,8 +579,9 @@ impl Inner {
         partition.available.notify_one();
         let pool = self.clone();
         let partition = partition.clone();
+        let span = tracing::debug_span!("upstream_socket", socket = socket.id());
         self.tasks
-            .spawn(async move { pool.watch(partition, socket, requests).await });
+            .spawn(async move { pool.watch(partition, socket, requests).await }.instrument(span));
     }
 
     /// Owns an idle socket until a checkout takes it or it has to close.
@@ -481,7 +589,7 @@ impl Inner {
         self: Arc<Self>,
         partition: Arc<Partition>,
         mut socket: Socket,
-        mut requests: oneshot::Receiver<oneshot::Sender<Socket>>,
+        mut requests: oneshot::Receiver<oneshot::Sender<Handover>>,
     ) {
         let config = &self.config;
         let aged = TokioInstant::from_std(socket.opened() + config.max_age);
@@ -494,14 +602,20 @@ impl Inner {
             tokio::select! {
                 biased;
                 request = &mut requests => match request {
-                    Ok(reply) => match reply.send(socket) {
-                        Ok(()) => return,
-                        // The checkout gave up meanwhile: the socket stays idle.
-                        Err(socket) => {
-                            self.park(&partition, socket);
-                            return;
+                    Ok(reply) => {
+                        let handover = Handover {
+                            socket: Some(socket),
+                            pool: self.clone(),
+                            partition: partition.clone(),
+                        };
+                        if let Err(mut handover) = reply.send(handover) {
+                            // The checkout gave up meanwhile: the socket stays idle.
+                            if let Some(socket) = handover.socket.take() {
+                                self.park(&partition, socket);
+                            }
                         }
-                    },
+                        return;
+                    }
                     // The entry was dropped: too old at checkout, or the pool is closing.
                     Err(_) if self.shutdown.is_cancelled() => break CloseReason::Shutdown,
                     Err(_) => break CloseReason::MaxAge,
@@ -531,10 +645,13 @@ impl Inner {
                     next_ping = config.ping_interval.map(|every| TokioInstant::now() + every);
                 },
                 _ = sleep_until(idle_deadline) => {
-                    let idle = lock(&partition.state).idle.len();
-                    if idle > config.min_idle {
+                    let state = lock(&partition.state);
+                    let unused = !state.pinned
+                        && state.last_used.is_none_or(|used| used.elapsed() >= config.idle_timeout);
+                    if state.idle.len() > config.min_idle || unused {
                         break CloseReason::IdleTimeout;
                     }
+                    drop(state);
                     idle_deadline = TokioInstant::now() + config.idle_timeout;
                 },
                 _ = sleep_until(aged) => break CloseReason::MaxAge,
@@ -551,7 +668,36 @@ impl Inner {
 
     /// Accounts for a socket that is closing (it was idle or leased) and closes it.
     fn retire(self: &Arc<Self>, partition: &Arc<Partition>, socket: Socket, reason: CloseReason) {
-        lock(&partition.state).open -= 1;
+        {
+            let mut state = lock(&partition.state);
+            state.open -= 1;
+            // A fresh socket the upstream drops at once: do not reconnect in a tight loop.
+            let dropped_at_once = socket.turns() == 0
+                && socket.age() < Duration::from_secs(5)
+                && matches!(
+                    reason,
+                    CloseReason::ServerClosed
+                        | CloseReason::ProtocolError
+                        | CloseReason::LimitReached
+                );
+            if dropped_at_once {
+                state.refill_delay = backoff(state.refill_delay);
+            }
+            let forgotten = state.open == 0
+                && !state.pinned
+                && state.rest_until.is_none()
+                && partition.turns.available_permits() == self.config.max_sockets;
+            if forgotten {
+                drop(state);
+                let mut partitions = lock(&self.partitions);
+                if partitions
+                    .get(&partition.credential)
+                    .is_some_and(|current| Arc::ptr_eq(current, partition))
+                {
+                    partitions.remove(&partition.credential);
+                }
+            }
+        }
         self.metrics.socket_closed(reason);
         tracing::debug!(
             socket = socket.id(),
@@ -573,7 +719,9 @@ pub struct Lease {
     socket: Option<Socket>,
     partition: Arc<Partition>,
     pool: Arc<Inner>,
-    _permit: OwnedSemaphorePermit,
+    /// This turn's share of `max_sockets`; given back before the socket is retired so an
+    /// unused partition can be forgotten.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Lease {
@@ -588,7 +736,11 @@ impl Lease {
     /// The turn ended cleanly: the socket goes back to the pool.
     pub fn release(mut self) {
         if let Some(socket) = self.socket.take() {
-            lock(&self.partition.state).busy -= 1;
+            {
+                let mut state = lock(&self.partition.state);
+                state.busy -= 1;
+                state.refill_delay = Duration::ZERO;
+            }
             if socket.age() >= self.pool.config.max_age {
                 self.pool
                     .retire(&self.partition, socket, CloseReason::MaxAge);
@@ -606,6 +758,7 @@ impl Lease {
     fn discard(&mut self, reason: CloseReason) {
         if let Some(socket) = self.socket.take() {
             lock(&self.partition.state).busy -= 1;
+            self.permit.take();
             self.pool.retire(&self.partition, socket, reason);
         }
     }
