@@ -333,22 +333,19 @@ async fn an_idle_socket_that_reaches_the_connection_limit_is_replaced() {
         max_connection_age: Duration::from_millis(300),
         ..SimulatorConfig::default()
     };
-    let bridge = bridge_with(config, |_| {}).await;
+    // Idle sockets are swept every ping interval.
+    let bridge = bridge_with(config, |config| {
+        config.pool.ping_interval = Some(Duration::from_millis(50));
+    })
+    .await;
     assert_eq!(bridge.post(&hello(true)).await.status, 200);
-    bridge
-        .sim
-        .wait_for(|s| s.sockets_closed >= 1, PATIENCE)
-        .await
-        .expect("the simulator closes the aged socket");
-    let text = bridge.metrics().await;
-    let replaced = metric(
-        &text,
-        "wsbridge_upstream_socket_closes_total{reason=\"limit_reached\"}",
-    ) + metric(
-        &text,
-        "wsbridge_upstream_socket_closes_total{reason=\"server_closed\"}",
-    );
-    assert!(replaced >= 1.0, "{text}");
+    let closed = bridge
+        .wait_for_metric(
+            "wsbridge_upstream_socket_closes_total{reason=\"limit_reached\"}",
+            |closed| closed >= 1.0,
+        )
+        .await;
+    assert_eq!(closed, 1.0, "the unsolicited error retired the idle socket");
     let reply = bridge.post(&hello(true)).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.events().last().unwrap()["type"], "response.completed");
@@ -671,16 +668,12 @@ async fn a_request_cancelled_while_connecting_gives_its_socket_slot_back() {
         cancelled.is_err(),
         "the connect hangs, so the client gives up"
     );
-    let connecting = "wsbridge_upstream_sockets{state=\"connecting\"}";
-    let mut settled = false;
-    for _ in 0..100 {
-        if bridge.metric(connecting).await == 0.0 {
-            settled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(settled, "the abandoned connect released its slot");
+    let connecting = bridge
+        .wait_for_metric("wsbridge_upstream_sockets{state=\"connecting\"}", |n| {
+            n == 0.0
+        })
+        .await;
+    assert_eq!(connecting, 0.0, "the abandoned connect released its slot");
     held.abort();
 }
 

@@ -144,12 +144,7 @@ impl Proxy {
         let router = router(app.clone());
         let stopped = stop.clone();
         let server = tokio::spawn(async move {
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                if let Err(error) = tcp.set_nodelay(true) {
-                    tracing::debug!(%error, "cannot set TCP_NODELAY");
-                }
-            });
-            let served = axum::serve(listener, router)
+            let served = axum::serve(without_nagle(listener), router)
                 .with_graceful_shutdown(stopped.cancelled_owned())
                 .await;
             if let Err(error) = served {
@@ -197,6 +192,18 @@ impl Proxy {
             simulator.shutdown().await;
         }
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: every event is written as it comes, never
+/// held back waiting for an ACK (which costs up to 40 ms with delayed ACKs).
+pub fn without_nagle(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
+    axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    })
 }
 
 /// Starts the proxy, logs where it listens, and runs until `shutdown` is cancelled.

@@ -467,6 +467,7 @@ async fn start_turn(
             }
         };
         if sse::event_type(&first).as_deref() != Some("error") {
+            lease.refill_pool();
             return Ok(Started {
                 lease,
                 first,

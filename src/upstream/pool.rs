@@ -11,32 +11,34 @@
 //! Heads of idle sockets are indexed per credential by digest and by response id, so finding
 //! the socket a request continues is a few hash lookups under the partition lock.
 //!
-//! Each idle socket is owned by a watcher task that answers pings, sends its own, and closes the
-//! socket when the upstream closes it, sends `websocket_connection_limit_reached`, stops
-//! answering pings, grows too old, or sits idle beyond `idle_timeout` while more than
-//! `min_idle` sockets are idle. A checkout asks the watcher for the socket over a oneshot, so a
-//! socket has exactly one owner at every moment; a [`Lease`] gives it back only through
-//! [`Lease::release`] after a clean turn, and closes it otherwise (also when dropped, which is
-//! how a client disconnect stops generation upstream).
+//! Idle sockets sit in the pool itself, so a checkout takes one under the lock with no task
+//! hop. Before it is used, whatever the upstream sent meanwhile is read without waiting
+//! ([`Socket::drain`]): a close, an unsolicited `websocket_connection_limit_reached` or a
+//! protocol error retires it and the checkout picks another. One sweeper task per pool does
+//! the same for every idle socket each `sweep` period, answers and sends pings (a ping still
+//! unanswered at the next one closes the socket), and closes sockets that are too old, or idle
+//! beyond `idle_timeout` while more than `min_idle` are idle (or the credential went quiet).
+//! A [`Lease`] gives its socket back only through [`Lease::release`] after a clean turn, and
+//! closes it otherwise (also when dropped, which is how a client disconnect stops generation).
 //!
 //! # Concurrency
 //! Per partition, a semaphore of `max_sockets` permits bounds turns in flight; the counters
 //! (`open` = idle + busy + connecting) live under a std mutex that is never held across an
-//! await. The watcher that closes a socket is the one that decrements `open` for it, so a
-//! checkout racing with a dying socket just retries. `Notify` wakes one waiter whenever a
-//! socket goes idle or a slot frees up.
+//! await: draining and pinging an idle socket never wait, they only poll once. Every socket
+//! that closes goes through [`Inner::retire`], which decrements `open` exactly once. A connect
+//! holds its slot through a guard, so a cancelled request gives it back. `Notify` wakes one
+//! waiter whenever a socket goes idle or a slot frees up.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
-use tokio::time::{Instant as TokioInstant, sleep_until};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
-use super::socket::{ConnectError, Connector, Inbound, Socket};
+use super::socket::{ConnectError, Connector, Socket};
 use crate::auth::Credential;
 use crate::config::PoolConfig;
 use crate::continuation::{Head, longest_match};
@@ -102,34 +104,16 @@ struct State {
     refill_delay: Duration,
 }
 
-/// An idle socket as the pool sees it; the socket itself is with its watcher.
+/// An idle socket, owned by the pool while no turn uses it.
 #[derive(Debug)]
 struct Idle {
-    id: u64,
-    /// The watcher's channel: a checkout sends where the socket should go.
-    opened: Instant,
-    /// The socket's head (a copy; the socket keeps its own).
-    head: Option<Head>,
+    socket: Socket,
     since: Instant,
-    take: oneshot::Sender<oneshot::Sender<Handover>>,
 }
 
-/// A socket on its way from its watcher to a checkout. If the checkout is gone before it
-/// takes the socket (the client disconnected), dropping this retires the socket, so nothing
-/// leaks.
-#[derive(Debug)]
-struct Handover {
-    socket: Option<Socket>,
-    pool: Arc<Inner>,
-    partition: Arc<Partition>,
-}
-
-impl Drop for Handover {
-    fn drop(&mut self) {
-        if let Some(socket) = self.socket.take() {
-            self.pool
-                .retire(&self.partition, socket, CloseReason::ClientGone);
-        }
+impl Idle {
+    fn head(&self) -> Option<&Head> {
+        self.socket.head()
     }
 }
 
@@ -164,28 +148,33 @@ impl Drop for ConnectSlot<'_> {
 
 impl State {
     fn headless_idle(&self) -> usize {
-        self.idle.iter().filter(|idle| idle.head.is_none()).count()
+        self.idle
+            .iter()
+            .filter(|idle| idle.head().is_none())
+            .count()
     }
 
     fn add_idle(&mut self, idle: Idle) {
-        if let Some(head) = &idle.head {
+        let id = idle.socket.id();
+        if let Some(head) = idle.head() {
             if let Some(digest) = head.digest {
-                self.heads.insert(digest, idle.id);
+                self.heads.insert(digest, id);
             }
-            self.responses.insert(head.response_id.clone(), idle.id);
+            self.responses.insert(head.response_id.clone(), id);
         }
         self.idle.push(idle);
     }
 
     fn remove_idle(&mut self, index: usize) -> Idle {
         let idle = self.idle.swap_remove(index);
-        if let Some(head) = &idle.head {
+        let id = idle.socket.id();
+        if let Some(head) = idle.socket.head() {
             if let Some(digest) = head.digest {
-                if self.heads.get(&digest) == Some(&idle.id) {
+                if self.heads.get(&digest) == Some(&id) {
                     self.heads.remove(&digest);
                 }
             }
-            if self.responses.get(&head.response_id) == Some(&idle.id) {
+            if self.responses.get(&head.response_id) == Some(&id) {
                 self.responses.remove(&head.response_id);
             }
         }
@@ -193,7 +182,7 @@ impl State {
     }
 
     fn idle_index(&self, id: u64) -> Option<usize> {
-        self.idle.iter().position(|idle| idle.id == id)
+        self.idle.iter().position(|idle| idle.socket.id() == id)
     }
 
     /// The idle socket `affinity` wants, and how many of the request's items its head covers.
@@ -209,8 +198,7 @@ impl State {
                         .and_then(|id| self.idle_index(*id))
                         .filter(|index| {
                             self.idle[*index]
-                                .head
-                                .as_ref()
+                                .head()
                                 .is_some_and(|head| head.model == *model)
                         });
                     found.is_some()
@@ -273,17 +261,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Pool {
+    /// A pool and its sweeper task (which needs a tokio runtime).
     pub fn new(config: PoolConfig, connector: Connector, metrics: Arc<Metrics>) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                config,
-                connector,
-                metrics,
-                partitions: Mutex::new(HashMap::new()),
-                shutdown: CancellationToken::new(),
-                tasks: TaskTracker::new(),
-            }),
-        }
+        let inner = Arc::new(Inner {
+            config,
+            connector,
+            metrics,
+            partitions: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        inner.tasks.spawn(inner.clone().sweep_forever());
+        Self { inner }
     }
 
     pub fn connector(&self) -> &Connector {
@@ -340,7 +329,7 @@ impl Pool {
             .map_err(|_| CheckoutError::ShuttingDown)?;
         loop {
             enum Next {
-                Take(Idle, Option<usize>),
+                Take(Box<Idle>, Option<usize>),
                 Connect,
                 Wait,
             }
@@ -351,7 +340,7 @@ impl Pool {
                     .idle
                     .iter()
                     .enumerate()
-                    .filter(|(_, idle)| idle.head.is_none())
+                    .filter(|(_, idle)| idle.head().is_none())
                     .min_by_key(|(_, idle)| idle.since)
                     .map(|(index, _)| index);
                 let least_recent = || {
@@ -363,11 +352,11 @@ impl Pool {
                         .map(|(index, _)| index)
                 };
                 if let Some((index, matched)) = state.affine(&affinity) {
-                    Next::Take(state.remove_idle(index), Some(matched))
+                    Next::Take(Box::new(state.remove_idle(index)), Some(matched))
                 } else if matches!(affinity, Affinity::Only { .. }) {
                     return Err(CheckoutError::NoMatch);
                 } else if let Some(index) = headless {
-                    Next::Take(state.remove_idle(index), None)
+                    Next::Take(Box::new(state.remove_idle(index)), None)
                 } else if inner.shutdown.is_cancelled() {
                     return Err(CheckoutError::ShuttingDown);
                 } else if state.open < inner.config.max_sockets {
@@ -375,44 +364,40 @@ impl Pool {
                     state.connecting += 1;
                     Next::Connect
                 } else if let Some(index) = least_recent() {
-                    Next::Take(state.remove_idle(index), None)
+                    Next::Take(Box::new(state.remove_idle(index)), None)
                 } else {
                     Next::Wait
                 }
             };
             match next {
                 Next::Take(idle, matched) => {
-                    if idle.opened.elapsed() >= inner.config.max_age {
-                        // Dropping `take` tells the watcher to close it (max age).
+                    let mut socket = idle.socket;
+                    // Whatever arrived while it sat idle, read now: a dead socket is retired
+                    // and another one picked.
+                    let checked = if socket.age() >= inner.config.max_age {
+                        Err(CloseReason::MaxAge)
+                    } else {
+                        socket.drain()
+                    };
+                    if let Err(reason) = checked {
+                        inner.retire(&partition, socket, reason);
                         continue;
                     }
-                    let (reply, socket) = oneshot::channel();
-                    if idle.take.send(reply).is_err() {
-                        continue;
+                    lock(&partition.state).busy += 1;
+                    if matched.is_none() && socket.head().is_some() {
+                        // Taken for another conversation: its head is about to be replaced.
+                        socket.set_head(None);
+                        inner.metrics.head_evicted();
                     }
-                    // An error here means the watcher closed it first; it did the accounting.
-                    let received = socket.await.ok().and_then(|mut handover| {
-                        let socket = handover.socket.take()?;
-                        lock(&partition.state).busy += 1;
-                        Some(socket)
+                    tracing::debug!(
+                        socket = socket.id(),
+                        ?matched,
+                        "leased an idle upstream socket"
+                    );
+                    return Ok(Checkout {
+                        lease: inner.lease(&partition, socket, permit),
+                        matched,
                     });
-                    if let Some(mut socket) = received {
-                        if matched.is_none() && socket.head().is_some() {
-                            // Taken for another conversation: its head is about to be replaced.
-                            socket.set_head(None);
-                            inner.metrics.head_evicted();
-                        }
-                        inner.refill(&partition);
-                        tracing::debug!(
-                            socket = socket.id(),
-                            ?matched,
-                            "leased an idle upstream socket"
-                        );
-                        return Ok(Checkout {
-                            lease: inner.lease(&partition, socket, permit),
-                            matched,
-                        });
-                    }
                 }
                 Next::Connect => {
                     let slot = ConnectSlot {
@@ -424,7 +409,6 @@ impl Pool {
                             slot.into_busy();
                             inner.metrics.socket_opened();
                             tracing::debug!(socket = socket.id(), credential = ?credential, "upstream socket opened");
-                            inner.refill(&partition);
                             return Ok(Checkout {
                                 lease: inner.lease(&partition, socket, permit),
                                 matched: None,
@@ -562,108 +546,82 @@ impl Inner {
         }
     }
 
-    /// Makes `socket` idle: registers it and hands it to a watcher task.
+    /// Makes `socket` idle.
     fn park(self: &Arc<Self>, partition: &Arc<Partition>, socket: Socket) {
         if self.shutdown.is_cancelled() {
             self.retire(partition, socket, CloseReason::Shutdown);
             return;
         }
-        let (take, requests) = oneshot::channel();
         lock(&partition.state).add_idle(Idle {
-            id: socket.id(),
-            opened: socket.opened(),
-            head: socket.head().cloned(),
+            socket,
             since: Instant::now(),
-            take,
         });
         partition.available.notify_one();
-        let pool = self.clone();
-        let partition = partition.clone();
-        let span = tracing::debug_span!("upstream_socket", socket = socket.id());
-        self.tasks
-            .spawn(async move { pool.watch(partition, socket, requests).await }.instrument(span));
     }
 
-    /// Owns an idle socket until a checkout takes it or it has to close.
-    async fn watch(
-        self: Arc<Self>,
-        partition: Arc<Partition>,
-        mut socket: Socket,
-        mut requests: oneshot::Receiver<oneshot::Sender<Handover>>,
-    ) {
-        let config = &self.config;
-        let aged = TokioInstant::from_std(socket.opened() + config.max_age);
-        let mut idle_deadline = TokioInstant::now() + config.idle_timeout;
-        let mut next_ping = config
+    /// Sweeps every idle socket each period until shutdown, then closes them all.
+    async fn sweep_forever(self: Arc<Self>) {
+        let period = self
+            .config
             .ping_interval
-            .map(|every| TokioInstant::now() + every);
-        let mut awaiting_pong = false;
-        let reason = loop {
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        loop {
             tokio::select! {
-                biased;
-                request = &mut requests => match request {
-                    Ok(reply) => {
-                        let handover = Handover {
-                            socket: Some(socket),
-                            pool: self.clone(),
-                            partition: partition.clone(),
-                        };
-                        if let Err(mut handover) = reply.send(handover) {
-                            // The checkout gave up meanwhile: the socket stays idle.
-                            if let Some(socket) = handover.socket.take() {
-                                self.park(&partition, socket);
-                            }
-                        }
-                        return;
-                    }
-                    // The entry was dropped: too old at checkout, or the pool is closing.
-                    Err(_) if self.shutdown.is_cancelled() => break CloseReason::Shutdown,
-                    Err(_) => break CloseReason::MaxAge,
-                },
-                _ = self.shutdown.cancelled() => break CloseReason::Shutdown,
-                inbound = socket.read() => match inbound {
-                    Inbound::Control { pong } => awaiting_pong &= !pong,
-                    Inbound::Closed(reason) => break reason,
-                    Inbound::Event(text) => {
-                        if text.contains("websocket_connection_limit_reached") {
-                            break CloseReason::LimitReached;
-                        }
-                        if crate::protocol::sse::event_type(&text).as_deref() != Some("keepalive") {
-                            tracing::warn!(socket = socket.id(), "unexpected event on an idle upstream socket");
-                            break CloseReason::ProtocolError;
-                        }
-                    }
-                },
-                _ = sleep_until(next_ping.unwrap_or(aged)), if next_ping.is_some() => {
-                    if awaiting_pong {
-                        break CloseReason::PingTimeout;
-                    }
-                    if socket.ping().await.is_err() {
-                        break CloseReason::ServerClosed;
-                    }
-                    awaiting_pong = true;
-                    next_ping = config.ping_interval.map(|every| TokioInstant::now() + every);
-                },
-                _ = sleep_until(idle_deadline) => {
-                    let state = lock(&partition.state);
-                    let unused = !state.pinned
-                        && state.last_used.is_none_or(|used| used.elapsed() >= config.idle_timeout);
-                    if state.idle.len() > config.min_idle || unused {
-                        break CloseReason::IdleTimeout;
-                    }
-                    drop(state);
-                    idle_deadline = TokioInstant::now() + config.idle_timeout;
-                },
-                _ = sleep_until(aged) => break CloseReason::MaxAge,
+                () = self.shutdown.cancelled() => break,
+                () = tokio::time::sleep(period) => {}
             }
-        };
-        {
-            let mut state = lock(&partition.state);
-            if let Some(index) = state.idle_index(socket.id()) {
-                state.remove_idle(index);
+            let partitions: Vec<Arc<Partition>> =
+                lock(&self.partitions).values().cloned().collect();
+            for partition in partitions {
+                self.sweep(&partition);
             }
         }
-        self.retire(&partition, socket, reason);
+        let partitions: Vec<Arc<Partition>> = lock(&self.partitions).values().cloned().collect();
+        for partition in partitions {
+            let idle = std::mem::take(&mut lock(&partition.state).idle);
+            for idle in idle {
+                self.retire(&partition, idle.socket, CloseReason::Shutdown);
+            }
+        }
+    }
+
+    /// One pass over a partition's idle sockets: read what arrived, ping, and close the ones
+    /// that are dead, too old, unanswered, or idle for too long.
+    fn sweep(self: &Arc<Self>, partition: &Arc<Partition>) {
+        let config = &self.config;
+        let mut closing = Vec::new();
+        {
+            let mut state = lock(&partition.state);
+            let quiet = !state.pinned
+                && state
+                    .last_used
+                    .is_none_or(|used| used.elapsed() >= config.idle_timeout);
+            let mut index = 0;
+            while index < state.idle.len() {
+                let surplus = state.idle.len() > config.min_idle;
+                let idle = &mut state.idle[index];
+                let verdict = idle.socket.drain().and_then(|()| {
+                    if idle.socket.age() >= config.max_age {
+                        Err(CloseReason::MaxAge)
+                    } else if idle.since.elapsed() >= config.idle_timeout && (surplus || quiet) {
+                        Err(CloseReason::IdleTimeout)
+                    } else {
+                        match config.ping_interval {
+                            Some(every) => idle.socket.keep_alive(every),
+                            None => Ok(()),
+                        }
+                    }
+                });
+                match verdict {
+                    Ok(()) => index += 1,
+                    Err(reason) => closing.push((state.remove_idle(index).socket, reason)),
+                }
+            }
+        }
+        for (socket, reason) in closing {
+            self.retire(partition, socket, reason);
+        }
     }
 
     /// Accounts for a socket that is closing (it was idle or leased) and closes it.
@@ -748,6 +706,13 @@ impl Lease {
                 self.pool.park(&self.partition, socket);
             }
         }
+    }
+
+    /// Tops the pool up to `min_idle` empty sockets in the background. Called once the turn's
+    /// first event is in, so the handshakes of background connects stay off the critical path
+    /// of the turn that used the last empty socket, and finish while it streams.
+    pub fn refill_pool(&self) {
+        self.pool.refill(&self.partition);
     }
 
     /// The socket cannot be trusted with another turn: close it.

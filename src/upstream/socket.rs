@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -32,6 +32,9 @@ pub struct Socket {
     turns: u64,
     /// The last completed turn, which the upstream holds in this socket's memory.
     head: Option<Head>,
+    /// When the last ping went out, and whether its pong is still due.
+    pinged: Option<Instant>,
+    awaiting_pong: bool,
 }
 
 /// What reading a socket produced.
@@ -80,10 +83,6 @@ impl Socket {
         self.ws.send(Message::Text(frame)).await
     }
 
-    pub async fn ping(&mut self) -> Result<(), tungstenite::Error> {
-        self.ws.send(Message::Ping(Bytes::new())).await
-    }
-
     /// Reads the next frame. Pings are answered by tungstenite while reading.
     pub async fn read(&mut self) -> Inbound {
         match self.ws.next().await {
@@ -106,6 +105,54 @@ impl Socket {
                 Inbound::Closed(reason) => return Err(reason),
             }
         }
+    }
+
+    /// Reads what an idle socket has received, without waiting: pings are answered, pongs
+    /// noted, keep-alives ignored. `Err` when the socket is finished: closed, reporting
+    /// `websocket_connection_limit_reached`, or sending an event no turn asked for.
+    pub fn drain(&mut self) -> Result<(), CloseReason> {
+        while let Some(inbound) = self.read().now_or_never() {
+            match inbound {
+                Inbound::Control { pong } => self.awaiting_pong &= !pong,
+                Inbound::Closed(reason) => return Err(reason),
+                Inbound::Event(text) => {
+                    if text.contains("websocket_connection_limit_reached") {
+                        return Err(CloseReason::LimitReached);
+                    }
+                    if crate::protocol::sse::event_type(&text).as_deref() != Some("keepalive") {
+                        tracing::warn!(
+                            socket = self.id,
+                            "unexpected event on an idle upstream socket"
+                        );
+                        return Err(CloseReason::ProtocolError);
+                    }
+                }
+            }
+        }
+        // Pongs tungstenite queued while reading go out now (or with the next write).
+        if let Some(Err(_)) = self.ws.flush().now_or_never() {
+            return Err(CloseReason::ServerClosed);
+        }
+        Ok(())
+    }
+
+    /// Pings an idle socket every `every`; a ping still unanswered when the next is due means
+    /// the peer is gone. Never waits.
+    pub fn keep_alive(&mut self, every: Duration) -> Result<(), CloseReason> {
+        let due = self.pinged.is_none_or(|at| at.elapsed() >= every);
+        if !due {
+            return Ok(());
+        }
+        if self.awaiting_pong {
+            return Err(CloseReason::PingTimeout);
+        }
+        // `None` (queued behind a full socket buffer) is fine: it goes out with the next write.
+        if let Some(Err(_)) = self.ws.send(Message::Ping(Bytes::new())).now_or_never() {
+            return Err(CloseReason::ServerClosed);
+        }
+        self.pinged = Some(Instant::now());
+        self.awaiting_pong = true;
+        Ok(())
     }
 
     /// Closes politely (a close frame, briefly waiting for the reply), then drops the socket.
@@ -177,7 +224,11 @@ impl Connector {
             .into_client_request()
             .map_err(|error| ConnectError::Failed(error.to_string()))?;
         credential.apply(request.headers_mut());
+        // Small buffers: an idle pooled socket should cost kilobytes, not the 2 × 128 KiB of
+        // tungstenite's defaults. Reads still grow to any message size; writes go out at once.
         let config = WebSocketConfig::default()
+            .read_buffer_size(8 << 10)
+            .write_buffer_size(0)
             .max_message_size(Some(self.max_message_bytes))
             .max_frame_size(Some(self.max_message_bytes));
         let connect = tokio_tungstenite::connect_async_tls_with_config(
@@ -194,6 +245,8 @@ impl Connector {
                 opened: Instant::now(),
                 turns: 0,
                 head: None,
+                pinged: None,
+                awaiting_pong: false,
             }),
             Ok(Err(tungstenite::Error::Http(response))) => {
                 let (parts, body) = (*response).into_parts();

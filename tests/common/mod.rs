@@ -355,6 +355,19 @@ impl Bridge {
         metric(&self.metrics().await, series)
     }
 
+    /// Waits until one series of the proxy's metrics satisfies `condition` (the pool's sweeper
+    /// acts on its own schedule); returns the last value either way.
+    pub async fn wait_for_metric(&self, series: &str, condition: impl Fn(f64) -> bool) -> f64 {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let value = self.metric(series).await;
+            if condition(value) || tokio::time::Instant::now() >= deadline {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `POST /v1/responses` through the proxy with [`KEY`].
     pub async fn post(&self, body: &Value) -> Reply {
         post_json(&self.url(), body).await
