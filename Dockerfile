@@ -4,6 +4,8 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Cargo.toml names the e2e bench target, so its sources must be present for cargo to build.
+COPY benches ./benches
 RUN cargo build --release --locked
 
 # distroless: glibc and CA certificates, no shell, a built-in non-root user.
