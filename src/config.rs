@@ -151,6 +151,9 @@ pub struct RawContinuation {
     pub enabled: bool,
     /// `lenient` (a client that dropped reasoning items still continues) or `strict`.
     pub reasoning: String,
+    /// Let `store: true` turns continue on any socket (the upstream loads them from its store)
+    /// when the socket holding them is busy or gone.
+    pub stored_on_any_socket: bool,
 }
 
 impl Default for RawContinuation {
@@ -158,6 +161,7 @@ impl Default for RawContinuation {
         Self {
             enabled: true,
             reasoning: "lenient".into(),
+            stored_on_any_socket: false,
         }
     }
 }
@@ -328,6 +332,7 @@ pub struct UpstreamConfig {
 pub struct ContinuationConfig {
     pub enabled: bool,
     pub reasoning: ReasoningPolicy,
+    pub stored_on_any_socket: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -623,6 +628,7 @@ fn validate_fields(raw: RawConfig, env: &[(String, String)]) -> Result<Config, C
                     ));
                 }
             },
+            stored_on_any_socket: raw.continuation.stored_on_any_socket,
         },
         log: LogConfig {
             format: match raw.log.format.as_str() {

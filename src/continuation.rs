@@ -37,6 +37,11 @@ pub struct Head {
     /// (the client chained with its own `previous_response_id`), so only that id can continue it.
     pub digest: Option<u128>,
     pub model: String,
+    /// Items of the turn's input ++ output (what a continuation of it does not resend).
+    pub items: usize,
+    /// A `store: true` turn that may be continued on any socket
+    /// (`continuation.stored_on_any_socket`): the upstream loads it from its store.
+    pub stored: bool,
 }
 
 /// Keyed digests of canonical item chains.
@@ -50,7 +55,7 @@ impl Digester {
     /// A digester with fresh random keys.
     pub fn new(policy: ReasoningPolicy) -> Self {
         Self {
-            keys: (crate::ids::random_u64(), crate::ids::random_u64()),
+            keys: crate::ids::secret_key(),
             policy,
         }
     }
@@ -109,11 +114,16 @@ pub fn input_items(request: &Map<String, Value>) -> std::borrow::Cow<'_, [Value]
 
 /// The longest prefix of `prefixes` accepted by `matches`: `Some(k)` means `items[..k]` is
 /// matched (so the delta is `items[k..]`). Longest first, so the most recent head wins.
+///
+/// In lenient mode the items that repeat a digest are reasoning items; those right after the
+/// matched prefix are new to the upstream, so the delta starts at the first of them: nothing
+/// the client sent after the head is left out.
 pub fn longest_match(prefixes: &[u128], mut matches: impl FnMut(u128) -> bool) -> Option<usize> {
-    (0..prefixes.len())
-        .rev()
-        .find(|&i| matches(prefixes[i]))
-        .map(|i| i + 1)
+    let mut i = (0..prefixes.len()).rev().find(|&i| matches(prefixes[i]))?;
+    while i > 0 && prefixes[i - 1] == prefixes[i] {
+        i -= 1;
+    }
+    Some(i + 1)
 }
 
 /// A `response.create` frame written straight from the client's request, without copying it:
@@ -246,6 +256,31 @@ mod tests {
     }
 
     #[test]
+    fn reasoning_right_after_the_head_stays_in_the_delta() {
+        let digester = lenient();
+        let head = digester.extend(0, &[user("hi"), output_message("Hello!")]);
+        let request = [
+            user("hi"),
+            output_message("Hello!"),
+            reasoning("rs_new"),
+            user("more"),
+        ];
+        let prefixes = digester.prefixes(&request);
+        assert_eq!(
+            longest_match(&prefixes, |d| d == head),
+            Some(2),
+            "the delta is the reasoning item and the new message"
+        );
+        // Reasoning inside the matched turn (the model's own, resent) is not part of the delta.
+        let request = [user("hi"), reasoning("rs_1"), call("c1"), call_output("c1")];
+        let head = digester.extend(0, &[user("hi"), reasoning("rs_1"), call("c1")]);
+        assert_eq!(
+            longest_match(&digester.prefixes(&request), |d| d == head),
+            Some(3)
+        );
+    }
+
+    #[test]
     fn keys_differ_per_digester() {
         assert_ne!(
             lenient().extend(0, &[user("x")]),
@@ -296,6 +331,32 @@ mod tests {
             (text, text).prop_map(|(id, args)| json!({"type": "function_call", "call_id": id, "name": "f", "arguments": args})),
             (text, text).prop_map(|(id, out)| json!({"type": "function_call_output", "call_id": id, "output": out})),
             text.prop_map(|id| json!({"type": "item_reference", "id": id})),
+            text.prop_map(|id| json!({"type": "reasoning", "id": format!("rs_{id}"), "summary": []})),
+        ]
+    }
+
+    fn is_reasoning(item: &Value) -> bool {
+        item["type"] == "reasoning"
+    }
+
+    /// The canonical encodings of `items`, without reasoning items when `policy` ignores them:
+    /// what matching is defined on.
+    fn canonical(items: &[Value], policy: ReasoningPolicy) -> Vec<Vec<u8>> {
+        items
+            .iter()
+            .filter(|item| policy == ReasoningPolicy::Strict || !is_reasoning(item))
+            .map(|item| {
+                let mut out = Vec::new();
+                items::write_canonical(item, &mut out);
+                out
+            })
+            .collect()
+    }
+
+    fn policy_strategy() -> impl Strategy<Value = ReasoningPolicy> {
+        prop_oneof![
+            Just(ReasoningPolicy::Lenient),
+            Just(ReasoningPolicy::Strict)
         ]
     }
 
@@ -336,8 +397,9 @@ mod tests {
             edit in 0usize..4,
             at in any::<proptest::sample::Index>(),
             extra in item_strategy(),
+            policy in policy_strategy(),
         ) {
-            let digester = lenient();
+            let digester = Digester::new(policy);
             let head = digester.extend(0, &history);
             let mut changed = history.clone();
             let i = at.index(history.len());
@@ -347,9 +409,7 @@ mod tests {
                 2 => changed.swap(i, (i + 1) % history.len()),
                 _ => changed[i] = extra.clone(),
             }
-            let canonical = |items: &[Value]| -> Vec<Vec<u8>> {
-                items.iter().map(|item| { let mut out = Vec::new(); items::write_canonical(item, &mut out); out }).collect()
-            };
+            let canonical = |items: &[Value]| canonical(items, policy);
             // Only a change that leaves the canonical sequence as it was may still match.
             prop_assume!(canonical(&changed) != canonical(&history));
             let prefixes = digester.prefixes(&changed);
@@ -358,6 +418,23 @@ mod tests {
             if let Some(k) = longest_match(&prefixes, |d| d == head) {
                 prop_assert_eq!(canonical(&changed[..k]), canonical(&history));
             }
+        }
+
+        #[test]
+        fn the_delta_holds_everything_sent_after_the_head(
+            history in proptest::collection::vec(item_strategy(), 1..8),
+            new in proptest::collection::vec(item_strategy(), 0..4),
+            policy in policy_strategy(),
+        ) {
+            let digester = Digester::new(policy);
+            let head = digester.extend(0, &history);
+            let request: Vec<Value> = history.iter().map(sdk_form).chain(new.iter().cloned()).collect();
+            let k = longest_match(&digester.prefixes(&request), |d| d == head);
+            prop_assert!(k.is_some(), "a round-tripped history plus new items extends its head");
+            let k = k.unwrap();
+            // Only reasoning items at the end of the head may be resent, never a new item lost.
+            prop_assert!(k <= history.len(), "no new item is taken for part of the head");
+            prop_assert!(request[k.min(history.len())..history.len()].iter().all(is_reasoning));
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Identifiers shaped like OpenAI's (`resp_` + 50 lowercase hex) and cheap non-cryptographic
-//! randomness for them. Uniqueness, not secrecy, is what matters here.
+//! randomness for them (uniqueness, not secrecy, is what matters there), plus secret keys from
+//! the operating system for what must not be predictable.
 
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
@@ -19,6 +20,19 @@ pub fn random_u64() -> u64 {
         state.set(x);
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     })
+}
+
+/// 128 bits from the operating system's random source, for keys that must stay secret (the
+/// continuation digest key). Falls back to the std hasher's OS-seeded keys if the source fails.
+pub fn secret_key() -> (u64, u64) {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        let state = RandomState::new();
+        return (state.hash_one(1u8), state.hash_one(2u8));
+    }
+    let (low, high) = bytes.split_at(8);
+    let word = |half: &[u8]| u64::from_le_bytes(half.try_into().unwrap_or_default());
+    (word(low), word(high))
 }
 
 /// `prefix` + `_` + 50 random lowercase hex digits, e.g. `resp_0c3f…`.

@@ -82,6 +82,8 @@ pub enum RecoveryCause {
     ConnectFailed,
     /// The upstream answered `websocket_connection_limit_reached`.
     LimitReached,
+    /// A continuation wsbridge made was `previous_response_not_found`: resent in full.
+    PreviousResponseNotFound,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -272,8 +274,13 @@ impl Metrics {
     }
 
     /// A frame of `frame` bytes went upstream for a client body of `body` bytes.
-    pub fn frame_sent(&self, frame: usize, body: usize) {
+    /// A `response.create` frame went upstream (once per attempt).
+    pub fn frame_sent(&self, frame: usize) {
         self.upstream_bytes.inc_by(frame as u64);
+    }
+
+    /// A client request body is being bridged (once per request, whatever the attempts).
+    pub fn request_bridged(&self, body: usize) {
         self.request_bytes.inc_by(body as u64);
     }
 

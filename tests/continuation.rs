@@ -252,6 +252,18 @@ async fn a_continuation_the_upstream_lost_is_resent_in_full_before_any_output() 
     );
     assert_eq!(last.input_items, input.len());
     assert_eq!(stats.sockets_opened, 1, "on the same socket");
+    assert_eq!(
+        bridge
+            .metric("wsbridge_upstream_recoveries_total{cause=\"previous_response_not_found\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        bridge
+            .metric("wsbridge_continuations_total{outcome=\"recovered\"}")
+            .await,
+        1.0
+    );
     bridge.sim.set_faults(FaultConfig::default()).unwrap();
     let direct = common::post_json(
         &bridge.sim.base_url(),
@@ -349,21 +361,27 @@ async fn a_model_change_is_never_continued() {
     );
 }
 
-#[tokio::test]
-async fn forked_histories_are_both_answered_correctly() {
-    let bridge = bridge().await;
+/// Two requests extending the same turn at once, through a proxy with
+/// `continuation.stored_on_any_socket = stored_on_any_socket`: each branch's route (sorted) and,
+/// per branch, whether the simulator loaded its parent from the store. Both answers must equal a
+/// full resend straight to the simulator.
+async fn fork(store: bool, stored_on_any_socket: bool) -> (Vec<String>, usize) {
+    let bridge = bridge_with(SimulatorConfig::default(), |config| {
+        config.continuation.stored_on_any_socket = stored_on_any_socket;
+    })
+    .await;
     let url = bridge.url();
     let mut base = vec![json!({"role": "user", "content": "start"})];
     let first = common::post_json(
         &url,
-        &json!({"model": "gpt-test", "input": base, "store": false}),
+        &json!({"model": "gpt-test", "input": base, "store": store}),
     )
     .await;
     base.extend(first.json()["output"].as_array().unwrap().clone());
     let branch = |text: &str| {
         let mut input = base.clone();
         input.push(json!({"role": "user", "content": text}));
-        json!({"model": "gpt-test", "input": input, "store": false, "stream": true,
+        json!({"model": "gpt-test", "input": input, "store": store, "stream": true,
                "metadata": {"sim_fault": "stall_within:300"}})
     };
     let (left_body, right_body) = (branch("left"), branch("right"));
@@ -382,11 +400,6 @@ async fn forked_histories_are_both_answered_correctly() {
             .to_owned(),
     ];
     routes.sort();
-    assert_eq!(
-        routes,
-        ["continued", "fresh"],
-        "one branch continues, the other goes in full"
-    );
     for (reply, text) in [(&left, "left"), (&right, "right")] {
         let direct = common::post_json(&bridge.sim.base_url(), &branch(text)).await;
         let answer = output_text(common::final_response(&reply.events()));
@@ -395,6 +408,49 @@ async fn forked_histories_are_both_answered_correctly() {
             output_text(common::final_response(&direct.events()))
         );
         assert!(answer.starts_with(&format!("You said: {text}.")));
+    }
+    let hydrated = bridge
+        .sim
+        .stats()
+        .turns
+        .iter()
+        .filter(|t| t.transport == Transport::Ws && t.hydrated)
+        .count();
+    (routes, hydrated)
+}
+
+#[tokio::test]
+async fn forked_histories_are_both_answered_correctly() {
+    let (routes, hydrated) = fork(false, false).await;
+    assert_eq!(
+        routes,
+        ["continued", "fresh"],
+        "one branch continues, the other goes in full"
+    );
+    assert_eq!(hydrated, 0);
+}
+
+#[tokio::test]
+async fn a_stored_head_continues_on_another_socket_when_allowed() {
+    let (routes, hydrated) = fork(true, true).await;
+    assert_eq!(
+        routes,
+        ["continued", "continued"],
+        "the busy head's fork continues on another socket"
+    );
+    assert_eq!(hydrated, 1, "the upstream loaded the parent from its store");
+}
+
+#[tokio::test]
+async fn stored_heads_stay_on_their_socket_by_default_and_store_false_always_does() {
+    for (store, allowed) in [(true, false), (false, true)] {
+        let (routes, hydrated) = fork(store, allowed).await;
+        assert_eq!(
+            routes,
+            ["continued", "fresh"],
+            "store={store} allowed={allowed}"
+        );
+        assert_eq!(hydrated, 0);
     }
 }
 

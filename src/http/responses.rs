@@ -165,6 +165,7 @@ struct Plan<'a> {
     explicit: Option<&'a str>,
     digester: &'a Digester,
     enabled: bool,
+    stored_on_any_socket: bool,
 }
 
 impl<'a> Plan<'a> {
@@ -188,6 +189,7 @@ impl<'a> Plan<'a> {
             explicit,
             digester: &app.digester,
             enabled: app.config.continuation.enabled,
+            stored_on_any_socket: app.config.continuation.stored_on_any_socket,
         }
     }
 
@@ -228,6 +230,10 @@ impl<'a> Plan<'a> {
                 .copied()
                 .filter(|_| !self.prefixes.is_empty()),
             model: self.model.to_owned(),
+            items: self.items.len(),
+            // The Responses API stores a response unless the request says `store: false`.
+            stored: self.stored_on_any_socket
+                && self.request.get("store") != Some(&Value::Bool(false)),
         }
     }
 }
@@ -240,6 +246,9 @@ struct HeadSeed {
     /// Digest of the full input, when wsbridge knows the full input.
     input: Option<u128>,
     model: String,
+    /// Input items.
+    items: usize,
+    stored: bool,
 }
 
 impl HeadSeed {
@@ -264,6 +273,8 @@ impl HeadSeed {
             response_id: terminal.response.id,
             digest: self.input.map(|input| self.digester.extend(input, output)),
             model: self.model.clone(),
+            items: self.items + output.len(),
+            stored: self.stored,
         })
     }
 }
@@ -297,6 +308,7 @@ async fn start_turn(
 ) -> Result<Started, Failure> {
     let config = &app.config.upstream;
     let full_frame = Utf8Bytes::from(full_frame);
+    app.metrics.request_bridged(body_len);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -376,14 +388,14 @@ async fn start_turn(
                 continue;
             }
         };
-        let mut route = match (plan.explicit, matched) {
+        let mut route = match (plan.explicit, &matched) {
             (Some(_), _) => Continuation::Explicit,
             (None, Some(_)) => Continuation::Continued,
             (None, None) => Continuation::Fresh,
         };
-        let mut frame = match (route, matched, lease.socket().head()) {
-            (Continuation::Continued, Some(k), Some(head)) => {
-                Utf8Bytes::from(plan.frame(Some((&head.response_id, k))))
+        let mut frame = match (route, &matched) {
+            (Continuation::Continued, Some(matched)) => {
+                Utf8Bytes::from(plan.frame(Some((&matched.previous, matched.items))))
             }
             _ => {
                 route = route.min_fresh();
@@ -399,7 +411,7 @@ async fn start_turn(
         // The socket's head is replaced by this turn's (or dropped if it does not complete).
         lease.socket().set_head(None);
         let first = loop {
-            app.metrics.frame_sent(frame.len(), body_len);
+            app.metrics.frame_sent(frame.len());
             // The send and the wait for the first event share one deadline: an upstream that
             // stops reading (a full TCP window) cannot hang the request either.
             let started = async {
@@ -425,6 +437,8 @@ async fn start_turn(
                 {
                     // Our own rewrite missed (the upstream dropped its copy): resend in full.
                     tracing::info!("continuation not found upstream; resending the full input");
+                    app.metrics
+                        .recovery(RecoveryCause::PreviousResponseNotFound);
                     route = Continuation::Recovered;
                     frame = full_frame.clone();
                     if too_large(&frame) {

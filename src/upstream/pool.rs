@@ -9,7 +9,10 @@
 //! ```
 //!
 //! Heads of idle sockets are indexed per credential by digest and by response id, so finding
-//! the socket a request continues is a few hash lookups under the partition lock.
+//! the socket a request continues is a few hash lookups under the partition lock. Heads of
+//! `store: true` turns (with `continuation.stored_on_any_socket`) are also kept in a bounded
+//! index of their own that outlives their socket: when the socket holding one is busy or gone,
+//! the request continues it on any socket and the upstream loads it from its store.
 //!
 //! Idle sockets sit in the pool itself, so a checkout takes one under the lock with no task
 //! hop. Before it is used, whatever the upstream sent meanwhile is read without waiting
@@ -89,6 +92,8 @@ struct State {
     heads: HashMap<u128, u64>,
     /// Head response id → idle socket id.
     responses: HashMap<String, u64>,
+    /// Head digest → a stored head, continuable on any socket (at most `STORED_HEADS`).
+    stored: HashMap<u128, StoredHead>,
     /// Idle + busy + connecting.
     open: usize,
     connecting: usize,
@@ -102,6 +107,17 @@ struct State {
     /// Wait before the next background connect: grows while connects fail or fresh sockets
     /// are closed at once, so a broken upstream is not hammered.
     refill_delay: Duration,
+}
+
+/// Stored heads remembered per credential; the least recently recorded goes first.
+const STORED_HEADS: usize = 4096;
+
+/// A `store: true` turn the upstream can load on any socket.
+#[derive(Debug)]
+struct StoredHead {
+    response_id: String,
+    model: String,
+    recorded: Instant,
 }
 
 /// An idle socket, owned by the pool while no turn uses it.
@@ -159,10 +175,34 @@ impl State {
         if let Some(head) = idle.head() {
             if let Some(digest) = head.digest {
                 self.heads.insert(digest, id);
+                if head.stored {
+                    self.remember_stored(digest, head);
+                }
             }
             self.responses.insert(head.response_id.clone(), id);
         }
         self.idle.push(idle);
+    }
+
+    fn remember_stored(&mut self, digest: u128, head: &Head) {
+        if self.stored.len() >= STORED_HEADS && !self.stored.contains_key(&digest) {
+            let oldest = self
+                .stored
+                .iter()
+                .min_by_key(|(_, stored)| stored.recorded)
+                .map(|(digest, _)| *digest);
+            if let Some(oldest) = oldest {
+                self.stored.remove(&oldest);
+            }
+        }
+        self.stored.insert(
+            digest,
+            StoredHead {
+                response_id: head.response_id.clone(),
+                model: head.model.clone(),
+                recorded: Instant::now(),
+            },
+        );
     }
 
     fn remove_idle(&mut self, index: usize) -> Idle {
@@ -185,13 +225,14 @@ impl State {
         self.idle.iter().position(|idle| idle.socket.id() == id)
     }
 
-    /// The idle socket `affinity` wants, and how many of the request's items its head covers.
-    fn affine(&self, affinity: &Affinity<'_>) -> Option<(usize, usize)> {
+    /// The head `affinity` wants: on an idle socket (its index), or stored (`None`: any
+    /// socket will do).
+    fn affine(&self, affinity: &Affinity<'_>) -> Option<(Option<usize>, Matched)> {
         match affinity {
             Affinity::None => None,
             Affinity::Extend { prefixes, model } | Affinity::Only { prefixes, model } => {
                 let mut found = None;
-                let matched = longest_match(prefixes, |digest| {
+                let on_socket = longest_match(prefixes, |digest| {
                     found = self
                         .heads
                         .get(&digest)
@@ -202,15 +243,42 @@ impl State {
                                 .is_some_and(|head| head.model == *model)
                         });
                     found.is_some()
+                });
+                if let (Some(items), Some(index)) = (on_socket, found) {
+                    let head = self.idle[index].head()?;
+                    return Some((
+                        Some(index),
+                        Matched {
+                            items,
+                            previous: head.response_id.clone(),
+                        },
+                    ));
+                }
+                let mut stored = None;
+                let items = longest_match(prefixes, |digest| {
+                    stored = self.stored.get(&digest).filter(|s| s.model == *model);
+                    stored.is_some()
                 })?;
-                Some((found?, matched))
+                Some((
+                    None,
+                    Matched {
+                        items,
+                        previous: stored?.response_id.clone(),
+                    },
+                ))
             }
             Affinity::Response(id) => {
                 let index = self
                     .responses
                     .get(*id)
                     .and_then(|id| self.idle_index(*id))?;
-                Some((index, 0))
+                Some((
+                    Some(index),
+                    Matched {
+                        items: 0,
+                        previous: (*id).to_owned(),
+                    },
+                ))
             }
         }
     }
@@ -240,9 +308,18 @@ pub enum Affinity<'a> {
 #[derive(Debug)]
 pub struct Checkout {
     pub lease: Lease,
-    /// `Some(k)`: the socket's head covers the request's first `k` items (`Affinity::Extend`),
-    /// or is the requested response (`Affinity::Response`, `k` = 0).
-    pub matched: Option<usize>,
+    /// The head the request continues: the socket's own, or a stored one.
+    pub matched: Option<Matched>,
+}
+
+/// A head a request extends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matched {
+    /// The head covers the request's first `items` items (`Affinity::Extend`; 0 for
+    /// `Affinity::Response`).
+    pub items: usize,
+    /// Its response id: the continuation's `previous_response_id`.
+    pub previous: String,
 }
 
 /// The next refill delay after a failure: 1 s, doubling, at most 30 s.
@@ -327,9 +404,12 @@ impl Pool {
             .await
             .map_err(|_| busy())?
             .map_err(|_| CheckoutError::ShuttingDown)?;
+        // A stored head to continue on whatever socket this checkout ends up with.
+        let mut stored = None;
         loop {
             enum Next {
-                Take(Box<Idle>, Option<usize>),
+                /// An idle socket; its own head is `matched` when that is `Some`, and `keep`.
+                Take(Box<Idle>, Option<Matched>, bool),
                 Connect,
                 Wait,
             }
@@ -351,26 +431,30 @@ impl Pool {
                         .min_by_key(|(_, idle)| idle.since)
                         .map(|(index, _)| index)
                 };
-                if let Some((index, matched)) = state.affine(&affinity) {
-                    Next::Take(Box::new(state.remove_idle(index)), Some(matched))
-                } else if matches!(affinity, Affinity::Only { .. }) {
+                let affine = state.affine(&affinity);
+                if let Some((Some(index), own)) = affine {
+                    Next::Take(Box::new(state.remove_idle(index)), Some(own), true)
+                } else if affine.is_none() && matches!(affinity, Affinity::Only { .. }) {
                     return Err(CheckoutError::NoMatch);
                 } else if let Some(index) = headless {
-                    Next::Take(Box::new(state.remove_idle(index)), None)
+                    stored = affine.map(|(_, stored)| stored);
+                    Next::Take(Box::new(state.remove_idle(index)), None, false)
                 } else if inner.shutdown.is_cancelled() {
                     return Err(CheckoutError::ShuttingDown);
                 } else if state.open < inner.config.max_sockets {
+                    stored = affine.map(|(_, stored)| stored);
                     state.open += 1;
                     state.connecting += 1;
                     Next::Connect
                 } else if let Some(index) = least_recent() {
-                    Next::Take(Box::new(state.remove_idle(index)), None)
+                    stored = affine.map(|(_, stored)| stored);
+                    Next::Take(Box::new(state.remove_idle(index)), None, false)
                 } else {
                     Next::Wait
                 }
             };
             match next {
-                Next::Take(idle, matched) => {
+                Next::Take(idle, own, keep) => {
                     let mut socket = idle.socket;
                     // Whatever arrived while it sat idle, read now: a dead socket is retired
                     // and another one picked.
@@ -384,14 +468,17 @@ impl Pool {
                         continue;
                     }
                     lock(&partition.state).busy += 1;
-                    if matched.is_none() && socket.head().is_some() {
+                    if !keep && socket.head().is_some() {
                         // Taken for another conversation: its head is about to be replaced.
                         socket.set_head(None);
                         inner.metrics.head_evicted();
                     }
+                    let matched = own.or(stored);
                     tracing::debug!(
                         socket = socket.id(),
-                        ?matched,
+                        head_items = socket.head().map(|head| head.items),
+                        matched_items = matched.as_ref().map(|m| m.items),
+                        stored_head = !keep && matched.is_some(),
                         "leased an idle upstream socket"
                     );
                     return Ok(Checkout {
@@ -411,7 +498,7 @@ impl Pool {
                             tracing::debug!(socket = socket.id(), credential = ?credential, "upstream socket opened");
                             return Ok(Checkout {
                                 lease: inner.lease(&partition, socket, permit),
-                                matched: None,
+                                matched: stored,
                             });
                         }
                         Err(error) => {
