@@ -6,6 +6,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Starts `wsbridge ARGS`, waits for its "listening on http://ADDR" log line, returns the
@@ -15,15 +16,24 @@ fn start(args: &[&str]) -> (std::process::Child, String) {
 }
 
 /// [`start`] with extra environment variables.
+fn start_with(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, String) {
+    let (child, addr, _) = start_logged(args, env);
+    (child, addr)
+}
+
+/// Every stderr line a child printed after its listening line, as it goes.
+type Log = Arc<Mutex<Vec<String>>>;
+
+/// [`start_with`], keeping what the child logs after it started listening.
 #[expect(
     clippy::zombie_processes,
     reason = "every caller waits for the child in `terminate` or `wait_exit`"
 )]
-fn start_with(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, String) {
+fn start_logged(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, String, Log) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wsbridge"))
         .args(args)
-        .envs(env.iter().copied())
         .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -46,8 +56,14 @@ fn start_with(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, Stri
                 .unwrap()
                 .to_owned();
             // Keep draining stderr so the child never blocks on a full pipe.
-            std::thread::spawn(move || lines.for_each(drop));
-            return (child, addr);
+            let log = Log::default();
+            let kept = log.clone();
+            std::thread::spawn(move || {
+                for line in lines.map_while(Result::ok) {
+                    kept.lock().unwrap().push(line);
+                }
+            });
+            return (child, addr, log);
         }
     }
 }
@@ -144,6 +160,73 @@ async fn serve_simulate_is_a_working_proxy_out_of_the_box() {
     assert_eq!(events.last().unwrap()["type"], "response.completed");
     assert!(common::output_text(common::final_response(&events)).starts_with("You said: hi."));
     assert_eq!(terminate(&mut child).code(), Some(0));
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_and_never_show_the_key() {
+    const SECRET: &str = "sk-secret-never-logged-4242";
+    let (mut child, addr, log) = start_logged(
+        &[
+            "--log-format",
+            "json",
+            "serve",
+            "--simulate",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[("RUST_LOG", "debug")],
+    );
+    let url = format!("http://{addr}/v1");
+    // A clean turn, then one whose retries all fail (warnings with the credential in scope).
+    for (body, status) in [
+        (
+            serde_json::json!({"model": "m", "input": "hi", "stream": true}),
+            200,
+        ),
+        (
+            serde_json::json!({"model": "m", "input": "hi", "metadata": {"sim_fault": "close_before_created"}}),
+            502,
+        ),
+    ] {
+        let reply = common::request(
+            "POST",
+            &format!("{url}/responses"),
+            Some(SECRET),
+            Some(body.to_string()),
+        )
+        .await;
+        assert_eq!(reply.status, status, "{}", reply.body);
+    }
+    let models = common::request("GET", &format!("{url}/models"), Some(SECRET), None).await;
+    assert!(models.status < 500);
+    assert_eq!(terminate(&mut child).code(), Some(0));
+    let lines = log.lock().unwrap().clone();
+    assert!(
+        lines.len() > 5,
+        "debug logging says what happened: {lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("\"upstream_socket\"") && line.contains("socket opened")),
+        "socket events are logged in a per-socket span: {lines:?}"
+    );
+    for line in &lines {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|error| panic!("not a JSON line ({error}): {line}"));
+        assert!(
+            event["level"].is_string() && event["fields"].is_object(),
+            "{line}"
+        );
+        assert!(
+            !line.contains(SECRET),
+            "the key leaked into a log line: {line}"
+        );
+        assert!(
+            !line.contains("secret-never"),
+            "part of the key leaked: {line}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -410,7 +410,40 @@ async fn upgrade_refused_with_503_is_retried_and_with_429_is_passed_on() {
 
 #[tokio::test]
 async fn an_upstream_without_websockets_is_served_over_rest_for_a_cooldown() {
-    let bridge = bridge().await;
+    for status in [426, 404, 405] {
+        let bridge = bridge().await;
+        bridge
+            .sim
+            .set_faults(FaultConfig {
+                upgrade_status: status,
+                ..FaultConfig::default()
+            })
+            .unwrap();
+        for stream in [true, false] {
+            let reply = bridge.post(&hello(stream)).await;
+            assert_eq!(reply.status, 200, "upgrade refused with {status}");
+            if stream {
+                assert_eq!(reply.events().last().unwrap()["type"], "response.completed");
+            } else {
+                assert!(output_text(&reply.json()).starts_with("You said: hello."));
+            }
+        }
+        let stats = bridge.sim.stats();
+        assert_eq!(
+            stats.upgrades_refused, 1,
+            "the second request does not try the upgrade again ({status})"
+        );
+        assert!(stats.turns.iter().all(|t| t.transport == Transport::Rest));
+    }
+}
+
+#[tokio::test]
+async fn after_the_rest_cooldown_the_websocket_is_tried_again() {
+    let cooldown = Duration::from_millis(200);
+    let bridge = bridge_with(SimulatorConfig::default(), |config| {
+        config.upstream.rest_fallback_cooldown = cooldown;
+    })
+    .await;
     bridge
         .sim
         .set_faults(FaultConfig {
@@ -418,21 +451,67 @@ async fn an_upstream_without_websockets_is_served_over_rest_for_a_cooldown() {
             ..FaultConfig::default()
         })
         .unwrap();
-    for stream in [true, false] {
-        let reply = bridge.post(&hello(stream)).await;
-        assert_eq!(reply.status, 200);
-        if stream {
-            assert_eq!(reply.events().last().unwrap()["type"], "response.completed");
-        } else {
-            assert!(output_text(&reply.json()).starts_with("You said: hello."));
-        }
-    }
-    let stats = bridge.sim.stats();
+    assert_eq!(bridge.post(&hello(false)).await.status, 200);
+    bridge.sim.set_faults(FaultConfig::default()).unwrap();
+    assert_eq!(bridge.post(&hello(false)).await.status, 200);
     assert_eq!(
-        stats.upgrades_refused, 1,
-        "the second request does not try the upgrade again"
+        bridge.sim.stats().turns.last().unwrap().transport,
+        Transport::Rest,
+        "still within the cool-down"
     );
-    assert!(stats.turns.iter().all(|t| t.transport == Transport::Rest));
+    tokio::time::sleep(cooldown).await;
+    assert_eq!(bridge.post(&hello(false)).await.status, 200);
+    let stats = bridge.sim.stats();
+    assert_eq!(stats.turns.last().unwrap().transport, Transport::Ws);
+    assert_eq!(stats.sockets_opened, 1);
+}
+
+#[tokio::test]
+async fn the_rest_path_streams_both_ways_without_buffering() {
+    // A frame limit of 1 byte sends every request over the REST pass-through.
+    let bridge = bridge_with(SimulatorConfig::default(), |config| {
+        config.upstream.max_frame_bytes = 1;
+    })
+    .await;
+    // A large request body goes through whole: the answer echoes its last message.
+    let filler = "x".repeat(1 << 20);
+    let body = json!({"model": "gpt-test", "stream": true, "input": [
+        {"role": "user", "content": filler},
+        {"role": "user", "content": "the end"}],
+        "metadata": {"sim_fault": "stall_within:600"}});
+    let authorization = format!("Bearer {KEY}");
+    let response = common::send(
+        "POST",
+        &format!("{}/responses", bridge.url()),
+        &[("authorization", &authorization)],
+        Some(body.to_string()),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(PATIENCE, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(first.data_ref().unwrap()).starts_with("event: response.created")
+    );
+    assert_eq!(
+        bridge.sim.stats().turns_total,
+        0,
+        "the first event reached the client while the upstream was still generating"
+    );
+    let rest = body.collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(first.data_ref().unwrap()).into_owned()
+        + &String::from_utf8_lossy(&rest);
+    let events = common::parse_sse(&text);
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "response.completed");
+    assert!(output_text(&last["response"]).starts_with("You said: the end."));
+    let turn = &bridge.sim.stats().turns[0];
+    assert_eq!(turn.transport, Transport::Rest);
+    assert!(turn.bytes > 1 << 20, "the whole body reached the upstream");
 }
 
 #[tokio::test]
@@ -630,6 +709,36 @@ async fn a_client_that_goes_away_mid_stream_closes_the_upstream_socket() {
 }
 
 #[tokio::test]
+async fn after_a_client_disconnect_the_pool_refills_in_the_background() {
+    let bridge = bridge_with(SimulatorConfig::default(), |config| {
+        config.pool.min_idle = 2;
+    })
+    .await;
+    let body = json!({"model": "gpt-test", "input": "long", "stream": true, "metadata": {"sim_fault": "stall_within:3000"}});
+    let authorization = format!("Bearer {KEY}");
+    let response = common::send(
+        "POST",
+        &format!("{}/responses", bridge.url()),
+        &[("authorization", &authorization)],
+        Some(body.to_string()),
+    )
+    .await;
+    let mut body = response.into_body();
+    tokio::time::timeout(PATIENCE, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    drop(body);
+    bridge
+        .sim
+        .wait_for(|s| s.sockets_closed == 1 && s.sockets_open == 2, PATIENCE)
+        .await
+        .expect("the closed socket is gone and min_idle empty sockets are open");
+    assert_eq!(bridge.post(&hello(false)).await.status, 200);
+}
+
+#[tokio::test]
 async fn upstream_keepalive_events_are_relayed_unchanged() {
     let bridge = bridge().await;
     let reply = bridge.post(&with_fault("keepalive:2")).await;
@@ -813,10 +922,91 @@ async fn idle_sockets_are_pinged_and_kept() {
     })
     .await;
     assert_eq!(bridge.post(&hello(true)).await.status, 200);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    bridge
+        .sim
+        .wait_for(|s| s.pings_received >= 3, PATIENCE)
+        .await
+        .expect("the idle socket is pinged");
     assert_eq!(bridge.post(&hello(true)).await.status, 200);
     let stats = bridge.sim.stats();
     assert_eq!((stats.sockets_opened, stats.sockets_closed), (1, 0));
+}
+
+#[tokio::test]
+async fn an_idle_socket_that_stops_answering_pings_is_replaced() {
+    let bridge = bridge_with(SimulatorConfig::default(), |config| {
+        config.pool.ping_interval = Some(Duration::from_millis(50));
+    })
+    .await;
+    bridge
+        .sim
+        .set_faults(FaultConfig {
+            ignore_pings: true,
+            ..FaultConfig::default()
+        })
+        .unwrap();
+    assert_eq!(bridge.post(&hello(true)).await.status, 200);
+    let closed = bridge
+        .wait_for_metric(
+            "wsbridge_upstream_socket_closes_total{reason=\"ping_timeout\"}",
+            |n| n >= 1.0,
+        )
+        .await;
+    assert_eq!(closed, 1.0, "the unanswered ping closed the socket");
+    bridge.sim.set_faults(FaultConfig::default()).unwrap();
+    let reply = bridge.post(&hello(false)).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(bridge.sim.stats().sockets_opened, 2, "on a new socket");
+}
+
+#[tokio::test]
+async fn no_turn_starts_on_a_socket_past_max_age() {
+    let bridge = bridge_with(SimulatorConfig::default(), |config| {
+        config.pool.max_age = Duration::from_millis(300);
+        config.continuation.enabled = false;
+    })
+    .await;
+    assert_eq!(bridge.post(&hello(false)).await.status, 200);
+    let closed = bridge
+        .wait_for_metric(
+            "wsbridge_upstream_socket_closes_total{reason=\"max_age\"}",
+            |n| n >= 1.0,
+        )
+        .await;
+    assert_eq!(closed, 1.0, "the old idle socket was retired");
+    assert_eq!(bridge.post(&hello(false)).await.status, 200);
+    let stats = bridge.sim.stats();
+    assert_eq!(stats.sockets_opened, 2);
+    let sockets: Vec<_> = stats.turns.iter().map(|t| t.socket).collect();
+    assert_ne!(
+        sockets[0], sockets[1],
+        "the second turn went on a new socket"
+    );
+}
+
+#[tokio::test]
+async fn idle_sockets_close_after_the_idle_timeout() {
+    let bridge = bridge_with(SimulatorConfig::default(), |config| {
+        config.pool.idle_timeout = Duration::from_millis(300);
+        config.pool.min_idle = 1;
+    })
+    .await;
+    // Two turns at once: two sockets, plus the pre-warmed one.
+    let slow = with_fault("stall_within:200");
+    let (a, b) = tokio::join!(bridge.post(&slow), bridge.post(&slow));
+    assert_eq!((a.status, b.status), (200, 200));
+    let stats = bridge
+        .sim
+        .wait_for(|s| s.sockets_opened >= 2 && s.sockets_open == 0, PATIENCE)
+        .await
+        .expect("an unused credential lets all its sockets go");
+    let closed = bridge
+        .metric("wsbridge_upstream_socket_closes_total{reason=\"idle_timeout\"}")
+        .await;
+    assert_eq!(
+        closed, stats.sockets_opened as f64,
+        "every socket closed for the idle timeout"
+    );
 }
 
 #[tokio::test]

@@ -10,6 +10,10 @@
 //! - `stream_error:CODE`: after the first delta, a flat `error` event that ends the stream;
 //! - `stall_before:MS`, `stall_within:MS`: pause before `response.created` / after the first delta;
 //! - `keepalive:N[:MS]`: N `keepalive` events after `response.in_progress`, MS apart.
+//!
+//! Socket faults: refused upgrades (`upgrade_status`, `upgrade_count`), sockets closed right
+//! after the upgrade (`close_after_upgrade`), and sockets that go silent at their first ping
+//! (`ignore_pings`).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -31,6 +35,9 @@ pub struct FaultConfig {
     pub upgrade_count: u32,
     /// Close this many sockets right after the upgrade, before any frame.
     pub close_after_upgrade: u32,
+    /// A hung upstream: a socket that receives a ping stops reading (so the ping is never
+    /// answered) and stops sending, keeping the TCP connection open.
+    pub ignore_pings: bool,
 }
 
 impl FaultConfig {

@@ -72,6 +72,8 @@ pub struct StatsSnapshot {
     pub sockets_closed: u64,
     pub sockets_open: u64,
     pub upgrades_refused: u64,
+    /// WebSocket pings received (all sockets).
+    pub pings_received: u64,
     pub turns_total: u64,
     pub bytes_received_total: u64,
     pub keys: BTreeMap<String, KeyStats>,
@@ -151,6 +153,10 @@ impl Stats {
 
     pub fn upgrade_refused(&self) {
         self.update(|inner| inner.totals.upgrades_refused += 1);
+    }
+
+    pub fn ping_received(&self) {
+        self.update(|inner| inner.totals.pings_received += 1);
     }
 
     /// Records a finished turn; `record.index` is assigned here.

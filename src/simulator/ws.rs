@@ -194,8 +194,17 @@ impl Connection {
                         if sink.send(text(error.ws_event(None))).await.is_err() { break; }
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                    // Pings are answered by the WebSocket layer itself.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Ping(_))) => {
+                        self.shared.stats.ping_received();
+                        if self.shared.faults.config().ignore_pings {
+                            // Hung: read nothing more (the queued pong goes out only on the next
+                            // read or write) until the peer or a shutdown ends it.
+                            cancel.cancelled().await;
+                            break;
+                        }
+                        // Otherwise the WebSocket layer answers it on the next read.
+                    }
+                    Some(Ok(Message::Pong(_))) => {}
                 },
                 Some(outgoing) = rx.recv() => match outgoing {
                     Outgoing::Frame(frame) => {

@@ -474,13 +474,14 @@ impl Pool {
                         inner.metrics.head_evicted();
                     }
                     let matched = own.or(stored);
-                    tracing::debug!(
-                        socket = socket.id(),
-                        head_items = socket.head().map(|head| head.items),
-                        matched_items = matched.as_ref().map(|m| m.items),
-                        stored_head = !keep && matched.is_some(),
-                        "leased an idle upstream socket"
-                    );
+                    socket.span().in_scope(|| {
+                        tracing::debug!(
+                            head_items = socket.head().map(|head| head.items),
+                            matched_items = matched.as_ref().map(|m| m.items),
+                            stored_head = !keep && matched.is_some(),
+                            "leased an idle upstream socket"
+                        );
+                    });
                     return Ok(Checkout {
                         lease: inner.lease(&partition, socket, permit),
                         matched,
@@ -495,7 +496,9 @@ impl Pool {
                         Ok(socket) => {
                             slot.into_busy();
                             inner.metrics.socket_opened();
-                            tracing::debug!(socket = socket.id(), credential = ?credential, "upstream socket opened");
+                            socket
+                                .span()
+                                .in_scope(|| tracing::debug!("upstream socket opened"));
                             return Ok(Checkout {
                                 lease: inner.lease(&partition, socket, permit),
                                 matched: stored,
@@ -616,7 +619,9 @@ impl Inner {
                     Some(Ok(socket)) => {
                         drop(state);
                         pool.metrics.socket_opened();
-                        tracing::debug!(socket = socket.id(), credential = ?partition.credential, "upstream socket pre-warmed");
+                        socket
+                            .span()
+                            .in_scope(|| tracing::debug!("upstream socket pre-warmed"));
                         pool.park(&partition, socket);
                     }
                     failed => {
@@ -744,12 +749,9 @@ impl Inner {
             }
         }
         self.metrics.socket_closed(reason);
-        tracing::debug!(
-            socket = socket.id(),
-            ?reason,
-            turns = socket.turns(),
-            "upstream socket closed"
-        );
+        socket.span().in_scope(|| {
+            tracing::debug!(?reason, turns = socket.turns(), "upstream socket closed");
+        });
         partition.available.notify_one();
         self.tasks.spawn(socket.close());
         if reason != CloseReason::Shutdown {

@@ -35,6 +35,8 @@ pub struct Socket {
     /// When the last ping went out, and whether its pong is still due.
     pinged: Option<Instant>,
     awaiting_pong: bool,
+    /// This socket's span: its lifecycle events (opened, leased, closed) are logged in it.
+    span: tracing::Span,
 }
 
 /// What reading a socket produced.
@@ -52,6 +54,11 @@ impl Socket {
     /// A process-unique number, for logs.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The span that socket events are logged in (`upstream_socket{socket, credential}`).
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     pub fn age(&self) -> Duration {
@@ -120,10 +127,9 @@ impl Socket {
                         return Err(CloseReason::LimitReached);
                     }
                     if crate::protocol::sse::event_type(&text).as_deref() != Some("keepalive") {
-                        tracing::warn!(
-                            socket = self.id,
-                            "unexpected event on an idle upstream socket"
-                        );
+                        self.span.in_scope(|| {
+                            tracing::warn!("unexpected event on an idle upstream socket");
+                        });
                         return Err(CloseReason::ProtocolError);
                     }
                 }
@@ -239,15 +245,21 @@ impl Connector {
         );
         match tokio::time::timeout(self.timeout, connect).await {
             Err(_) => Err(ConnectError::TimedOut),
-            Ok(Ok((ws, _response))) => Ok(Socket {
-                id: self.next_id.fetch_add(1, Ordering::Relaxed),
-                ws,
-                opened: Instant::now(),
-                turns: 0,
-                head: None,
-                pinged: None,
-                awaiting_pong: false,
-            }),
+            Ok(Ok((ws, _response))) => {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                // A root span: the socket outlives the request that opened it.
+                let span = tracing::info_span!(parent: None, "upstream_socket", socket = id, credential = ?credential);
+                Ok(Socket {
+                    id,
+                    ws,
+                    opened: Instant::now(),
+                    turns: 0,
+                    head: None,
+                    pinged: None,
+                    awaiting_pong: false,
+                    span,
+                })
+            }
             Ok(Err(tungstenite::Error::Http(response))) => {
                 let (parts, body) = (*response).into_parts();
                 Err(ConnectError::Refused {
