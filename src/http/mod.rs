@@ -103,11 +103,16 @@ impl Proxy {
         })?;
         let auth = Auth::from_config(&config.auth).map_err(StartError::Config)?;
         let tls = crate::upstream::tls_config()?;
+        // Nagle off upstream too: a request head and its body (or a small SSE chunk) must not
+        // wait for an ACK.
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config((*tls).clone())
             .https_or_http()
             .enable_all_versions()
-            .build();
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).build(https);
         let metrics = Arc::new(Metrics::default());
         let connector = Connector::new(
