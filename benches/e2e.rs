@@ -278,11 +278,18 @@ async fn memory(options: &Options) {
             ("WSBRIDGE_POOL_MAX_SOCKETS", "4096".into()),
         ],
     );
+    // Sockets left idle by the burst stay pooled until the idle timeout: a short one here, so
+    // the run also shows what the process keeps once they are gone.
+    const IDLE_TIMEOUT_SECS: u64 = 4;
     let plain = Process::proxy(
         &sim.base_url(),
         &[
             ("WSBRIDGE_POOL_MIN_IDLE", "0".into()),
             ("WSBRIDGE_POOL_MAX_SOCKETS", "4096".into()),
+            (
+                "WSBRIDGE_POOL_IDLE_TIMEOUT_SECS",
+                IDLE_TIMEOUT_SECS.to_string(),
+            ),
         ],
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -319,6 +326,12 @@ async fn memory(options: &Options) {
     let peak = plain.peak_rss_kib();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = plain.rss_kib();
+    load::wait_until(Duration::from_secs(60), || {
+        sim.sim_stats()["sockets_open"].as_u64() == Some(0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let drained = plain.rss_kib();
 
     println!("## c. Memory (proxy RSS, MiB)\n");
     let mib = |kib: u64| format!("{:.1}", kib as f64 / 1024.0);
@@ -347,7 +360,16 @@ async fn memory(options: &Options) {
                 mib(peak),
                 "".into(),
             ],
-            vec!["2 s after the load ended".into(), mib(after), "".into()],
+            vec![
+                "2 s after the load ended (its sockets still pooled)".into(),
+                mib(after),
+                "".into(),
+            ],
+            vec![
+                format!("after pool.idle_timeout ({IDLE_TIMEOUT_SECS} s) closed every socket"),
+                mib(drained),
+                "".into(),
+            ],
         ],
     );
     drop((sim, plain));
