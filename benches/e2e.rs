@@ -213,7 +213,19 @@ async fn capacity(options: &Options) {
     let expected = reference.events_per_stream();
     let mut rows = Vec::new();
     let mut peak_rss = 0;
+    let stall_free = |lost: usize, max_gap: Duration| {
+        lost == 0 && max_gap < Duration::from_secs_f64(PACE_MS * 10.0 / 1000.0)
+    };
+    let verdict = |ok: bool| if ok { "yes" } else { "**no**" }.to_owned();
     for &streams in levels {
+        // The floor: the same streams over WebSockets straight to the simulator, on the same
+        // machine (whose two cores the load generator shares).
+        let direct = load::ws_streams(&sim.ws_url(), KEY, &body, streams, 1).await;
+        let direct_max_gap = direct.gaps().last().copied().unwrap_or_default();
+        let direct_ok = stall_free(
+            direct.lost_events(expected) + direct.failures * expected,
+            direct_max_gap,
+        );
         let cpu_before = proxy.cpu_time();
         let run = load::sse_streams(&proxy.base_url(), KEY, &body, streams, 1).await;
         let cpu = proxy.cpu_time() - cpu_before;
@@ -221,7 +233,6 @@ async fn capacity(options: &Options) {
         let lost = run.lost_events(expected) + run.failures * expected;
         let max_gap = run.gaps().last().copied().unwrap_or_default();
         let gaps = run.gaps();
-        let stall_free = lost == 0 && max_gap < Duration::from_secs_f64(PACE_MS * 10.0 / 1000.0);
         let events = run.events.max(1);
         rows.push(vec![
             streams.to_string(),
@@ -230,11 +241,8 @@ async fn capacity(options: &Options) {
             ms(pct(&gaps, 50.0)),
             ms(pct(&gaps, 99.0)),
             ms(max_gap),
-            if stall_free {
-                "yes".into()
-            } else {
-                "**no**".into()
-            },
+            verdict(stall_free(lost, max_gap)),
+            format!("{} / {}", ms(direct_max_gap), verdict(direct_ok)),
             format!("{:.1}", cpu.as_secs_f64() * 1000.0 / events as f64 * 1000.0),
         ]);
     }
@@ -248,6 +256,7 @@ async fn capacity(options: &Options) {
             "gap p99 (ms)",
             "max gap (ms)",
             "stall-free (< 10× pacing)",
+            "WS direct: max gap (ms) / stall-free",
             "proxy CPU ms / 1,000 events",
         ],
         &rows,
@@ -332,6 +341,18 @@ async fn memory(options: &Options) {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let drained = plain.rss_kib();
+    // The same burst twice more, each once the previous one's sockets are gone: memory the
+    // first left behind is reused, so the peak levels off instead of growing with every burst.
+    let mut peaks = Vec::new();
+    for _ in 0..2 {
+        let again = load::sse_streams(&plain.base_url(), KEY, &body, burst, 1).await;
+        assert_eq!(again.failures, 0);
+        peaks.push(plain.peak_rss_kib());
+        load::wait_until(Duration::from_secs(60), || {
+            sim.sim_stats()["sockets_open"].as_u64() == Some(0)
+        })
+        .await;
+    }
 
     println!("## c. Memory (proxy RSS, MiB)\n");
     let mib = |kib: u64| format!("{:.1}", kib as f64 / 1024.0);
@@ -370,6 +391,15 @@ async fn memory(options: &Options) {
                 mib(drained),
                 "".into(),
             ],
+            vec![
+                "peak of each of 2 more bursts of the same size, sockets closed in between".into(),
+                peaks
+                    .iter()
+                    .map(|kib| mib(*kib))
+                    .collect::<Vec<_>>()
+                    .join(" → "),
+                "".into(),
+            ],
         ],
     );
     drop((sim, plain));
@@ -398,6 +428,7 @@ async fn agent_loop(options: &Options) {
     let proxy = Process::proxy(&sim.base_url(), &[("WSBRIDGE_POOL_MIN_IDLE", "0".into())]);
     let mut rows = Vec::new();
     let mut times = [Vec::new(), Vec::new()];
+    let mut answers_by_path = Vec::new();
     for (index, (name, base)) in [
         ("REST direct", sim.base_url()),
         ("via wsbridge", proxy.base_url()),
@@ -430,7 +461,12 @@ async fn agent_loop(options: &Options) {
             },
             answers[0].chars().take(48).collect::<String>() + "…",
         ]);
+        answers_by_path.push(answers);
     }
+    assert_eq!(
+        answers_by_path[0], answers_by_path[1],
+        "every loop's final answer through wsbridge equals the REST one"
+    );
     let mean = |v: &Vec<Duration>| v.iter().sum::<Duration>().as_secs_f64() / v.len() as f64;
     let speedup = 1.0 - mean(&times[1]) / mean(&times[0]);
     println!(
@@ -453,7 +489,8 @@ async fn agent_loop(options: &Options) {
         &rows,
     );
     println!(
-        "wsbridge loop time / REST loop time = **{:.2}** ({:.0} % faster).\n",
+        "wsbridge loop time / REST loop time = **{:.2}** ({:.0} % faster); every final answer \
+         (it ends with a digest of the whole conversation) identical on both paths.\n",
         mean(&times[1]) / mean(&times[0]),
         speedup * 100.0
     );
