@@ -163,6 +163,51 @@ async fn serve_simulate_is_a_working_proxy_out_of_the_box() {
 }
 
 #[tokio::test]
+async fn with_no_subcommand_it_serves_as_the_config_file_says() {
+    let dir = std::env::temp_dir().join(format!("wsbridge-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("custom.toml");
+    std::fs::write(
+        &file,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nmode = \"simulator\"\n",
+    )
+    .unwrap();
+    let (mut child, addr) = start(&["--config", file.to_str().unwrap()]);
+    let reply = common::post_json(
+        &format!("http://{addr}/v1"),
+        &serde_json::json!({"model": "m", "input": "from the file"}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(common::output_text(&reply.json()).starts_with("You said: from the file."));
+    assert_eq!(terminate(&mut child).code(), Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn an_open_relay_starts_when_explicitly_allowed() {
+    let (mut child, addr) = start_with(
+        &["serve", "--simulate", "--listen", "0.0.0.0:0"],
+        &[
+            ("WSBRIDGE_AUTH_MODE", "inject"),
+            ("WSBRIDGE_AUTH_ALLOW_OPEN_RELAY", "true"),
+            ("OPENAI_API_KEY", "sk-injected"),
+        ],
+    );
+    let port = addr.rsplit(':').next().unwrap();
+    // No key from the client: the injected one is used.
+    let reply = common::request(
+        "POST",
+        &format!("http://127.0.0.1:{port}/v1/responses"),
+        None,
+        Some(serde_json::json!({"model": "m", "input": "relay"}).to_string()),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(terminate(&mut child).code(), Some(0));
+}
+
+#[tokio::test]
 async fn json_logs_are_one_object_per_line_and_never_show_the_key() {
     const SECRET: &str = "sk-secret-never-logged-4242";
     let (mut child, addr, log) = start_logged(

@@ -102,6 +102,22 @@ async fn non_stream_returns_the_final_response_object() {
 }
 
 #[tokio::test]
+async fn an_incomplete_response_is_a_200_with_status_incomplete() {
+    let bridge = bridge().await;
+    let body = json!({"model": "gpt-test", "input": "cut me short", "max_output_tokens": 3});
+    let reply = bridge.post(&body).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let response = reply.json();
+    assert_eq!(response["status"], "incomplete");
+    assert_eq!(
+        response["incomplete_details"]["reason"],
+        "max_output_tokens"
+    );
+    let direct = common::post_json(&bridge.sim.base_url(), &body).await;
+    assert_eq!(output_text(&response), output_text(&direct.json()));
+}
+
+#[tokio::test]
 async fn sequential_turns_reuse_one_socket_when_sockets_keep_no_heads() {
     let bridge = bridge_with(SimulatorConfig::default(), |config| {
         config.continuation.enabled = false;
@@ -167,16 +183,40 @@ async fn organization_and_project_headers_key_the_pool_too() {
     let bridge = bridge().await;
     let url = format!("{}/responses", bridge.url());
     let authorization = format!("Bearer {KEY}");
-    for org in ["org-a", "org-b"] {
-        let headers = [
+    // Each distinct (organization, project) is a credential of its own, with sockets of its own.
+    for (org, project) in [
+        ("org-a", None),
+        ("org-b", None),
+        ("org-a", Some("proj-1")),
+        ("org-a", Some("proj-2")),
+        ("org-a", Some("proj-1")),
+    ] {
+        let mut headers = vec![
             ("authorization", authorization.as_str()),
             ("openai-organization", org),
         ];
+        headers.extend(project.map(|p| ("openai-project", p)));
         let reply =
             common::request_with("POST", &url, &headers, Some(hello(false).to_string())).await;
         assert_eq!(reply.status, 200);
     }
-    assert_eq!(bridge.sim.stats().sockets_opened, 2);
+    let sockets: Vec<u64> = bridge
+        .sim
+        .stats()
+        .turns
+        .iter()
+        .map(|t| t.socket.unwrap())
+        .collect();
+    let distinct: std::collections::BTreeSet<_> = sockets[..4].iter().collect();
+    assert_eq!(
+        distinct.len(),
+        4,
+        "four credentials, four sockets: {sockets:?}"
+    );
+    assert!(
+        ![sockets[0], sockets[1], sockets[3]].contains(&sockets[4]),
+        "a repeat of (org-a, proj-1) never uses another credential's socket: {sockets:?}"
+    );
 }
 
 // ---------------------------------------------------------------- errors before the first event
