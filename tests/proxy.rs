@@ -34,6 +34,29 @@ fn assert_consecutive_sequence_numbers(events: &[Value]) {
     );
 }
 
+/// Starts a streaming `POST /v1/responses` through the proxy and reads its first chunk, which
+/// must be `response.created`; returns the rest of the body and that chunk's text.
+async fn open_stream(bridge: &Bridge, body: &Value) -> (hyper::body::Incoming, String) {
+    let authorization = format!("Bearer {KEY}");
+    let response = common::send(
+        "POST",
+        &format!("{}/responses", bridge.url()),
+        &[("authorization", &authorization)],
+        Some(body.to_string()),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(PATIENCE, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let first = String::from_utf8_lossy(first.data_ref().unwrap()).into_owned();
+    assert!(first.starts_with("event: response.created"), "{first}");
+    (body, first)
+}
+
 // ---------------------------------------------------------------- the normal path
 
 #[tokio::test]
@@ -519,32 +542,14 @@ async fn the_rest_path_streams_both_ways_without_buffering() {
         {"role": "user", "content": filler},
         {"role": "user", "content": "the end"}],
         "metadata": {"sim_fault": "stall_within:600"}});
-    let authorization = format!("Bearer {KEY}");
-    let response = common::send(
-        "POST",
-        &format!("{}/responses", bridge.url()),
-        &[("authorization", &authorization)],
-        Some(body.to_string()),
-    )
-    .await;
-    assert_eq!(response.status(), 200);
-    let mut body = response.into_body();
-    let first = tokio::time::timeout(PATIENCE, body.frame())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(first.data_ref().unwrap()).starts_with("event: response.created")
-    );
+    let (body, first) = open_stream(&bridge, &body).await;
     assert_eq!(
         bridge.sim.stats().turns_total,
         0,
         "the first event reached the client while the upstream was still generating"
     );
     let rest = body.collect().await.unwrap().to_bytes();
-    let text = String::from_utf8_lossy(first.data_ref().unwrap()).into_owned()
-        + &String::from_utf8_lossy(&rest);
+    let text = first + &String::from_utf8_lossy(&rest);
     let events = common::parse_sse(&text);
     let last = events.last().unwrap();
     assert_eq!(last["type"], "response.completed");
@@ -714,24 +719,7 @@ async fn a_silent_upstream_mid_stream_fails_the_stream_after_the_idle_timeout() 
 async fn a_client_that_goes_away_mid_stream_closes_the_upstream_socket() {
     let bridge = bridge().await;
     let body = json!({"model": "gpt-test", "input": "long", "stream": true, "metadata": {"sim_fault": "stall_within:3000"}});
-    let authorization = format!("Bearer {KEY}");
-    let response = common::send(
-        "POST",
-        &format!("{}/responses", bridge.url()),
-        &[("authorization", &authorization)],
-        Some(body.to_string()),
-    )
-    .await;
-    assert_eq!(response.status(), 200);
-    let mut body = response.into_body();
-    let first = tokio::time::timeout(PATIENCE, body.frame())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(first.data_ref().unwrap()).starts_with("event: response.created")
-    );
+    let (body, _) = open_stream(&bridge, &body).await;
     drop(body);
     bridge
         .sim
@@ -755,20 +743,7 @@ async fn after_a_client_disconnect_the_pool_refills_in_the_background() {
     })
     .await;
     let body = json!({"model": "gpt-test", "input": "long", "stream": true, "metadata": {"sim_fault": "stall_within:3000"}});
-    let authorization = format!("Bearer {KEY}");
-    let response = common::send(
-        "POST",
-        &format!("{}/responses", bridge.url()),
-        &[("authorization", &authorization)],
-        Some(body.to_string()),
-    )
-    .await;
-    let mut body = response.into_body();
-    tokio::time::timeout(PATIENCE, body.frame())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (body, _) = open_stream(&bridge, &body).await;
     drop(body);
     bridge
         .sim
