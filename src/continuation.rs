@@ -42,6 +42,9 @@ pub struct Head {
     /// A `store: true` turn that may be continued on any socket
     /// (`continuation.stored_on_any_socket`): the upstream loads it from its store.
     pub stored: bool,
+    /// [`Digester::item_key`]s of the reasoning items its output ends with (a turn cut off by
+    /// `max_output_tokens` while reasoning): already upstream, so never part of a delta.
+    pub trailing_reasoning: Vec<u128>,
 }
 
 /// Keyed digests of canonical item chains.
@@ -85,6 +88,46 @@ impl Digester {
             digest = self.step(digest, item, &mut buffer);
         }
         digest
+    }
+
+    /// One item's own key (its canonical form, hashed), whatever the reasoning policy.
+    pub fn item_key(&self, item: &Value) -> u128 {
+        let mut buffer = Vec::new();
+        items::write_canonical(item, &mut buffer);
+        let mut hasher = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
+        hasher.write(&buffer);
+        hasher.finish128().as_u128()
+    }
+
+    /// The keys of the reasoning items `output` ends with.
+    pub fn trailing_reasoning(&self, output: &[Value]) -> Vec<u128> {
+        let mut keys: Vec<u128> = output
+            .iter()
+            .rev()
+            .take_while(|item| item.get("type").and_then(Value::as_str) == Some("reasoning"))
+            .map(|item| self.item_key(item))
+            .collect();
+        keys.reverse();
+        keys
+    }
+
+    /// Where the delta after a matched head starts: at `matched`, past any of the head's own
+    /// trailing reasoning items the client sent back (`longest_match` puts every reasoning
+    /// item after the matched prefix into the delta).
+    pub fn delta_start(
+        &self,
+        items: &[Value],
+        matched: usize,
+        trailing_reasoning: &[u128],
+    ) -> usize {
+        let mut start = matched;
+        while start < items.len()
+            && !trailing_reasoning.is_empty()
+            && trailing_reasoning.contains(&self.item_key(&items[start]))
+        {
+            start += 1;
+        }
+        start
     }
 
     fn step(&self, digest: u128, item: &Value, buffer: &mut Vec<u8>) -> u128 {
@@ -277,6 +320,34 @@ mod tests {
         assert_eq!(
             longest_match(&digester.prefixes(&request), |d| d == head),
             Some(3)
+        );
+    }
+
+    #[test]
+    fn the_heads_own_trailing_reasoning_is_never_resent() {
+        // A turn cut off while reasoning: its output ends with a reasoning item.
+        let digester = lenient();
+        let output = [reasoning("rs_cut")];
+        let head = digester.extend(0, [&user("hi")].into_iter().chain(&output));
+        let trailing = digester.trailing_reasoning(&output);
+        assert_eq!(trailing.len(), 1);
+        let request = [
+            user("hi"),
+            reasoning("rs_cut"),
+            reasoning("rs_new"),
+            user("go on"),
+        ];
+        let matched = longest_match(&digester.prefixes(&request), |d| d == head).unwrap();
+        assert_eq!(matched, 1, "the walk-back reaches the head's own reasoning");
+        assert_eq!(
+            digester.delta_start(&request, matched, &trailing),
+            2,
+            "the head's reasoning stays out of the delta, the new one goes in"
+        );
+        assert!(
+            digester
+                .trailing_reasoning(&[reasoning("rs_1"), output_message("done")])
+                .is_empty()
         );
     }
 

@@ -273,7 +273,6 @@ impl Metrics {
         self.head_evictions.inc();
     }
 
-    /// A frame of `frame` bytes went upstream for a client body of `body` bytes.
     /// A `response.create` frame went upstream (once per attempt).
     pub fn frame_sent(&self, frame: usize) {
         self.upstream_bytes.inc_by(frame as u64);

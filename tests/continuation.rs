@@ -361,11 +361,20 @@ async fn a_model_change_is_never_continued() {
     );
 }
 
+/// What [`fork`] saw.
+struct Fork {
+    /// Each branch's `x-wsbridge-continuation`, sorted.
+    routes: Vec<String>,
+    /// The shared parent's response id.
+    parent: String,
+    /// The upstream turns that loaded their parent from the store.
+    hydrated: Vec<wsbridge::simulator::stats::TurnRecord>,
+}
+
 /// Two requests extending the same turn at once, through a proxy with
-/// `continuation.stored_on_any_socket = stored_on_any_socket`: each branch's route (sorted) and,
-/// per branch, whether the simulator loaded its parent from the store. Both answers must equal a
-/// full resend straight to the simulator.
-async fn fork(store: bool, stored_on_any_socket: bool) -> (Vec<String>, usize) {
+/// `continuation.stored_on_any_socket = stored_on_any_socket`. Both answers must equal a full
+/// resend straight to the simulator.
+async fn fork(store: bool, stored_on_any_socket: bool) -> Fork {
     let bridge = bridge_with(SimulatorConfig::default(), |config| {
         config.continuation.stored_on_any_socket = stored_on_any_socket;
     })
@@ -378,11 +387,13 @@ async fn fork(store: bool, stored_on_any_socket: bool) -> (Vec<String>, usize) {
     )
     .await;
     base.extend(first.json()["output"].as_array().unwrap().clone());
+    let parent = first.json()["id"].as_str().unwrap().to_owned();
     let branch = |text: &str| {
         let mut input = base.clone();
         input.push(json!({"role": "user", "content": text}));
+        // Long enough for both branches to be in flight at once on a loaded machine.
         json!({"model": "gpt-test", "input": input, "store": store, "stream": true,
-               "metadata": {"sim_fault": "stall_within:300"}})
+               "metadata": {"sim_fault": "stall_within:1000"}})
     };
     let (left_body, right_body) = (branch("left"), branch("right"));
     let (left, right) = tokio::join!(
@@ -413,44 +424,95 @@ async fn fork(store: bool, stored_on_any_socket: bool) -> (Vec<String>, usize) {
         .sim
         .stats()
         .turns
-        .iter()
+        .into_iter()
         .filter(|t| t.transport == Transport::Ws && t.hydrated)
-        .count();
-    (routes, hydrated)
+        .collect();
+    Fork {
+        routes,
+        parent,
+        hydrated,
+    }
 }
 
 #[tokio::test]
 async fn forked_histories_are_both_answered_correctly() {
-    let (routes, hydrated) = fork(false, false).await;
+    let fork = fork(false, false).await;
     assert_eq!(
-        routes,
+        fork.routes,
         ["continued", "fresh"],
         "one branch continues, the other goes in full"
     );
-    assert_eq!(hydrated, 0);
+    assert!(fork.hydrated.is_empty());
 }
 
 #[tokio::test]
 async fn a_stored_head_continues_on_another_socket_when_allowed() {
-    let (routes, hydrated) = fork(true, true).await;
+    let fork = fork(true, true).await;
     assert_eq!(
-        routes,
+        fork.routes,
         ["continued", "continued"],
         "the busy head's fork continues on another socket"
     );
-    assert_eq!(hydrated, 1, "the upstream loaded the parent from its store");
+    assert_eq!(
+        fork.hydrated.len(),
+        1,
+        "the upstream loaded the parent from its store"
+    );
+    let turn = &fork.hydrated[0];
+    assert_eq!(
+        turn.previous_response_id.as_deref(),
+        Some(fork.parent.as_str())
+    );
+    assert_eq!(turn.input_items, 1, "only the branch's new message went up");
+}
+
+#[tokio::test]
+async fn a_stored_head_outlives_its_socket_when_allowed() {
+    let bridge = bridge_with(SimulatorConfig::default(), |config| {
+        config.continuation.stored_on_any_socket = true;
+        config.pool.max_age = Duration::from_millis(300);
+    })
+    .await;
+    let url = bridge.url();
+    let mut input = vec![json!({"role": "user", "content": "remember me"})];
+    let first = common::post_json(&url, &json!({"model": "gpt-test", "input": input})).await;
+    let parent = first.json()["id"].as_str().unwrap().to_owned();
+    input.extend(first.json()["output"].as_array().unwrap().clone());
+    // The socket holding it is retired (the credential's only one: nothing else is left).
+    bridge
+        .wait_for_metric(
+            "wsbridge_upstream_socket_closes_total{reason=\"max_age\"}",
+            |n| n >= 1.0,
+        )
+        .await;
+    bridge
+        .sim
+        .wait_for(|s| s.sockets_open == 0, PATIENCE)
+        .await
+        .expect("no socket left");
+    input.push(json!({"role": "user", "content": "and now?"}));
+    let body = json!({"model": "gpt-test", "input": input});
+    let second = common::post_json(&url, &body).await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_eq!(second.headers["x-wsbridge-continuation"], "continued");
+    let turn = bridge.sim.stats().turns.last().unwrap().clone();
+    assert!(turn.hydrated, "loaded from the store on a new socket");
+    assert_eq!(turn.previous_response_id.as_deref(), Some(parent.as_str()));
+    assert_eq!(turn.input_items, 1);
+    let direct = common::post_json(&bridge.sim.base_url(), &body).await;
+    assert_eq!(output_text(&second.json()), output_text(&direct.json()));
 }
 
 #[tokio::test]
 async fn stored_heads_stay_on_their_socket_by_default_and_store_false_always_does() {
     for (store, allowed) in [(true, false), (false, true)] {
-        let (routes, hydrated) = fork(store, allowed).await;
+        let fork = fork(store, allowed).await;
         assert_eq!(
-            routes,
+            fork.routes,
             ["continued", "fresh"],
             "store={store} allowed={allowed}"
         );
-        assert_eq!(hydrated, 0);
+        assert!(fork.hydrated.is_empty());
     }
 }
 

@@ -502,7 +502,8 @@ async fn an_upstream_without_websockets_is_served_over_rest_for_a_cooldown() {
 
 #[tokio::test]
 async fn after_the_rest_cooldown_the_websocket_is_tried_again() {
-    let cooldown = Duration::from_millis(200);
+    // Long enough for two requests through the proxy on a loaded machine.
+    let cooldown = Duration::from_secs(1);
     let bridge = bridge_with(SimulatorConfig::default(), |config| {
         config.upstream.rest_fallback_cooldown = cooldown;
     })
@@ -541,7 +542,7 @@ async fn the_rest_path_streams_both_ways_without_buffering() {
     let body = json!({"model": "gpt-test", "stream": true, "input": [
         {"role": "user", "content": filler},
         {"role": "user", "content": "the end"}],
-        "metadata": {"sim_fault": "stall_within:600"}});
+        "metadata": {"sim_fault": "stall_within:1500"}});
     let (body, first) = open_stream(&bridge, &body).await;
     assert_eq!(
         bridge.sim.stats().turns_total,
@@ -738,8 +739,10 @@ async fn a_client_that_goes_away_mid_stream_closes_the_upstream_socket() {
 
 #[tokio::test]
 async fn after_a_client_disconnect_the_pool_refills_in_the_background() {
+    // One socket allowed: no refill can happen while the stream holds it.
     let bridge = bridge_with(SimulatorConfig::default(), |config| {
-        config.pool.min_idle = 2;
+        config.pool.min_idle = 1;
+        config.pool.max_sockets = 1;
     })
     .await;
     let body = json!({"model": "gpt-test", "input": "long", "stream": true, "metadata": {"sim_fault": "stall_within:3000"}});
@@ -747,9 +750,12 @@ async fn after_a_client_disconnect_the_pool_refills_in_the_background() {
     drop(body);
     bridge
         .sim
-        .wait_for(|s| s.sockets_closed == 1 && s.sockets_open == 2, PATIENCE)
+        .wait_for(
+            |s| s.sockets_closed == 1 && s.sockets_opened == 2 && s.sockets_open == 1,
+            PATIENCE,
+        )
         .await
-        .expect("the closed socket is gone and min_idle empty sockets are open");
+        .expect("the closed socket is replaced by a pre-warmed one");
     assert_eq!(bridge.post(&hello(false)).await.status, 200);
 }
 
@@ -975,7 +981,27 @@ async fn an_idle_socket_that_stops_answering_pings_is_replaced() {
 }
 
 #[tokio::test]
-async fn no_turn_starts_on_a_socket_past_max_age() {
+async fn a_socket_that_passes_max_age_during_a_turn_is_retired_when_it_ends() {
+    let bridge = bridge_with(SimulatorConfig::default(), |config| {
+        config.pool.max_age = Duration::from_millis(300);
+        config.continuation.enabled = false;
+    })
+    .await;
+    let reply = bridge.post(&with_fault("stall_within:500")).await;
+    assert_eq!(reply.events().last().unwrap()["type"], "response.completed");
+    assert_eq!(
+        bridge
+            .metric("wsbridge_upstream_socket_closes_total{reason=\"max_age\"}")
+            .await,
+        1.0,
+        "retired as the turn ended, not given back to the pool"
+    );
+    assert_eq!(bridge.post(&hello(false)).await.status, 200);
+    assert_eq!(bridge.sim.stats().sockets_opened, 2);
+}
+
+#[tokio::test]
+async fn an_idle_socket_past_max_age_is_retired_and_never_used_again() {
     let bridge = bridge_with(SimulatorConfig::default(), |config| {
         config.pool.max_age = Duration::from_millis(300);
         config.continuation.enabled = false;

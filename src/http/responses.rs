@@ -219,8 +219,9 @@ impl<'a> Plan<'a> {
         .to_json()
     }
 
-    /// What the socket's head will be once this turn completes (its output still to add).
-    fn seed(&self) -> HeadSeed {
+    /// What the socket's head will be once this turn completes (its output still to add);
+    /// `parent_stored`: what it continues (if anything) is in the upstream's store.
+    fn seed(&self, parent_stored: bool) -> HeadSeed {
         HeadSeed {
             enabled: self.enabled,
             digester: self.digester.clone(),
@@ -231,8 +232,10 @@ impl<'a> Plan<'a> {
                 .filter(|_| !self.prefixes.is_empty()),
             model: self.model.to_owned(),
             items: self.items.len(),
-            // The Responses API stores a response unless the request says `store: false`.
+            // The Responses API stores a response unless the request says `store: false`; one
+            // continuing a response only its socket holds cannot be loaded anywhere else.
             stored: self.stored_on_any_socket
+                && parent_stored
                 && self.request.get("store") != Some(&Value::Bool(false)),
         }
     }
@@ -275,6 +278,7 @@ impl HeadSeed {
             model: self.model.clone(),
             items: self.items + output.len(),
             stored: self.stored,
+            trailing_reasoning: self.digester.trailing_reasoning(output),
         })
     }
 }
@@ -308,7 +312,7 @@ async fn start_turn(
 ) -> Result<Started, Failure> {
     let config = &app.config.upstream;
     let full_frame = Utf8Bytes::from(full_frame);
-    app.metrics.request_bridged(body_len);
+    let mut bridged = false;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -395,7 +399,12 @@ async fn start_turn(
         };
         let mut frame = match (route, &matched) {
             (Continuation::Continued, Some(matched)) => {
-                Utf8Bytes::from(plan.frame(Some((&matched.previous, matched.items))))
+                let start = plan.digester.delta_start(
+                    &plan.items,
+                    matched.items,
+                    &matched.trailing_reasoning,
+                );
+                Utf8Bytes::from(plan.frame(Some((&matched.previous, start))))
             }
             _ => {
                 route = route.min_fresh();
@@ -412,6 +421,11 @@ async fn start_turn(
         lease.socket().set_head(None);
         let first = loop {
             app.metrics.frame_sent(frame.len());
+            if !bridged {
+                // What a full resend would have sent, counted once the request went upstream.
+                app.metrics.request_bridged(body_len);
+                bridged = true;
+            }
             // The send and the wait for the first event share one deadline: an upstream that
             // stops reading (a full TCP window) cannot hang the request either.
             let started = async {
@@ -439,6 +453,9 @@ async fn start_turn(
                     tracing::info!("continuation not found upstream; resending the full input");
                     app.metrics
                         .recovery(RecoveryCause::PreviousResponseNotFound);
+                    if let Some(matched) = &matched {
+                        app.pool.forget_stored(credential, &matched.previous);
+                    }
                     route = Continuation::Recovered;
                     frame = full_frame.clone();
                     if too_large(&frame) {
@@ -486,7 +503,10 @@ async fn start_turn(
                 lease,
                 first,
                 route,
-                seed: plan.seed(),
+                // A full resend (fresh or recovered) depends on nothing upstream.
+                seed: plan.seed(
+                    route != Continuation::Continued || matched.as_ref().is_none_or(|m| m.stored),
+                ),
             });
         }
         // A request-scoped error before any output.

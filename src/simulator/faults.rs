@@ -36,7 +36,7 @@ pub struct FaultConfig {
     /// Close this many sockets right after the upgrade, before any frame.
     pub close_after_upgrade: u32,
     /// A hung upstream: a socket that receives a ping stops reading (so the ping is never
-    /// answered) and stops sending, keeping the TCP connection open.
+    /// answered) and sending, and keeps the TCP connection open for 30 s.
     pub ignore_pings: bool,
 }
 

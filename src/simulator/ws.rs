@@ -29,6 +29,9 @@ use super::store::Stored;
 use super::turn::{self, ParentSource, Sink};
 use crate::protocol::OpenAiError;
 
+/// How long a socket hung by the `ignore_pings` fault stays open before it is dropped.
+const HUNG_SOCKET_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub(super) async fn upgrade(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -197,9 +200,13 @@ impl Connection {
                     Some(Ok(Message::Ping(_))) => {
                         self.shared.stats.ping_received();
                         if self.shared.faults.config().ignore_pings {
-                            // Hung: read nothing more (the queued pong goes out only on the next
-                            // read or write) until the peer or a shutdown ends it.
-                            cancel.cancelled().await;
+                            // Hung: read and write nothing (the queued pong goes out only on the
+                            // next read or write), then drop the connection. Not reading, it
+                            // cannot see the peer close, so the hang is bounded.
+                            tokio::select! {
+                                () = cancel.cancelled() => {}
+                                () = tokio::time::sleep(HUNG_SOCKET_LIFETIME) => {}
+                            }
                             break;
                         }
                         // Otherwise the WebSocket layer answers it on the next read.

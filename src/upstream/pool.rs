@@ -112,11 +112,15 @@ struct State {
 /// Stored heads remembered per credential; the least recently recorded goes first.
 const STORED_HEADS: usize = 4096;
 
+/// How long a stored head is offered for continuation after its turn.
+const STORED_HEAD_TTL: Duration = Duration::from_secs(3600);
+
 /// A `store: true` turn the upstream can load on any socket.
 #[derive(Debug)]
 struct StoredHead {
     response_id: String,
     model: String,
+    trailing_reasoning: Vec<u128>,
     recorded: Instant,
 }
 
@@ -175,16 +179,17 @@ impl State {
         if let Some(head) = idle.head() {
             if let Some(digest) = head.digest {
                 self.heads.insert(digest, id);
-                if head.stored {
-                    self.remember_stored(digest, head);
-                }
             }
             self.responses.insert(head.response_id.clone(), id);
         }
         self.idle.push(idle);
     }
 
-    fn remember_stored(&mut self, digest: u128, head: &Head) {
+    /// Keeps a `store: true` head continuable on any socket, whatever becomes of its own.
+    fn remember_stored(&mut self, head: &Head) {
+        let Some(digest) = head.digest.filter(|_| head.stored) else {
+            return;
+        };
         if self.stored.len() >= STORED_HEADS && !self.stored.contains_key(&digest) {
             let oldest = self
                 .stored
@@ -200,6 +205,7 @@ impl State {
             StoredHead {
                 response_id: head.response_id.clone(),
                 model: head.model.clone(),
+                trailing_reasoning: head.trailing_reasoning.clone(),
                 recorded: Instant::now(),
             },
         );
@@ -251,6 +257,8 @@ impl State {
                         Matched {
                             items,
                             previous: head.response_id.clone(),
+                            stored: head.stored,
+                            trailing_reasoning: head.trailing_reasoning.clone(),
                         },
                     ));
                 }
@@ -259,11 +267,14 @@ impl State {
                     stored = self.stored.get(&digest).filter(|s| s.model == *model);
                     stored.is_some()
                 })?;
+                let stored = stored?;
                 Some((
                     None,
                     Matched {
                         items,
-                        previous: stored?.response_id.clone(),
+                        previous: stored.response_id.clone(),
+                        stored: true,
+                        trailing_reasoning: stored.trailing_reasoning.clone(),
                     },
                 ))
             }
@@ -277,6 +288,8 @@ impl State {
                     Matched {
                         items: 0,
                         previous: (*id).to_owned(),
+                        stored: false,
+                        trailing_reasoning: Vec::new(),
                     },
                 ))
             }
@@ -320,6 +333,10 @@ pub struct Matched {
     pub items: usize,
     /// Its response id: the continuation's `previous_response_id`.
     pub previous: String,
+    /// The upstream keeps it in its store (so may a turn continuing it).
+    pub stored: bool,
+    /// The head's [`Head::trailing_reasoning`].
+    pub trailing_reasoning: Vec<u128>,
 }
 
 /// The next refill delay after a failure: 1 s, doubling, at most 30 s.
@@ -377,6 +394,15 @@ impl Pool {
         }
     }
 
+    /// Stops offering the stored head `response_id` (the upstream answered that it does not
+    /// have it).
+    pub fn forget_stored(&self, credential: &Credential, response_id: &str) {
+        let partition = self.inner.partition(credential);
+        lock(&partition.state)
+            .stored
+            .retain(|_, stored| stored.response_id != response_id);
+    }
+
     /// Sends `credential` over REST for `cooldown`.
     pub fn mark_rest_only(&self, credential: &Credential, cooldown: Duration) {
         let partition = self.inner.partition(credential);
@@ -404,12 +430,12 @@ impl Pool {
             .await
             .map_err(|_| busy())?
             .map_err(|_| CheckoutError::ShuttingDown)?;
-        // A stored head to continue on whatever socket this checkout ends up with.
-        let mut stored = None;
         loop {
+            // A stored head to continue on whatever socket this checkout ends up with.
+            let mut stored = None;
             enum Next {
-                /// An idle socket; its own head is `matched` when that is `Some`, and `keep`.
-                Take(Box<Idle>, Option<Matched>, bool),
+                /// An idle socket, and its own head when that is what the request continues.
+                Take(Box<Idle>, Option<Matched>),
                 Connect,
                 Wait,
             }
@@ -432,29 +458,34 @@ impl Pool {
                         .map(|(index, _)| index)
                 };
                 let affine = state.affine(&affinity);
-                if let Some((Some(index), own)) = affine {
-                    Next::Take(Box::new(state.remove_idle(index)), Some(own), true)
-                } else if affine.is_none() && matches!(affinity, Affinity::Only { .. }) {
+                let own = match affine {
+                    Some((Some(index), own)) => Some((index, own)),
+                    Some((None, found)) => {
+                        stored = Some(found);
+                        None
+                    }
+                    None => None,
+                };
+                if let Some((index, own)) = own {
+                    Next::Take(Box::new(state.remove_idle(index)), Some(own))
+                } else if stored.is_none() && matches!(affinity, Affinity::Only { .. }) {
                     return Err(CheckoutError::NoMatch);
                 } else if let Some(index) = headless {
-                    stored = affine.map(|(_, stored)| stored);
-                    Next::Take(Box::new(state.remove_idle(index)), None, false)
+                    Next::Take(Box::new(state.remove_idle(index)), None)
                 } else if inner.shutdown.is_cancelled() {
                     return Err(CheckoutError::ShuttingDown);
                 } else if state.open < inner.config.max_sockets {
-                    stored = affine.map(|(_, stored)| stored);
                     state.open += 1;
                     state.connecting += 1;
                     Next::Connect
                 } else if let Some(index) = least_recent() {
-                    stored = affine.map(|(_, stored)| stored);
-                    Next::Take(Box::new(state.remove_idle(index)), None, false)
+                    Next::Take(Box::new(state.remove_idle(index)), None)
                 } else {
                     Next::Wait
                 }
             };
             match next {
-                Next::Take(idle, own, keep) => {
+                Next::Take(idle, own) => {
                     let mut socket = idle.socket;
                     // Whatever arrived while it sat idle, read now: a dead socket is retired
                     // and another one picked.
@@ -468,17 +499,18 @@ impl Pool {
                         continue;
                     }
                     lock(&partition.state).busy += 1;
-                    if !keep && socket.head().is_some() {
+                    if own.is_none() && socket.head().is_some() {
                         // Taken for another conversation: its head is about to be replaced.
                         socket.set_head(None);
                         inner.metrics.head_evicted();
                     }
+                    let stored_head = own.is_none() && stored.is_some();
                     let matched = own.or(stored);
                     socket.span().in_scope(|| {
                         tracing::debug!(
                             head_items = socket.head().map(|head| head.items),
                             matched_items = matched.as_ref().map(|m| m.items),
-                            stored_head = !keep && matched.is_some(),
+                            stored_head,
                             "leased an idle upstream socket"
                         );
                     });
@@ -714,6 +746,39 @@ impl Inner {
         for (socket, reason) in closing {
             self.retire(partition, socket, reason);
         }
+        let expired = {
+            let mut state = lock(&partition.state);
+            let before = state.stored.len();
+            state
+                .stored
+                .retain(|_, stored| stored.recorded.elapsed() < STORED_HEAD_TTL);
+            before > 0 && state.stored.is_empty()
+        };
+        if expired {
+            self.forget_if_unused(partition);
+        }
+    }
+
+    /// Drops a partition that holds nothing any more: no socket, no stored head, no REST
+    /// cool-down, no turn in flight, not pinned.
+    fn forget_if_unused(&self, partition: &Arc<Partition>) {
+        let unused = {
+            let state = lock(&partition.state);
+            state.open == 0
+                && state.stored.is_empty()
+                && !state.pinned
+                && state.rest_until.is_none()
+                && partition.turns.available_permits() == self.config.max_sockets
+        };
+        if unused {
+            let mut partitions = lock(&self.partitions);
+            if partitions
+                .get(&partition.credential)
+                .is_some_and(|current| Arc::ptr_eq(current, partition))
+            {
+                partitions.remove(&partition.credential);
+            }
+        }
     }
 
     /// Accounts for a socket that is closing (it was idle or leased) and closes it.
@@ -733,21 +798,8 @@ impl Inner {
             if dropped_at_once {
                 state.refill_delay = backoff(state.refill_delay);
             }
-            let forgotten = state.open == 0
-                && !state.pinned
-                && state.rest_until.is_none()
-                && partition.turns.available_permits() == self.config.max_sockets;
-            if forgotten {
-                drop(state);
-                let mut partitions = lock(&self.partitions);
-                if partitions
-                    .get(&partition.credential)
-                    .is_some_and(|current| Arc::ptr_eq(current, partition))
-                {
-                    partitions.remove(&partition.credential);
-                }
-            }
         }
+        self.forget_if_unused(partition);
         self.metrics.socket_closed(reason);
         socket.span().in_scope(|| {
             tracing::debug!(?reason, turns = socket.turns(), "upstream socket closed");
@@ -787,6 +839,9 @@ impl Lease {
                 let mut state = lock(&self.partition.state);
                 state.busy -= 1;
                 state.refill_delay = Duration::ZERO;
+                if let Some(head) = socket.head() {
+                    state.remember_stored(head);
+                }
             }
             if socket.age() >= self.pool.config.max_age {
                 self.pool

@@ -360,11 +360,11 @@ def test_an_edited_history_is_sent_in_full_and_answered_for_the_edit(proxy, clie
 @pytest.mark.parametrize("at_once", [False, True], ids=["one-after-the-other", "at-once"])
 def test_a_forked_history_answers_both_branches(proxy, client, at_once):
     """Two branches extend the same response with different tool outputs. Sent at once, both
-    stall 300 ms upstream so that they overlap. Both are answered as their own history says; at
+    stall 1 s upstream so that they overlap. Both are answered as their own history says; at
     most one of them (exactly one, by the design) continues the shared head; then each branch
     goes on to its 20th tool call."""
     fork_at = 10  # responses shared by both branches
-    stall = {"sim_fault": "stall_before:300"} if at_once else None
+    stall = {"sim_fault": "stall_before:1000"} if at_once else None
 
     def play(make):
         trunk = make()
