@@ -150,24 +150,34 @@ async fn latency(options: &Options) {
         load::ws_streams(&sim.ws_url(), KEY, &body, concurrency, 1).await;
         load::sse_streams(&proxy.base_url(), KEY, &body, concurrency, 1).await;
         let direct = load::ws_streams(&sim.ws_url(), KEY, &body, concurrency, per_client).await;
+        // The second floor: what a REST client streaming straight from the simulator sees
+        // (the same HTTP/SSE client as through wsbridge, so the protocol's own cost is in both).
+        let rest = load::sse_streams(&sim.base_url(), KEY, &body, concurrency, per_client).await;
         let through =
             load::sse_streams(&proxy.base_url(), KEY, &body, concurrency, per_client).await;
         assert_eq!(
-            direct.failures + through.failures,
+            direct.failures + rest.failures + through.failures,
             0,
             "every stream completes"
         );
         let (d_first, p_first) = (direct.first_event(), through.first_event());
+        let r_first = rest.first_event();
         let (d_gap, p_gap) = (direct.gaps(), through.gaps());
         rows.push(vec![
             concurrency.to_string(),
             through.streams.to_string(),
             format!("{} / {}", us(pct(&d_first, 50.0)), us(pct(&d_first, 99.0))),
+            format!("{} / {}", us(pct(&r_first, 50.0)), us(pct(&r_first, 99.0))),
             format!("{} / {}", us(pct(&p_first, 50.0)), us(pct(&p_first, 99.0))),
             format!(
                 "**{} / {}**",
                 us_delta(pct(&p_first, 50.0), pct(&d_first, 50.0)),
                 us_delta(pct(&p_first, 99.0), pct(&d_first, 99.0))
+            ),
+            format!(
+                "{} / {}",
+                us_delta(pct(&p_first, 50.0), pct(&r_first, 50.0)),
+                us_delta(pct(&p_first, 99.0), pct(&r_first, 99.0))
             ),
             format!("{} / {}", us(pct(&d_gap, 50.0)), us(pct(&d_gap, 99.0))),
             format!("{} / {}", us(pct(&p_gap, 50.0)), us(pct(&p_gap, 99.0))),
@@ -186,8 +196,10 @@ async fn latency(options: &Options) {
             "concurrency",
             "streams",
             "first event, WS direct",
+            "first event, REST direct (SSE)",
             "first event, via wsbridge",
-            "added first event",
+            "added first event (vs WS direct)",
+            "vs REST direct",
             "gap, WS direct",
             "gap, via wsbridge",
             "added gap",
