@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Side by side on the REST pass-through path: wsbridge, nginx and LiteLLM in front of one
-# simulator, added latency vs talking to the simulator directly (the `passthrough` scenario of
-# benches/e2e.rs). Installs nginx (apt) and LiteLLM (pip, pinned, into .venv-peers) when they are
-# missing. Not run in CI: it needs root for apt and about two minutes to install LiteLLM.
+# Every benchmark table in one command, with wsbridge, nginx and LiteLLM side by side on the
+# REST pass-through path in front of one simulator (the `passthrough` scenario of
+# benches/e2e.rs; the other scenarios run as `cargo bench --bench e2e` runs them). Installs nginx
+# (apt) and LiteLLM (pip, pinned, into .venv-peers) when they are missing. Not run in CI: it
+# needs root for apt and about two minutes to install LiteLLM.
 #
-#   benches/peers.sh            # full counts
-#   benches/peers.sh --quick    # small counts
+#   benches/peers.sh                    # every table, full counts
+#   benches/peers.sh passthrough        # only the side-by-side table
+#   benches/peers.sh --quick            # small counts
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -90,7 +92,8 @@ wait_port "$SIM_PORT"
 wait_port "$NGINX_PORT"
 wait_port "$LITELLM_PORT"
 
-cargo bench --bench e2e -- passthrough "$@" \
+# No scenario named: all of them (every table); the peers join the passthrough table.
+cargo bench --bench e2e -- "$@" \
   --upstream "http://127.0.0.1:$SIM_PORT/v1" \
   --peer "nginx 1.22 (proxy_buffering off)=http://127.0.0.1:$NGINX_PORT/v1" \
   --peer "LiteLLM $LITELLM_VERSION=http://127.0.0.1:$LITELLM_PORT/v1"
