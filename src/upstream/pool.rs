@@ -262,6 +262,9 @@ impl State {
                         },
                     ));
                 }
+                if self.stored.is_empty() {
+                    return None;
+                }
                 let mut stored = None;
                 let items = longest_match(prefixes, |digest| {
                     stored = self.stored.get(&digest).filter(|s| s.model == *model);
