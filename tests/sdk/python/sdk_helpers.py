@@ -32,8 +32,13 @@ def text_deltas(events):
 
 
 def run_tool_loop(client, question, calls, chained):
-    """The usual SDK agent loop. Full history: `input += response.output`, then the tool outputs.
-    Chained: only the new items, with `previous_response_id` (REST, `store` left at its default)."""
+    """The usual SDK agent loop to its answer; returns the final response, the function calls
+    seen and the outputs sent. Full history ([`FullHistoryLoop`]): `input += response.output`, then
+    the tool outputs. Chained: only the new items, with `previous_response_id` (REST, `store` left
+    at its default)."""
+    if not chained:
+        loop = FullHistoryLoop(client, question, calls)
+        return loop.run(), loop.seen_calls, loop.output_texts
     history = [{"role": "user", "content": question}]
     kwargs = {"model": MODEL, "tools": TOOLS, "metadata": {"sim_tool_calls": str(calls)}}
     response = client.responses.create(input=history, **kwargs)
@@ -50,13 +55,8 @@ def run_tool_loop(client, question, calls, chained):
             seen_calls.append(call)
             outputs.append(f"result #{len(outputs) + 1} for {call.call_id}")
             new_items.append({"type": "function_call_output", "call_id": call.call_id, "output": outputs[-1]})
-        if chained:
-            response = client.responses.create(input=new_items, previous_response_id=response.id, **kwargs)
-            assert response.previous_response_id is not None
-        else:
-            history += response.output
-            history += new_items
-            response = client.responses.create(input=history, **kwargs)
+        response = client.responses.create(input=new_items, previous_response_id=response.id, **kwargs)
+        assert response.previous_response_id is not None
     raise AssertionError(f"the model was still calling tools after {len(seen_calls)} calls")
 
 
@@ -80,6 +80,8 @@ class FullHistoryLoop:
         self.routes = []
         self.sent_items = []
         self.outputs = 0
+        self.seen_calls = []
+        self.output_texts = []
 
     @property
     def last(self):
@@ -113,8 +115,11 @@ class FullHistoryLoop:
         self.history += kept
         for call in calls:
             assert call.name == "lookup" and call.call_id.startswith("call_"), call
+            assert isinstance(json.loads(call.arguments), dict), call.arguments
             self.outputs += 1
             output = f"result #{self.outputs}{self.tag} for {call.call_id}"
+            self.seen_calls.append(call)
+            self.output_texts.append(output)
             self.history.append({"type": "function_call_output", "call_id": call.call_id, "output": output})
 
     def step(self, metadata=None):
@@ -139,6 +144,8 @@ class FullHistoryLoop:
         other.responses = list(self.responses)
         other.routes = list(self.routes)
         other.sent_items = list(self.sent_items)
+        other.seen_calls = list(self.seen_calls)
+        other.output_texts = list(self.output_texts)
         if tag is not None:
             other.tag = tag
         return other
