@@ -162,10 +162,12 @@ async fn latency(options: &Options) {
         );
         let (d_first, p_first) = (direct.first_event(), through.first_event());
         let r_first = rest.first_event();
+        let (r_byte, p_byte) = (rest.first_byte(), through.first_byte());
         let (d_gap, p_gap) = (direct.gaps(), through.gaps());
         rows.push(vec![
             concurrency.to_string(),
             through.streams.to_string(),
+            format!("{} / {}", us(pct(&r_byte, 50.0)), us(pct(&p_byte, 50.0))),
             format!("{} / {}", us(pct(&d_first, 50.0)), us(pct(&d_first, 99.0))),
             format!("{} / {}", us(pct(&r_first, 50.0)), us(pct(&r_first, 99.0))),
             format!("{} / {}", us(pct(&p_first, 50.0)), us(pct(&p_first, 99.0))),
@@ -195,6 +197,7 @@ async fn latency(options: &Options) {
         &[
             "concurrency",
             "streams",
+            "first byte p50, REST direct / via wsbridge",
             "first event, WS direct",
             "first event, REST direct (SSE)",
             "first event, via wsbridge",

@@ -161,6 +161,7 @@ pub struct Stats {
     pub streams: usize,
     pub failures: usize,
     pub events: usize,
+    first_bytes: Vec<Duration>,
     first_events: Vec<Duration>,
     gap_list: Vec<Duration>,
     per_stream: Vec<usize>,
@@ -171,12 +172,21 @@ impl Stats {
         self.streams += other.streams;
         self.failures += other.failures;
         self.events += other.events;
+        self.first_bytes.extend(other.first_bytes);
         self.first_events.extend(other.first_events);
         self.gap_list.extend(other.gap_list);
         self.per_stream.extend(other.per_stream);
     }
 
-    fn record(&mut self, started: Instant, times: &[Instant], complete: bool) {
+    /// One stream that started at `started`: when its first byte (response head or first
+    /// frame) and each event arrived.
+    fn record(
+        &mut self,
+        started: Instant,
+        first_byte: Option<Instant>,
+        times: &[Instant],
+        complete: bool,
+    ) {
         self.streams += 1;
         if !complete {
             self.failures += 1;
@@ -184,10 +194,18 @@ impl Stats {
         }
         self.events += times.len();
         self.per_stream.push(times.len());
+        if let Some(first_byte) = first_byte {
+            self.first_bytes.push(first_byte - started);
+        }
         if let Some(first) = times.first() {
             self.first_events.push(*first - started);
         }
         self.gap_list.extend(times.windows(2).map(|w| w[1] - w[0]));
+    }
+
+    /// Time to first byte of each stream, sorted.
+    pub fn first_byte(&self) -> Vec<Duration> {
+        sorted(&self.first_bytes)
     }
 
     /// Time to first event of each stream, sorted.
@@ -307,22 +325,24 @@ pub async fn sse_streams(
     )
     .await;
     let mut stats = Stats::default();
-    for (started, (times, complete)) in streams {
-        stats.record(started, &times, complete);
+    for (started, (first_byte, times, complete)) in streams {
+        stats.record(started, first_byte, &times, complete);
     }
     stats
 }
 
-/// One SSE stream: the arrival time of each event, and whether it ended with a terminal event.
+/// One SSE stream: when the response head arrived, the arrival time of each event, and whether
+/// it ended with a terminal event.
 async fn sse_stream(
     client: &HttpClient,
     request: hyper::Request<Full<Bytes>>,
-) -> (Vec<Instant>, bool) {
+) -> (Option<Instant>, Vec<Instant>, bool) {
     let Ok(response) = client.request(request).await else {
-        return (Vec::new(), false);
+        return (None, Vec::new(), false);
     };
+    let head = Instant::now();
     if response.status() != 200 {
-        return (Vec::new(), false);
+        return (Some(head), Vec::new(), false);
     }
     let mut body = response.into_body();
     let mut buffer: Vec<u8> = Vec::new();
@@ -350,7 +370,7 @@ async fn sse_stream(
             buffer.drain(..end + 2);
         }
     }
-    (times, terminal)
+    (Some(head), times, terminal)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -395,7 +415,7 @@ pub async fn ws_streams(
             for _ in 0..per_client {
                 let started = Instant::now();
                 if socket.send(Message::text(frame.as_str())).await.is_err() {
-                    stats.record(started, &[], false);
+                    stats.record(started, None, &[], false);
                     continue;
                 }
                 let mut times = Vec::new();
@@ -416,7 +436,8 @@ pub async fn ws_streams(
                         }
                     }
                 }
-                stats.record(started, &times, complete);
+                // Over a WebSocket the first byte is the first event's frame.
+                stats.record(started, times.first().copied(), &times, complete);
             }
             stats
         }));
