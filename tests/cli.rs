@@ -242,6 +242,13 @@ async fn json_logs_are_one_object_per_line_and_never_show_the_key() {
         .await;
         assert_eq!(reply.status, status, "{}", reply.body);
     }
+    // A turn that breaks mid-stream: the warning is logged in that request's span.
+    let broken = common::post_json(
+        &url,
+        &serde_json::json!({"model": "m", "input": "hi", "stream": true, "metadata": {"sim_fault": "close_mid_stream"}}),
+    )
+    .await;
+    assert_eq!(broken.events().last().unwrap()["type"], "response.failed");
     let models = common::request("GET", &format!("{url}/models"), Some(SECRET), None).await;
     assert!(models.status < 500);
     assert_eq!(terminate(&mut child).code(), Some(0));
@@ -256,6 +263,13 @@ async fn json_logs_are_one_object_per_line_and_never_show_the_key() {
             .any(|line| line.contains("\"upstream_socket\"") && line.contains("socket opened")),
         "socket events are logged in a per-socket span: {lines:?}"
     );
+    let broke = lines
+        .iter()
+        .find(|line| line.contains("ending the stream with response.failed"))
+        .unwrap_or_else(|| panic!("the mid-stream failure is logged: {lines:?}"));
+    let broke: serde_json::Value = serde_json::from_str(broke).unwrap();
+    assert_eq!(broke["level"], "WARN");
+    assert_eq!(broke["span"]["name"], "request", "{broke}");
     for line in &lines {
         let event: serde_json::Value = serde_json::from_str(line)
             .unwrap_or_else(|error| panic!("not a JSON line ({error}): {line}"));

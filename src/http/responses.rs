@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::Instrument;
 
 use super::App;
 use super::passthrough::{self, X_ACCEL_BUFFERING};
@@ -631,9 +632,14 @@ fn stream_events(app: &App, started: Started) -> Response {
         silent: Duration::ZERO,
         finished: false,
     };
-    let body = futures_util::stream::unfold(relay, |mut relay| async move {
-        let chunk = relay.next_chunk().await?;
-        Some((Ok::<_, std::convert::Infallible>(chunk), relay))
+    // The body is polled after the handler returned: keep what it logs in the request's span.
+    let span = tracing::Span::current();
+    let body = futures_util::stream::unfold(relay, move |mut relay| {
+        async move {
+            let chunk = relay.next_chunk().await?;
+            Some((Ok::<_, std::convert::Infallible>(chunk), relay))
+        }
+        .instrument(span.clone())
     });
     (
         [
@@ -748,6 +754,11 @@ impl Relay {
     /// Ends the stream with `response.failed` (or a flat `error` event when no
     /// `response.created` was seen), closing the socket.
     fn fail(&mut self, reason: CloseReason, message: &str) -> Bytes {
+        tracing::warn!(
+            ?reason,
+            "the upstream turn broke after output reached the client; ending the stream with \
+             response.failed"
+        );
         self.finished = true;
         if let Some(lease) = self.lease.take() {
             lease.close(reason);
