@@ -110,22 +110,31 @@ def assert_continued_chain(turns, responses, first=1):
         assert turns[i]["input_items"] == 1, (i, summary(turns))
 
 
+def run_beside_direct(proxy, organization, client, question, **options):
+    """The same full-history loop through `proxy` (under its own organization) and straight to
+    the simulator; asserts that every answer is identical and returns the proxied loop."""
+    with through(proxy, organization) as own:
+        loop = FullHistoryLoop(own, question, CALLS, **options)
+        loop.run()
+    direct = FullHistoryLoop(client, question, CALLS, **options)
+    direct.run()
+    assert transcript(loop.responses) == transcript(direct.responses)
+    assert loop.last.output_text == direct.last.output_text
+    return loop
+
+
 # --- reasoning items dropped by the client -----------------------------------------------------
 
 
 def test_lenient_proxy_continues_a_loop_that_drops_reasoning_items(proxy, client):
-    with through(proxy, "org-cont-reasoning-lenient") as own:
-        loop = FullHistoryLoop(own, "Think, then loop.", CALLS, drop_reasoning=True, reasoning=LOW)
-        final = loop.run()
-    direct = FullHistoryLoop(client, "Think, then loop.", CALLS, drop_reasoning=True, reasoning=LOW)
-    direct.run()
+    loop = run_beside_direct(
+        proxy, "org-cont-reasoning-lenient", client, "Think, then loop.", drop_reasoning=True, reasoning=LOW
+    )
 
     # The premise: every turn's output starts with a reasoning item, none of which is sent back.
     assert len(loop.responses) == CALLS + 1
     assert all(r.output[0].type == "reasoning" for r in loop.responses)
     assert not [item for item in loop.history if getattr(item, "type", None) == "reasoning"]
-    assert transcript(loop.responses) == transcript(direct.responses)
-    assert final.output_text == direct.last.output_text
 
     turns = turns_of(proxy, loop.responses)
     assert len({t["socket"] for t in turns}) == 1, summary(turns)
@@ -135,16 +144,12 @@ def test_lenient_proxy_continues_a_loop_that_drops_reasoning_items(proxy, client
 
 
 def test_strict_proxy_sends_a_loop_that_drops_reasoning_items_in_full(strict_proxy, client):
-    with through(strict_proxy, "org-cont-reasoning-strict") as own:
-        loop = FullHistoryLoop(own, "Think, then loop.", CALLS, drop_reasoning=True, reasoning=HIGH)
-        final = loop.run()
-    direct = FullHistoryLoop(client, "Think, then loop.", CALLS, drop_reasoning=True, reasoning=HIGH)
-    direct.run()
+    loop = run_beside_direct(
+        strict_proxy, "org-cont-reasoning-strict", client, "Think, then loop.", drop_reasoning=True, reasoning=HIGH
+    )
 
     assert len(loop.responses) == CALLS + 1
     assert all(r.output[0].type == "reasoning" for r in loop.responses)
-    assert transcript(loop.responses) == transcript(direct.responses)
-    assert final.output_text == direct.last.output_text
 
     turns = turns_of(strict_proxy, loop.responses)
     assert not any(t["continued"] for t in turns), summary(turns)
@@ -155,15 +160,11 @@ def test_strict_proxy_sends_a_loop_that_drops_reasoning_items_in_full(strict_pro
 
 def test_strict_proxy_still_continues_a_loop_that_keeps_reasoning_items(strict_proxy, client):
     """The control for the test above: strict mode is not "continuations off"."""
-    with through(strict_proxy, "org-cont-reasoning-strict-kept") as own:
-        loop = FullHistoryLoop(own, "Think, keep it.", CALLS, reasoning={"effort": "medium"})
-        final = loop.run()
-    direct = FullHistoryLoop(client, "Think, keep it.", CALLS, reasoning={"effort": "medium"})
-    direct.run()
+    loop = run_beside_direct(
+        strict_proxy, "org-cont-reasoning-strict-kept", client, "Think, keep it.", reasoning={"effort": "medium"}
+    )
 
     assert sum(getattr(item, "type", None) == "reasoning" for item in loop.history) == CALLS
-    assert transcript(loop.responses) == transcript(direct.responses)
-    assert final.output_text == direct.last.output_text
 
     turns = turns_of(strict_proxy, loop.responses)
     assert len({t["socket"] for t in turns}) == 1, summary(turns)
