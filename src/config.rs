@@ -59,6 +59,13 @@ pub struct RawServer {
     pub sse_keepalive_secs: u64,
     /// Seconds in-flight requests get to finish after SIGTERM / ctrl-c.
     pub shutdown_grace_secs: u64,
+    /// Open client connections at most; further connections wait to be accepted.
+    pub max_connections: u32,
+    /// Seconds a client has to send a request's headers (also how long an idle keep-alive
+    /// connection is kept).
+    pub header_read_timeout_secs: u64,
+    /// Largest request header block, in bytes (larger: 431).
+    pub max_header_bytes: u64,
 }
 
 impl Default for RawServer {
@@ -68,6 +75,9 @@ impl Default for RawServer {
             max_body_bytes: 32 << 20,
             sse_keepalive_secs: 15,
             shutdown_grace_secs: 30,
+            max_connections: 4096,
+            header_read_timeout_secs: 30,
+            max_header_bytes: 32 << 10,
         }
     }
 }
@@ -306,6 +316,9 @@ pub struct ServerConfig {
     /// `None`: no SSE comment keep-alives.
     pub sse_keepalive: Option<Duration>,
     pub shutdown_grace: Duration,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -561,6 +574,10 @@ fn validate(raw: RawConfig, env: &[(String, String)]) -> Result<Config, ConfigEr
             server.sse_keepalive.unwrap_or_default(),
         ),
         ("server.shutdown_grace_secs", server.shutdown_grace),
+        (
+            "server.header_read_timeout_secs",
+            server.header_read_timeout,
+        ),
         ("upstream.connect_timeout_ms", upstream.connect_timeout),
         (
             "upstream.first_event_timeout_ms",
@@ -601,6 +618,24 @@ fn validate_fields(raw: RawConfig, env: &[(String, String)]) -> Result<Config, C
             sse_keepalive: (raw.server.sse_keepalive_secs > 0)
                 .then(|| secs(raw.server.sse_keepalive_secs)),
             shutdown_grace: secs(raw.server.shutdown_grace_secs),
+            max_connections: at_least_one(
+                "server.max_connections",
+                raw.server.max_connections.into(),
+            )? as usize,
+            header_read_timeout: secs(at_least_one(
+                "server.header_read_timeout_secs",
+                raw.server.header_read_timeout_secs,
+            )?),
+            max_header_bytes: {
+                let bytes = raw.server.max_header_bytes;
+                if !(1024..=1 << 20).contains(&bytes) {
+                    return Err(invalid(
+                        "server.max_header_bytes",
+                        "must be between 1024 and 1048576",
+                    ));
+                }
+                bytes as usize
+            },
         },
         upstream: validate_upstream(raw.upstream)?,
         pool: PoolConfig {

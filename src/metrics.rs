@@ -10,6 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::protocol::event::Dropped;
+
 /// Which surface served a request.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Route {
@@ -66,6 +68,9 @@ pub enum CloseReason {
     ProtocolError,
     /// wsbridge is shutting down.
     Shutdown,
+    /// It received a message larger than [`crate::upstream::socket::LARGE_MESSAGE_BYTES`]:
+    /// closed after its turn so the read buffer that grew for it is freed.
+    LargeMessage,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,6 +108,11 @@ pub enum FallbackReason {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DroppedLabels {
+    reason: Dropped,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FallbackLabels {
     reason: FallbackReason,
 }
@@ -122,6 +132,7 @@ pub struct Metrics {
     head_evictions: Counter,
     upstream_bytes: Counter,
     request_bytes: Counter,
+    dropped_events: Family<DroppedLabels, Counter>,
 }
 
 /// How a `POST /v1/responses` turn went upstream.
@@ -213,8 +224,15 @@ impl Default for Metrics {
             "Bytes of the bridged client request bodies (what full resends would have sent)",
             request_bytes.clone(),
         );
+        let dropped_events = Family::<DroppedLabels, Counter>::default();
+        registry.register(
+            "upstream_events_dropped",
+            "Upstream events not relayed because they did not belong to the turn, by reason",
+            dropped_events.clone(),
+        );
         Self {
             registry,
+            dropped_events,
             requests,
             continuations,
             head_evictions,
@@ -271,6 +289,13 @@ impl Metrics {
 
     pub fn head_evicted(&self) {
         self.head_evictions.inc();
+    }
+
+    /// An upstream event was not relayed (see [`Dropped`]).
+    pub fn event_dropped(&self, reason: Dropped) {
+        self.dropped_events
+            .get_or_create(&DroppedLabels { reason })
+            .inc();
     }
 
     /// A `response.create` frame went upstream (once per attempt).
@@ -335,7 +360,8 @@ snake_case_labels!(
     CloseReason,
     RecoveryCause,
     FallbackReason,
-    Continuation
+    Continuation,
+    Dropped
 );
 
 /// The `content-type` of [`Metrics::render`].

@@ -9,6 +9,7 @@
 
 pub mod passthrough;
 pub mod responses;
+pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::auth::Auth;
@@ -47,6 +49,9 @@ pub struct App {
     metrics: Arc<Metrics>,
     upstream_base: Uri,
     digester: crate::continuation::Digester,
+    /// Cancelled when the shutdown grace runs out: open streams end with `response.failed`,
+    /// requests still waiting for their first event get 503.
+    grace_expired: CancellationToken,
 }
 
 /// Why the proxy could not start.
@@ -70,8 +75,9 @@ pub enum StartError {
 pub struct Proxy {
     addr: SocketAddr,
     app: Arc<App>,
-    stop: CancellationToken,
+    shutdown: server::Shutdown,
     server: tokio::task::JoinHandle<()>,
+    connections: TaskTracker,
     simulator: Option<SimulatorHandle>,
 }
 
@@ -144,23 +150,28 @@ impl Proxy {
             metrics,
             upstream_base,
             digester: crate::continuation::Digester::new(app_policy),
+            grace_expired: CancellationToken::new(),
         });
-        let stop = CancellationToken::new();
-        let router = router(app.clone());
-        let stopped = stop.clone();
-        let server = tokio::spawn(async move {
-            let served = axum::serve(without_nagle(listener), router)
-                .with_graceful_shutdown(stopped.cancelled_owned())
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "the proxy server failed");
-            }
-        });
+        let shutdown = server::Shutdown::default();
+        let connections = TaskTracker::new();
+        let limits = server::Limits {
+            max_connections: app.config.server.max_connections,
+            header_read_timeout: app.config.server.header_read_timeout,
+            max_header_bytes: app.config.server.max_header_bytes,
+        };
+        let server = tokio::spawn(server::serve(
+            listener,
+            router(app.clone()),
+            limits,
+            shutdown.clone(),
+            connections.clone(),
+        ));
         Ok(Self {
             addr,
             app,
-            stop,
+            shutdown,
             server,
+            connections,
             simulator,
         })
     }
@@ -179,25 +190,42 @@ impl Proxy {
         self.simulator.as_ref()
     }
 
-    /// Stops accepting, lets in-flight requests finish within `server.shutdown_grace`, closes
-    /// the upstream sockets, then stops the in-process simulator.
+    /// Stops accepting and lets in-flight requests finish within `server.shutdown_grace`.
+    /// When the grace runs out, every bridged stream still open ends with a terminal
+    /// `response.failed` and a clean end of body (requests without output get 503), and
+    /// connections get [`FLUSH`] to write that before they are dropped. Then the upstream
+    /// sockets close and the in-process simulator stops.
     pub async fn shutdown(self) {
         let grace = self.app.config.server.shutdown_grace;
-        self.stop.cancel();
-        let mut server = self.server;
-        if tokio::time::timeout(grace, &mut server).await.is_err() {
+        self.shutdown.stop.cancel();
+        self.connections.close();
+        if tokio::time::timeout(grace, self.connections.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 ?grace,
-                "in-flight requests did not finish within the grace period"
+                "in-flight requests did not finish within the shutdown grace; ending them"
             );
-            server.abort();
+            self.app.grace_expired.cancel();
+            if tokio::time::timeout(FLUSH, self.connections.wait())
+                .await
+                .is_err()
+            {
+                self.shutdown.kill.cancel();
+                self.connections.wait().await;
+            }
         }
+        let _ = self.server.await;
         self.app.pool.close(Duration::from_secs(2)).await;
         if let Some(simulator) = self.simulator {
             simulator.shutdown().await;
         }
     }
 }
+
+/// After the shutdown grace, how long connections get to write their last events.
+const FLUSH: Duration = Duration::from_secs(2);
 
 /// Accepted connections with Nagle's algorithm off: every event is written as it comes, never
 /// held back waiting for an ACK (which costs up to 40 ms with delayed ACKs).
@@ -241,8 +269,36 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1", any(passthrough::handle))
         .route("/v1/{*rest}", any(passthrough::handle))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            limit_headers,
+        ))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
+}
+
+/// 431 in OpenAI's shape for a header block over `server.max_header_bytes` (counted as on
+/// the wire: `name: value` and a line end per header), before anything is forwarded.
+async fn limit_headers(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let limit = app.config.server.max_header_bytes;
+    let size: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if size > limit {
+        return OpenAiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "invalid_request_error",
+            format!(
+                "Request header fields too large: {size} bytes, this wsbridge accepts at most \
+                 {limit} (server.max_header_bytes)."
+            ),
+        )
+        .with_code("request_header_fields_too_large")
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Metrics and a tracing span for every request.

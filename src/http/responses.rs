@@ -18,13 +18,16 @@ use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::App;
 use super::passthrough::{self, X_ACCEL_BUFFERING};
 use crate::auth::Credential;
 use crate::continuation::{self, Digester, Frame, Head};
-use crate::metrics::{CloseReason, Continuation, FallbackReason, RecoveryCause};
+use crate::metrics::{CloseReason, Continuation, FallbackReason, Metrics, RecoveryCause};
+use crate::protocol::error::{Meaning, upstream_error_headers};
+use crate::protocol::event::{Admit, Envelope, InvalidEvent, TurnFilter};
 use crate::protocol::{OpenAiError, sse};
 use crate::upstream::pool::{Affinity, Checkout, CheckoutError, Lease};
 use crate::upstream::socket::ConnectError;
@@ -116,7 +119,11 @@ async fn respond(
     if app.pool.rest_only(&credential) {
         return rest(FallbackReason::UpgradeRefused).await;
     }
-    let started = match start_turn(app, &credential, &plan, full_frame, body.len()).await {
+    let started = tokio::select! {
+        started = start_turn(app, &credential, &plan, full_frame, body.len()) => started,
+        () = app.grace_expired.cancelled() => return shutting_down_error().into_response(),
+    };
+    let started = match started {
         Ok(started) => started,
         Err(Failure::Answer(response)) => return *response,
         Err(Failure::FrameTooLarge) => return rest(FallbackReason::FrameTooLarge).await,
@@ -288,6 +295,8 @@ impl HeadSeed {
 struct Started {
     lease: Lease,
     first: Utf8Bytes,
+    /// What the turn relayed so far (its first event).
+    filter: TurnFilter,
     route: Continuation,
     seed: HeadSeed,
 }
@@ -315,7 +324,7 @@ async fn start_turn(
     let full_frame = Utf8Bytes::from(full_frame);
     let mut bridged = false;
     let mut attempt = 0;
-    loop {
+    'attempts: loop {
         attempt += 1;
         let last = attempt >= config.max_attempts;
         let retry = |cause: RecoveryCause, error: OpenAiError| {
@@ -420,51 +429,19 @@ async fn start_turn(
         }
         // The socket's head is replaced by this turn's (or dropped if it does not complete).
         lease.socket().set_head(None);
-        let first = loop {
+        let (first, filter) = loop {
             app.metrics.frame_sent(frame.len());
             if !bridged {
                 // What a full resend would have sent, counted once the request went upstream.
                 app.metrics.request_bridged(body_len);
                 bridged = true;
             }
+            let mut filter = TurnFilter::default();
             // The send and the wait for the first event share one deadline: an upstream that
             // stops reading (a full TCP window) cannot hang the request either.
-            let started = async {
-                let socket = lease.socket();
-                socket
-                    .send(frame.clone())
-                    .await
-                    .map_err(|_| CloseReason::ServerClosed)?;
-                loop {
-                    let event = socket.next_event().await?;
-                    // A keep-alive before the response starts says nothing about it.
-                    if sse::event_type(&event).as_deref() != Some("keepalive") {
-                        return Ok(event);
-                    }
-                }
-            };
-            let first = tokio::time::timeout(config.first_event_timeout, started).await;
-            match first {
-                Ok(Ok(text))
-                    if route == Continuation::Continued
-                        && sse::event_type(&text).as_deref() == Some("error")
-                        && text.contains("\"previous_response_not_found\"") =>
-                {
-                    // Our own rewrite missed (the upstream dropped its copy): resend in full.
-                    tracing::info!("continuation not found upstream; resending the full input");
-                    app.metrics
-                        .recovery(RecoveryCause::PreviousResponseNotFound);
-                    if let Some(matched) = &matched {
-                        app.pool.forget_stored(credential, &matched.previous);
-                    }
-                    route = Continuation::Recovered;
-                    frame = full_frame.clone();
-                    if too_large(&frame) {
-                        lease.release();
-                        return Err(Failure::FrameTooLarge);
-                    }
-                }
-                Ok(first) => break first,
+            let started = first_event(app, lease.socket(), frame.clone(), &mut filter);
+            let first = match tokio::time::timeout(config.first_event_timeout, started).await {
+                Ok(first) => first,
                 Err(_) => {
                     lease.close(CloseReason::TurnFailed);
                     return Err(Failure::Answer(Box::new(
@@ -481,12 +458,56 @@ async fn start_turn(
                         .into_response(),
                     )));
                 }
+            };
+            if let Ok(First::Error(event, error)) = &first {
+                if route == Continuation::Continued
+                    && error.meaning() == Meaning::PreviousResponseGone
+                {
+                    // Our own rewrite missed (the upstream no longer has the response, whatever
+                    // words it used to say so): resend in full, nothing has reached the client.
+                    tracing::info!(
+                        upstream_error = %error,
+                        "continuation not resolvable upstream; resending the full input"
+                    );
+                    app.metrics
+                        .recovery(RecoveryCause::PreviousResponseNotFound);
+                    if let Some(matched) = &matched {
+                        app.pool.forget_stored(credential, &matched.previous);
+                    }
+                    if event.get("error").is_none_or(|e| !e.is_object()) {
+                        // A flat error may have ended more than the request: use a new socket.
+                        lease.close(CloseReason::TurnFailed);
+                        retry(RecoveryCause::SocketClosed, error.clone())?;
+                        continue 'attempts;
+                    }
+                    route = Continuation::Recovered;
+                    frame = full_frame.clone();
+                    if too_large(&frame) {
+                        lease.release();
+                        return Err(Failure::FrameTooLarge);
+                    }
+                    continue;
+                }
             }
+            break (first, filter);
         };
-        let first: Result<Utf8Bytes, CloseReason> = first;
-        let first = match first {
-            Ok(first) => first,
-            Err(reason) => {
+        let (event, error) = match first {
+            Ok(First::Event(first)) => {
+                lease.refill_pool();
+                return Ok(Started {
+                    lease,
+                    first,
+                    filter,
+                    route,
+                    // A full resend (fresh or recovered) depends on nothing upstream.
+                    seed: plan.seed(
+                        route != Continuation::Continued
+                            || matched.as_ref().is_none_or(|m| m.stored),
+                    ),
+                });
+            }
+            Ok(First::Error(event, error)) => (event, error),
+            Err(FirstFailure::Closed(reason)) => {
                 lease.close(reason);
                 let closed_early = OpenAiError::new(
                     StatusCode::BAD_GATEWAY,
@@ -497,37 +518,85 @@ async fn start_turn(
                 retry(RecoveryCause::SocketClosed, closed_early)?;
                 continue;
             }
+            Err(FirstFailure::Invalid(invalid)) => {
+                tracing::warn!(%invalid, "upstream protocol error before the response started");
+                lease.close(CloseReason::ProtocolError);
+                let broken = OpenAiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "server_error",
+                    format!(
+                        "The upstream broke the protocol before the response started: {invalid}."
+                    ),
+                )
+                .with_code("upstream_protocol_error");
+                retry(RecoveryCause::SocketClosed, broken)?;
+                continue;
+            }
         };
-        if sse::event_type(&first).as_deref() != Some("error") {
-            lease.refill_pool();
-            return Ok(Started {
-                lease,
-                first,
-                route,
-                // A full resend (fresh or recovered) depends on nothing upstream.
-                seed: plan.seed(
-                    route != Continuation::Continued || matched.as_ref().is_none_or(|m| m.stored),
-                ),
-            });
-        }
         // A request-scoped error before any output.
-        let event: Value = serde_json::from_str(&first).unwrap_or_default();
-        let error = upstream_error(&event);
-        if error.code.as_deref() == Some("websocket_connection_limit_reached") {
+        if error.meaning() == Meaning::ConnectionLimit {
             lease.close(CloseReason::LimitReached);
             retry(RecoveryCause::LimitReached, error)?;
             continue;
         }
-        let nested = event.get("error").is_some_and(Value::is_object);
-        if nested {
+        if event.get("error").is_some_and(Value::is_object) {
             // The socket is fine after a request-scoped error.
             lease.release();
         } else {
             lease.close(CloseReason::TurnFailed);
         }
+        let headers = upstream_error_headers(&event, &error);
         let mut response = error.into_response();
-        copy_error_headers(&event, response.headers_mut());
+        response.headers_mut().extend(headers);
         return Err(Failure::Answer(Box::new(response)));
+    }
+}
+
+/// How a turn began upstream.
+enum First {
+    /// Its first event (`response.created`), already admitted by the turn's filter.
+    Event(Utf8Bytes),
+    /// A request-scoped `error` instead, parsed.
+    Error(Value, OpenAiError),
+}
+
+/// Why a turn did not begin.
+enum FirstFailure {
+    /// The socket closed (or the send failed).
+    Closed(CloseReason),
+    /// The upstream sent a frame that cannot be relayed.
+    Invalid(InvalidEvent),
+}
+
+/// Sends `frame` and reads up to the turn's first event: late events of an earlier turn and
+/// keep-alives are passed over (the former counted), so the turn starts at its own
+/// `response.created` or a request-scoped `error`.
+async fn first_event(
+    app: &App,
+    socket: &mut crate::upstream::socket::Socket,
+    frame: Utf8Bytes,
+    filter: &mut TurnFilter,
+) -> Result<First, FirstFailure> {
+    socket
+        .send(frame)
+        .await
+        .map_err(|_| FirstFailure::Closed(CloseReason::ServerClosed))?;
+    loop {
+        let text = socket.next_event().await.map_err(FirstFailure::Closed)?;
+        match filter.admit(&text) {
+            Ok(Admit::Relay(event)) if event.kind == "error" => {
+                let value: Value = serde_json::from_str(&text).unwrap_or_default();
+                let error = OpenAiError::from_upstream_event(&value);
+                return Ok(First::Error(value, error));
+            }
+            Ok(Admit::Relay(_)) => return Ok(First::Event(text)),
+            Ok(Admit::Skip) => {}
+            Ok(Admit::Drop(reason)) => {
+                tracing::debug!(?reason, "dropped an upstream event that is not this turn's");
+                app.metrics.event_dropped(reason);
+            }
+            Err(invalid) => return Err(FirstFailure::Invalid(invalid)),
+        }
     }
 }
 
@@ -537,60 +606,6 @@ impl Continuation {
         match self {
             Continuation::Continued => Continuation::Fresh,
             other => other,
-        }
-    }
-}
-
-/// An upstream `error` event (nested WebSocket form or flat in-stream form) as an error.
-fn upstream_error(event: &Value) -> OpenAiError {
-    if let Some(error) = OpenAiError::from_ws_event(event) {
-        return error;
-    }
-    let code = event
-        .get("code")
-        .and_then(Value::as_str)
-        .unwrap_or("server_error");
-    let mut error = OpenAiError::for_status(status_for_code(code), code);
-    if let Some(message) = event.get("message").and_then(Value::as_str) {
-        error.message = message.to_owned();
-    }
-    error.param = event
-        .get("param")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    error
-}
-
-/// The REST status of a failure code reported inside a stream.
-fn status_for_code(code: &str) -> StatusCode {
-    match code {
-        "rate_limit_exceeded" | "insufficient_quota" => StatusCode::TOO_MANY_REQUESTS,
-        "invalid_prompt" | "invalid_request_error" => StatusCode::BAD_REQUEST,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-/// The retry and rate-limit entries of a WebSocket error's `error.headers` (or top-level
-/// `headers`) map become HTTP headers, e.g. `retry-after` on a 429; nothing else is copied.
-fn copy_error_headers(event: &Value, headers: &mut HeaderMap) {
-    let map = event
-        .pointer("/error/headers")
-        .or_else(|| event.get("headers"))
-        .and_then(Value::as_object);
-    for (name, value) in map.into_iter().flatten() {
-        let name = name.to_ascii_lowercase();
-        let allowed = matches!(
-            name.as_str(),
-            "retry-after" | "retry-after-ms" | "x-should-retry"
-        ) || name.starts_with("x-ratelimit-");
-        let Some(value) = value.as_str().filter(|_| allowed) else {
-            continue;
-        };
-        if let (Ok(name), Ok(value)) = (
-            header::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.insert(name, value);
         }
     }
 }
@@ -624,11 +639,13 @@ fn stream_events(app: &App, started: Started) -> Response {
     let relay = Relay {
         lease: Some(started.lease),
         first: Some(started.first),
+        filter: started.filter,
         seed: started.seed,
+        metrics: app.metrics.clone(),
+        grace_expired: app.grace_expired.clone(),
         keepalive: app.config.server.sse_keepalive,
         idle_timeout: app.config.upstream.stream_idle_timeout,
         created: None,
-        next_sequence: 0,
         silent: Duration::ZERO,
         finished: false,
     };
@@ -659,68 +676,94 @@ fn stream_events(app: &App, started: Started) -> Response {
 /// closes the upstream socket and so stops generation.
 struct Relay {
     lease: Option<Lease>,
+    /// The turn's first event, already admitted by `filter`.
     first: Option<Utf8Bytes>,
+    filter: TurnFilter,
     seed: HeadSeed,
+    metrics: Arc<Metrics>,
+    /// Cancelled when the shutdown grace runs out: the stream ends with `response.failed`.
+    grace_expired: CancellationToken,
     keepalive: Option<Duration>,
     idle_timeout: Duration,
     /// The `response` object of `response.created`, for a synthesised `response.failed`.
     created: Option<Value>,
-    next_sequence: u64,
     /// Upstream silence so far, across keep-alive comments.
     silent: Duration,
     finished: bool,
 }
 
+/// Why wsbridge ends a stream itself.
+struct Ending {
+    reason: CloseReason,
+    code: &'static str,
+    message: String,
+}
+
 impl Relay {
     async fn next_chunk(&mut self) -> Option<Bytes> {
-        if self.finished {
-            return None;
-        }
-        let text = match self.first.take() {
-            Some(first) => first,
-            None => match self.read().await {
-                Ok(text) => text,
-                Err(chunk) => return Some(chunk),
-            },
-        };
-        let Some(kind) = sse::event_type(&text) else {
-            tracing::warn!("upstream event without a type");
-            return Some(self.fail(
-                CloseReason::ProtocolError,
-                "The upstream sent an event without a type.",
-            ));
-        };
-        if let Some(sequence) = sequence_number(&text) {
-            self.next_sequence = sequence + 1;
-        }
-        if kind == "response.created" && self.created.is_none() {
-            self.created = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|mut event| event.get_mut("response").map(Value::take));
-        }
-        let chunk = sse::frame(&kind, &text);
-        match &*kind {
-            "response.completed" | "response.incomplete" | "response.failed" => {
+        loop {
+            if self.finished {
+                return None;
+            }
+            let (text, admitted) = match self.first.take() {
+                Some(first) => (first, true),
+                None => match self.read().await {
+                    Ok(text) => (text, false),
+                    Err(chunk) => return Some(chunk),
+                },
+            };
+            let event = if admitted {
+                Envelope::read(&text)
+            } else {
+                match self.filter.admit(&text) {
+                    Ok(Admit::Relay(event)) => Ok(event),
+                    Ok(Admit::Skip) => continue,
+                    Ok(Admit::Drop(reason)) => {
+                        tracing::debug!(
+                            ?reason,
+                            "dropped an upstream event that is not this turn's"
+                        );
+                        self.metrics.event_dropped(reason);
+                        continue;
+                    }
+                    Err(invalid) => Err(invalid),
+                }
+            };
+            let event = match event {
+                Ok(event) => event,
+                Err(invalid) => {
+                    return Some(self.fail(Ending {
+                        reason: CloseReason::ProtocolError,
+                        code: "server_error",
+                        message: format!("The upstream broke the protocol mid-stream: {invalid}."),
+                    }));
+                }
+            };
+            if event.kind == "response.created" && self.created.is_none() {
+                self.created = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|mut event| event.get_mut("response").map(Value::take));
+            }
+            let chunk = sse::frame(&event.kind, &text);
+            if event.is_terminal_response() {
                 self.finished = true;
                 if let Some(mut lease) = self.lease.take() {
-                    if kind != "response.failed" {
+                    if event.kind != "response.failed" {
                         lease.socket().set_head(self.seed.head(&text));
                     }
                     lease.release();
                 }
-            }
-            "error" => {
+            } else if event.kind == "error" {
                 self.finished = true;
                 if let Some(lease) = self.lease.take() {
                     lease.close(CloseReason::TurnFailed);
                 }
             }
-            _ => {}
+            return Some(chunk);
         }
-        Some(chunk)
     }
 
-    /// The next upstream event, or the chunk to send instead (a keep-alive comment, or the
+    /// The next upstream frame, or the chunk to send instead (a keep-alive comment, or the
     /// `response.failed` that ends a broken stream).
     async fn read(&mut self) -> Result<Utf8Bytes, Bytes> {
         let silent_since = Instant::now();
@@ -730,20 +773,31 @@ impl Relay {
         };
         let left = self.idle_timeout.saturating_sub(self.silent);
         let wait = self.keepalive.map_or(left, |every| every.min(left));
-        match tokio::time::timeout(wait, lease.socket().next_event()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout(wait, lease.socket().next_event()) => next,
+            () = self.grace_expired.cancelled() => return Err(self.fail(shutting_down())),
+        };
+        match next {
             Ok(Ok(text)) => {
                 self.silent = Duration::ZERO;
                 Ok(text)
             }
-            Ok(Err(reason)) => Err(self.fail(
+            Ok(Err(reason)) => Err(self.fail(Ending {
                 reason,
-                "The upstream connection closed before the response finished; it was not \
-                 retried because output had already been sent.",
-            )),
-            Err(_) if silent_since.elapsed() + self.silent >= self.idle_timeout => Err(self.fail(
-                CloseReason::TurnFailed,
-                "The upstream sent nothing for too long (upstream.stream_idle_timeout_secs).",
-            )),
+                code: "server_error",
+                message: "The upstream connection closed before the response finished; it was \
+                          not retried because output had already been sent."
+                    .into(),
+            })),
+            Err(_) if silent_since.elapsed() + self.silent >= self.idle_timeout => {
+                Err(self.fail(Ending {
+                    reason: CloseReason::TurnFailed,
+                    code: "server_error",
+                    message: "The upstream sent nothing for too long \
+                              (upstream.stream_idle_timeout_secs)."
+                        .into(),
+                }))
+            }
             Err(_) => {
                 self.silent += silent_since.elapsed();
                 Err(Bytes::from_static(sse::KEEPALIVE_COMMENT))
@@ -752,19 +806,20 @@ impl Relay {
     }
 
     /// Ends the stream with `response.failed` (or a flat `error` event when no
-    /// `response.created` was seen), closing the socket.
-    fn fail(&mut self, reason: CloseReason, message: &str) -> Bytes {
+    /// `response.created` was seen), numbered after the last event relayed, closing the socket.
+    fn fail(&mut self, ending: Ending) -> Bytes {
         tracing::warn!(
-            ?reason,
-            "the upstream turn broke after output reached the client; ending the stream with \
+            reason = ?ending.reason,
+            message = %ending.message,
+            "the upstream turn ended after output reached the client; ending the stream with \
              response.failed"
         );
         self.finished = true;
         if let Some(lease) = self.lease.take() {
-            lease.close(reason);
+            lease.close(ending.reason);
         }
-        let error = serde_json::json!({ "code": "server_error", "message": message });
-        let sequence = self.next_sequence;
+        let error = serde_json::json!({ "code": ending.code, "message": ending.message });
+        let sequence = self.filter.next_sequence();
         match self.created.take() {
             Some(mut response) => {
                 if let Some(object) = response.as_object_mut() {
@@ -781,8 +836,8 @@ impl Relay {
             None => {
                 let event = serde_json::json!({
                     "type": "error",
-                    "code": "server_error",
-                    "message": message,
+                    "code": ending.code,
+                    "message": ending.message,
                     "param": null,
                     "sequence_number": sequence,
                 });
@@ -792,15 +847,29 @@ impl Relay {
     }
 }
 
-/// Reads `"sequence_number":N` without parsing the event.
-fn sequence_number(text: &str) -> Option<u64> {
-    const KEY: &str = "\"sequence_number\":";
-    let at = text.find(KEY)? + KEY.len();
-    let digits = text[at..].trim_start();
-    let end = digits
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(digits.len());
-    digits[..end].parse().ok()
+/// How a stream or request still running when the shutdown grace runs out ends.
+fn shutting_down() -> Ending {
+    Ending {
+        reason: CloseReason::Shutdown,
+        code: SHUTTING_DOWN,
+        message: "wsbridge is shutting down and its shutdown grace period \
+                  (server.shutdown_grace_secs) ran out before this response finished."
+            .into(),
+    }
+}
+
+/// The `code` of the error a request gets when wsbridge's shutdown grace runs out.
+pub const SHUTTING_DOWN: &str = "server_shutting_down";
+
+/// The 503 for a request that had no output yet when the shutdown grace ran out.
+pub fn shutting_down_error() -> OpenAiError {
+    let ending = shutting_down();
+    OpenAiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        ending.message,
+    )
+    .with_code(ending.code)
 }
 
 /// `stream: false`: reads the turn to its end and answers with the final Response object.
@@ -808,14 +877,68 @@ async fn collect_response(app: &App, started: Started) -> Response {
     let Started {
         mut lease,
         first,
+        mut filter,
         seed,
         ..
     } = started;
     let idle_timeout = app.config.upstream.stream_idle_timeout;
-    let mut text = first;
+    let mut next = Some(first);
     loop {
-        let kind = sse::event_type(&text).unwrap_or_default();
-        match &*kind {
+        let text = match next.take() {
+            Some(text) => text,
+            None => {
+                let read = tokio::select! {
+                    read = tokio::time::timeout(idle_timeout, lease.socket().next_event()) => read,
+                    () = app.grace_expired.cancelled() => {
+                        lease.close(CloseReason::Shutdown);
+                        return shutting_down_error().into_response();
+                    }
+                };
+                match read {
+                    Ok(Ok(text)) => match filter.admit(&text) {
+                        Ok(Admit::Relay(_)) => text,
+                        Ok(Admit::Skip) => continue,
+                        Ok(Admit::Drop(reason)) => {
+                            app.metrics.event_dropped(reason);
+                            continue;
+                        }
+                        Err(invalid) => {
+                            lease.close(CloseReason::ProtocolError);
+                            return OpenAiError::new(
+                                StatusCode::BAD_GATEWAY,
+                                "server_error",
+                                format!("The upstream broke the protocol mid-response: {invalid}."),
+                            )
+                            .with_code("upstream_protocol_error")
+                            .into_response();
+                        }
+                    },
+                    Ok(Err(reason)) => {
+                        lease.close(reason);
+                        return OpenAiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            "server_error",
+                            "The upstream connection closed before the response finished.",
+                        )
+                        .with_code("upstream_closed")
+                        .into_response();
+                    }
+                    Err(_) => {
+                        lease.close(CloseReason::TurnFailed);
+                        return OpenAiError::new(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "server_error",
+                            "The upstream sent nothing for too long \
+                             (upstream.stream_idle_timeout_secs).",
+                        )
+                        .with_code("upstream_timeout")
+                        .into_response();
+                    }
+                }
+            }
+        };
+        let kind = Envelope::read(&text).map(|event| event.kind.into_owned());
+        match kind.as_deref().unwrap_or_default() {
             "response.completed" | "response.incomplete" => {
                 lease.socket().set_head(seed.head(&text));
                 lease.release();
@@ -841,92 +964,14 @@ async fn collect_response(app: &App, started: Started) -> Response {
             "response.failed" => {
                 lease.release();
                 let event: Value = serde_json::from_str(&text).unwrap_or_default();
-                let failure = &event["response"]["error"];
-                let code = failure["code"].as_str().unwrap_or("server_error");
-                let mut error = OpenAiError::for_status(status_for_code(code), code);
-                if let Some(message) = failure["message"].as_str() {
-                    error.message = message.to_owned();
-                }
-                return error.into_response();
+                return OpenAiError::from_failed_response(&event).into_response();
             }
             "error" => {
                 lease.close(CloseReason::TurnFailed);
                 let event: Value = serde_json::from_str(&text).unwrap_or_default();
-                return upstream_error(&event).into_response();
+                return OpenAiError::from_upstream_event(&event).into_response();
             }
             _ => {}
         }
-        text = match tokio::time::timeout(idle_timeout, lease.socket().next_event()).await {
-            Ok(Ok(text)) => text,
-            Ok(Err(reason)) => {
-                lease.close(reason);
-                return OpenAiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "server_error",
-                    "The upstream connection closed before the response finished.",
-                )
-                .with_code("upstream_closed")
-                .into_response();
-            }
-            Err(_) => {
-                lease.close(CloseReason::TurnFailed);
-                return OpenAiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "server_error",
-                    "The upstream sent nothing for too long (upstream.stream_idle_timeout_secs).",
-                )
-                .with_code("upstream_timeout")
-                .into_response();
-            }
-        };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_retry_and_rate_limit_headers_are_copied_from_an_error_event() {
-        let event: Value = serde_json::from_str(
-            r#"{"type":"error","status":429,"error":{"type":"requests","code":"rate_limit_exceeded","message":"m",
-                "headers":{"retry-after":"2","x-ratelimit-remaining-requests":"0","content-length":"9","connection":"close"}}}"#,
-        )
-        .unwrap();
-        let mut headers = HeaderMap::new();
-        copy_error_headers(&event, &mut headers);
-        assert_eq!(headers.len(), 2, "{headers:?}");
-        assert_eq!(headers["retry-after"], "2");
-        assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
-    }
-
-    #[test]
-    fn sequence_number_is_read_without_parsing() {
-        assert_eq!(
-            sequence_number(
-                r#"{"type":"response.output_text.delta","sequence_number":17,"delta":"x"}"#
-            ),
-            Some(17)
-        );
-        assert_eq!(sequence_number(r#"{"type":"x"}"#), None);
-    }
-
-    #[test]
-    fn flat_and_nested_upstream_errors_map_to_rest_statuses() {
-        let nested: Value = serde_json::from_str(
-            r#"{"type":"error","status":429,"error":{"type":"requests","code":"rate_limit_exceeded","message":"slow down","param":null}}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            upstream_error(&nested).status,
-            StatusCode::TOO_MANY_REQUESTS
-        );
-        let flat: Value = serde_json::from_str(
-            r#"{"type":"error","code":"server_error","message":"boom","param":null,"sequence_number":3}"#,
-        )
-        .unwrap();
-        let error = upstream_error(&flat);
-        assert_eq!(error.status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(error.message, "boom");
     }
 }

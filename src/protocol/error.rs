@@ -2,9 +2,33 @@
 //! `{"error":{message,type,param,code}}` and the WebSocket `error` event
 //! `{"type":"error","status":N,"error":{type,code,message,param}}` (PROTOCOL.md §3.8a, §4.3).
 
-use axum::http::StatusCode;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+
+/// What an upstream error means to wsbridge, whatever form it came in. This is the one table
+/// that classifies upstream errors (docs/protocol.md, "Errors"): by `code` where the upstream
+/// sends one, and by status, `param` and wording where it does not (real servers send
+/// `{"type":"error","status":400,"error":{"type":"invalid_request_error","message":"Invalid
+/// `previous_response_id`."}}` with no code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Meaning {
+    /// The `previous_response_id` the request named cannot be resolved (expired, evicted, never
+    /// stored). On a continuation wsbridge made, the full input is resent.
+    PreviousResponseGone,
+    /// The socket reached its connection time limit: retry on a new socket.
+    ConnectionLimit,
+    /// 429: rate limit or quota.
+    RateLimited,
+    /// 401/403: the key is not accepted.
+    Unauthorized,
+    /// 5xx: the upstream failed.
+    ServerError,
+    /// Any other client error: the request itself is wrong.
+    BadRequest,
+}
 
 /// One request-scoped API error, as OpenAI would report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +180,170 @@ impl OpenAiError {
     }
 }
 
+impl OpenAiError {
+    /// The upstream error in a WebSocket `error` event, nested (`{"error":{…},"status":N}`) or
+    /// flat (`{"type":"error","code":…,"message":…}`, the in-stream form).
+    pub fn from_upstream_event(event: &Value) -> Self {
+        if let Some(error) = Self::from_ws_event(event) {
+            return error;
+        }
+        let code = event
+            .get("code")
+            .and_then(Value::as_str)
+            .unwrap_or("server_error");
+        let mut error = Self::for_status(status_for_code(code), code);
+        if let Some(message) = event.get("message").and_then(Value::as_str) {
+            error.message = message.to_owned();
+        }
+        error.param = event
+            .get("param")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        error
+    }
+
+    /// The error of a `response.failed` event's `response.error` (`{code, message}`).
+    pub fn from_failed_response(event: &Value) -> Self {
+        let failure = &event["response"]["error"];
+        let code = failure["code"].as_str().unwrap_or("server_error");
+        let mut error = Self::for_status(status_for_code(code), code);
+        if let Some(message) = failure["message"].as_str() {
+            error.message = message.to_owned();
+        }
+        error
+    }
+
+    /// What this error means (see [`Meaning`]).
+    pub fn meaning(&self) -> Meaning {
+        let message = self.message.to_ascii_lowercase();
+        match self.code.as_deref() {
+            Some("previous_response_not_found") => return Meaning::PreviousResponseGone,
+            Some("websocket_connection_limit_reached") => return Meaning::ConnectionLimit,
+            Some("rate_limit_exceeded" | "insufficient_quota") => return Meaning::RateLimited,
+            Some("invalid_api_key") => return Meaning::Unauthorized,
+            _ => {}
+        }
+        let status = self.status.as_u16();
+        let names_previous = self.param.as_deref() == Some("previous_response_id")
+            || message.contains("previous_response_id")
+            || message.contains("previous response");
+        if matches!(status, 400 | 404 | 410) && names_previous {
+            return Meaning::PreviousResponseGone;
+        }
+        if message.contains("websocket connection limit")
+            || (message.contains("websocket") && message.contains("limit reached"))
+        {
+            return Meaning::ConnectionLimit;
+        }
+        match status {
+            429 => Meaning::RateLimited,
+            401 | 403 => Meaning::Unauthorized,
+            500.. => Meaning::ServerError,
+            _ if self.kind == "requests" || self.kind == "tokens" => Meaning::RateLimited,
+            _ => Meaning::BadRequest,
+        }
+    }
+
+    /// How long the upstream asked to wait, from its wording: "Please try again in 1s",
+    /// "in 250ms", "in 1.5s", "in 6m30s", "in 1h2m".
+    pub fn retry_after(&self) -> Option<Duration> {
+        let lower = self.message.to_ascii_lowercase();
+        let at = lower.find("try again in ")? + "try again in ".len();
+        parse_go_duration(&lower[at..])
+    }
+}
+
+/// Reads a Go-style duration (`1h2m3.5s`, `250ms`) at the start of `text`; `None` when none
+/// is there.
+fn parse_go_duration(text: &str) -> Option<Duration> {
+    let mut total = 0.0_f64;
+    let mut rest = text;
+    let mut any = false;
+    loop {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            break;
+        }
+        let Ok(number) = rest[..digits].parse::<f64>() else {
+            break;
+        };
+        let after = &rest[digits..];
+        let (unit, scale) = if after.starts_with("ms") {
+            ("ms", 0.001)
+        } else if after.starts_with('h') {
+            ("h", 3600.0)
+        } else if after.starts_with('m') {
+            ("m", 60.0)
+        } else if after.starts_with('s') {
+            ("s", 1.0)
+        } else {
+            break;
+        };
+        total += number * scale;
+        any = true;
+        rest = &after[unit.len()..];
+    }
+    (any && total.is_finite() && total < 86_400.0).then(|| Duration::from_secs_f64(total))
+}
+
+/// The REST status of a failure code reported inside a stream.
+fn status_for_code(code: &str) -> StatusCode {
+    match code {
+        "rate_limit_exceeded" | "insufficient_quota" => StatusCode::TOO_MANY_REQUESTS,
+        "invalid_prompt" | "invalid_request_error" | "previous_response_not_found" => {
+            StatusCode::BAD_REQUEST
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The HTTP headers an upstream `error` event carries for its REST twin: the retry and
+/// rate-limit entries of its `error.headers` (or top-level `headers`) map, nothing else; and
+/// for a 429 without them, `retry-after`/`retry-after-ms` from the message's "try again in".
+pub fn upstream_error_headers(event: &Value, error: &OpenAiError) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let map = event
+        .pointer("/error/headers")
+        .or_else(|| event.get("headers"))
+        .and_then(Value::as_object);
+    for (name, value) in map.into_iter().flatten() {
+        let name = name.to_ascii_lowercase();
+        let allowed = matches!(
+            name.as_str(),
+            "retry-after" | "retry-after-ms" | "x-should-retry"
+        ) || name.starts_with("x-ratelimit-");
+        let value = match value {
+            Value::String(text) => text.clone(),
+            Value::Number(number) => number.to_string(),
+            _ => continue,
+        };
+        if !allowed {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    let has_retry =
+        headers.contains_key(header::RETRY_AFTER) || headers.contains_key("retry-after-ms");
+    if error.status == StatusCode::TOO_MANY_REQUESTS && !has_retry {
+        if let Some(wait) = error.retry_after() {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+            headers.insert(
+                HeaderName::from_static("retry-after-ms"),
+                HeaderValue::from(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
+            );
+        }
+    }
+    headers
+}
+
 impl std::fmt::Display for OpenAiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -201,6 +389,128 @@ mod tests {
             assert!(error.contains_key(key), "missing {key}");
         }
         assert_eq!(error["param"], Value::Null);
+    }
+
+    fn error_event(text: &str) -> OpenAiError {
+        OpenAiError::from_upstream_event(&serde_json::from_str(text).unwrap())
+    }
+
+    #[test]
+    fn a_gone_previous_response_is_recognised_in_every_form_seen() {
+        for text in [
+            // The documented form.
+            r#"{"type":"error","status":400,"error":{"type":"invalid_request_error","code":"previous_response_not_found","message":"Previous response with id 'resp_1' not found.","param":"previous_response_id"}}"#,
+            // Codeless, as real servers answer.
+            r#"{"type":"error","status":400,"error":{"type":"invalid_request_error","message":"Invalid `previous_response_id`."}}"#,
+            // Codeless with only the param.
+            r#"{"type":"error","status":400,"error":{"type":"invalid_request_error","message":"Not found.","param":"previous_response_id"}}"#,
+            // No type, no status (G-OLD's example), and status_code.
+            r#"{"type":"error","error":{"code":"previous_response_not_found","message":"gone"}}"#,
+            r#"{"type":"error","status_code":404,"error":{"message":"Previous response 'resp_1' has expired."}}"#,
+            // Flat in-stream form.
+            r#"{"type":"error","code":"previous_response_not_found","message":"gone","param":null}"#,
+        ] {
+            assert_eq!(
+                error_event(text).meaning(),
+                Meaning::PreviousResponseGone,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_upstream_errors_keep_their_meaning() {
+        let meaning = |text| error_event(text).meaning();
+        assert_eq!(
+            meaning(
+                r#"{"type":"error","status":400,"error":{"type":"invalid_request_error","code":"websocket_connection_limit_reached","message":"m"}}"#
+            ),
+            Meaning::ConnectionLimit
+        );
+        assert_eq!(
+            meaning(
+                r#"{"type":"error","status":400,"error":{"message":"Responses websocket connection limit reached (60 minutes)."}}"#
+            ),
+            Meaning::ConnectionLimit
+        );
+        assert_eq!(
+            meaning(
+                r#"{"type":"error","status":429,"error":{"type":"requests","message":"slow"}}"#
+            ),
+            Meaning::RateLimited
+        );
+        assert_eq!(
+            meaning(
+                r#"{"type":"error","status":400,"error":{"type":"invalid_request_error","message":"Unknown parameter: 'foo'.","param":"foo"}}"#
+            ),
+            Meaning::BadRequest
+        );
+        assert_eq!(
+            meaning(r#"{"type":"error","code":"server_error","message":"boom"}"#),
+            Meaning::ServerError
+        );
+        assert_eq!(
+            meaning(r#"{"type":"error","status":401,"error":{"message":"bad key"}}"#),
+            Meaning::Unauthorized
+        );
+    }
+
+    #[test]
+    fn retry_after_is_read_from_the_wording() {
+        let wait = |message: &str| OpenAiError::invalid_request(message).retry_after();
+        assert_eq!(
+            wait("Rate limit reached. Please try again in 1s."),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            wait("Please try again in 250ms. Visit …"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            wait("Please try again in 1.5s"),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            wait("Please try again in 6m30s."),
+            Some(Duration::from_secs(390))
+        );
+        assert_eq!(wait("Please try again in a while"), None);
+        assert_eq!(wait("no hint"), None);
+    }
+
+    #[test]
+    fn a_429_gets_retry_after_from_its_headers_map_else_its_message() {
+        let event: Value = serde_json::from_str(
+            r#"{"type":"error","status":429,"error":{"type":"requests","code":"rate_limit_exceeded","message":"Please try again in 1.2s",
+                "headers":{"retry-after":"2","x-ratelimit-remaining-requests":"0","content-length":"9","connection":"close"}}}"#,
+        )
+        .unwrap();
+        let error = OpenAiError::from_upstream_event(&event);
+        let headers = upstream_error_headers(&event, &error);
+        assert_eq!(headers.len(), 2, "{headers:?}");
+        assert_eq!(headers["retry-after"], "2");
+        assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
+        let event: Value = serde_json::from_str(
+            r#"{"type":"error","status":429,"error":{"type":"requests","code":"rate_limit_exceeded","message":"Please try again in 1.2s"}}"#,
+        )
+        .unwrap();
+        let error = OpenAiError::from_upstream_event(&event);
+        let headers = upstream_error_headers(&event, &error);
+        assert_eq!(headers["retry-after"], "2");
+        assert_eq!(headers["retry-after-ms"], "1200");
+    }
+
+    #[test]
+    fn flat_and_nested_upstream_errors_map_to_rest_statuses() {
+        let nested = error_event(
+            r#"{"type":"error","status":429,"error":{"type":"requests","code":"rate_limit_exceeded","message":"slow down","param":null}}"#,
+        );
+        assert_eq!(nested.status, StatusCode::TOO_MANY_REQUESTS);
+        let flat = error_event(
+            r#"{"type":"error","code":"server_error","message":"boom","param":null,"sequence_number":3}"#,
+        );
+        assert_eq!(flat.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(flat.message, "boom");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! framing and the canonical form of conversation items. Nothing here does I/O.
 
 pub mod error;
+pub mod event;
 pub mod items;
 pub mod sse;
 

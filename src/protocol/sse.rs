@@ -1,21 +1,30 @@
-//! Server-sent-event framing exactly as the Responses API writes it (PROTOCOL.md §4.2): one
-//! `event:` line equal to the JSON `type`, one single-line `data:` line, a blank line.
+//! Server-sent-event framing exactly as the Responses API writes it (docs/protocol.md, "SSE"):
+//! one `event:` line equal to the JSON `type`, one single-line `data:` line, a blank line.
+//!
+//! No payload byte can end a line early: the only line terminators SSE knows are CR and LF,
+//! and in valid JSON those occur only as whitespace between tokens (inside strings they must
+//! be escaped), so [`frame`] turns each into a space and the event means exactly what the
+//! upstream sent. Callers pass JSON that [`super::event::Envelope::read`] validated and an
+//! event type it checked to hold no whitespace.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// Frames one event. JSON with raw line breaks (legal whitespace, but it would end the `data:`
-/// line) is re-serialised compactly first; everything else goes out byte for byte.
+/// Frames one event: the JSON goes out byte for byte, except that CR and LF (whitespace in
+/// valid JSON) become spaces so the `data:` line cannot be split.
 pub fn frame(event_type: &str, data: &str) -> Bytes {
-    if data.contains(['\n', '\r']) {
-        if let Ok(value) = serde_json::from_str::<serde_json::Value>(data) {
-            return frame(event_type, &value.to_string());
-        }
-    }
     let mut out = BytesMut::with_capacity(event_type.len() + data.len() + 16);
     out.put_slice(b"event: ");
     out.put_slice(event_type.as_bytes());
     out.put_slice(b"\ndata: ");
-    out.put_slice(data.as_bytes());
+    let data = data.as_bytes();
+    if data.contains(&b'\n') || data.contains(&b'\r') {
+        out.extend(data.iter().map(|&byte| match byte {
+            b'\n' | b'\r' => b' ',
+            other => other,
+        }));
+    } else {
+        out.put_slice(data);
+    }
     out.put_slice(b"\n\n");
     out.freeze()
 }
@@ -51,9 +60,12 @@ mod tests {
     }
 
     #[test]
-    fn multi_line_json_is_compacted_so_the_event_stays_one_data_line() {
-        let framed = frame("x", "{\"type\":\"x\",\n \"a\": 1}");
-        assert_eq!(&framed[..], b"event: x\ndata: {\"type\":\"x\",\"a\":1}\n\n");
+    fn line_breaks_between_json_tokens_become_spaces_so_the_event_stays_one_data_line() {
+        let framed = frame("x", "{\"type\":\"x\",\r\n \"a\": 1}");
+        assert_eq!(
+            &framed[..],
+            b"event: x\ndata: {\"type\":\"x\",   \"a\": 1}\n\n"
+        );
     }
 
     #[test]

@@ -849,6 +849,9 @@ impl Lease {
             if socket.age() >= self.pool.config.max_age {
                 self.pool
                     .retire(&self.partition, socket, CloseReason::MaxAge);
+            } else if socket.holds_large_buffer() {
+                self.pool
+                    .retire(&self.partition, socket, CloseReason::LargeMessage);
             } else {
                 self.pool.park(&self.partition, socket);
             }

@@ -37,7 +37,14 @@ pub struct Socket {
     awaiting_pong: bool,
     /// This socket's span: its lifecycle events (opened, leased, closed) are logged in it.
     span: tracing::Span,
+    /// The largest message read so far, in bytes.
+    largest_message: usize,
 }
+
+/// A socket that received a message larger than this is closed after its turn instead of
+/// going back to the pool: the WebSocket layer's read buffer grew to the message's size and
+/// is never shrunk, so keeping the socket would keep that memory for as long as it lives.
+pub const LARGE_MESSAGE_BYTES: usize = 1 << 20;
 
 /// What reading a socket produced.
 #[derive(Debug)]
@@ -84,6 +91,11 @@ impl Socket {
         self.head = head;
     }
 
+    /// True when the socket read a message over [`LARGE_MESSAGE_BYTES`].
+    pub fn holds_large_buffer(&self) -> bool {
+        self.largest_message > LARGE_MESSAGE_BYTES
+    }
+
     /// Sends one client event (a `response.create` frame) and counts a turn.
     pub async fn send(&mut self, frame: Utf8Bytes) -> Result<(), tungstenite::Error> {
         self.turns += 1;
@@ -93,7 +105,10 @@ impl Socket {
     /// Reads the next frame. Pings are answered by tungstenite while reading.
     pub async fn read(&mut self) -> Inbound {
         match self.ws.next().await {
-            Some(Ok(Message::Text(text))) => Inbound::Event(text),
+            Some(Ok(Message::Text(text))) => {
+                self.largest_message = self.largest_message.max(text.len());
+                Inbound::Event(text)
+            }
             Some(Ok(Message::Pong(_))) => Inbound::Control { pong: true },
             Some(Ok(Message::Ping(_) | Message::Frame(_))) => Inbound::Control { pong: false },
             Some(Ok(Message::Binary(_))) => Inbound::Closed(CloseReason::ProtocolError),
@@ -258,6 +273,7 @@ impl Connector {
                     pinged: None,
                     awaiting_pong: false,
                     span,
+                    largest_message: 0,
                 })
             }
             Ok(Err(tungstenite::Error::Http(response))) => {
