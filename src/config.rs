@@ -117,7 +117,7 @@ impl Default for RawUpstream {
             stream_idle_timeout_secs: 600,
             max_attempts: 3,
             max_frame_bytes: 16 << 20,
-            max_message_bytes: 256 << 20,
+            max_message_bytes: 64 << 20,
             rest_fallback_cooldown_secs: 300,
         }
     }

@@ -133,6 +133,7 @@ pub struct Metrics {
     upstream_bytes: Counter,
     request_bytes: Counter,
     dropped_events: Family<DroppedLabels, Counter>,
+    credentials: Gauge,
 }
 
 /// How a `POST /v1/responses` turn went upstream.
@@ -230,9 +231,17 @@ impl Default for Metrics {
             "Upstream events not relayed because they did not belong to the turn, by reason",
             dropped_events.clone(),
         );
+        let credentials = Gauge::default();
+        registry.register(
+            "pool_credentials",
+            "Credentials the pool keeps state for (dropped once a credential has no sockets, \
+             no stored heads and no REST cool-down)",
+            credentials.clone(),
+        );
         Self {
             registry,
             dropped_events,
+            credentials,
             requests,
             continuations,
             head_evictions,
@@ -308,8 +317,11 @@ impl Metrics {
         self.request_bytes.inc_by(body as u64);
     }
 
-    /// The text exposition, with the socket gauges set from `sockets` (idle, busy, connecting).
-    pub fn render(&self, sockets: [usize; 3]) -> String {
+    /// The text exposition, with the socket gauges set from `sockets` (idle, busy, connecting)
+    /// and the credential gauge from `credentials`.
+    pub fn render(&self, sockets: [usize; 3], credentials: usize) -> String {
+        self.credentials
+            .set(i64::try_from(credentials).unwrap_or(i64::MAX));
         for (state, count) in [
             SocketState::Idle,
             SocketState::Busy,
@@ -376,7 +388,7 @@ mod tests {
         let metrics = Metrics::default();
         metrics.socket_closed(CloseReason::ServerClosed);
         metrics.request(Route::Responses, 200);
-        let text = metrics.render([2, 1, 0]);
+        let text = metrics.render([2, 1, 0], 1);
         assert!(
             text.contains("wsbridge_upstream_socket_closes_total{reason=\"server_closed\"} 1"),
             "{text}"

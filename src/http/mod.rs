@@ -396,7 +396,9 @@ async fn upstream_reachable(base: &Uri) -> bool {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let text = app.metrics.render(app.pool.census());
+    let text = app
+        .metrics
+        .render(app.pool.census(), app.pool.credentials());
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }
 

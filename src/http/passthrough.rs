@@ -4,6 +4,9 @@
 //! path with the body it already read.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http_body_util::BodyExt;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -42,12 +45,24 @@ pub async fn forward(
     body: Body,
 ) -> Response {
     let Some(target) = upstream_uri(&app.upstream_base, uri) else {
-        return OpenAiError::invalid_request(format!("Invalid URL ({method} {uri})"))
-            .into_response();
+        return OpenAiError::invalid_request(format!(
+            "Invalid URL ({method} {}): wsbridge forwards only paths under /v1 without \
+             dot-segments or encoded slashes.",
+            uri.path()
+        ))
+        .into_response();
     };
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
     credential.apply(&mut headers);
+    // A client body that breaks off or is malformed fails the upstream request too; this flag
+    // tells that apart from an upstream failure (400, not 502).
+    let client_body_failed = Arc::new(AtomicBool::new(false));
+    let failed = client_body_failed.clone();
+    let body = Body::new(body.map_err(move |error| {
+        failed.store(true, Ordering::Relaxed);
+        error
+    }));
     let mut request = axum::http::Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = target;
@@ -67,6 +82,13 @@ pub async fn forward(
                     .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
             }
             Response::from_parts(parts, Body::new(body))
+        }
+        Err(error) if client_body_failed.load(Ordering::Relaxed) => {
+            tracing::info!(error = %error_chain(&error), "the client's request body was malformed");
+            OpenAiError::invalid_request(
+                "The request body could not be read (malformed or cut off chunked encoding).",
+            )
+            .into_response()
         }
         Err(error) => {
             tracing::warn!(error = %error_chain(&error), "upstream REST request failed");
@@ -88,11 +110,16 @@ pub async fn forward(
 pub const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// The upstream URL for a proxy URL: `/v1/models?x=1` under base `https://h/v1` →
-/// `https://h/v1/models?x=1`. `None` when the path is not under `/v1`.
+/// `https://h/v1/models?x=1`. `None` when the path is not under `/v1`, or could resolve
+/// outside the upstream's base: a dot-segment (`.`, `..`, raw or percent-encoded in any case)
+/// or an encoded `/` or `\` (which some servers decode before routing) anywhere in it.
 fn upstream_uri(base: &Uri, uri: &Uri) -> Option<Uri> {
     let path = uri.path();
     let rest = path.strip_prefix("/v1")?;
     if !(rest.is_empty() || rest.starts_with('/')) {
+        return None;
+    }
+    if rest.split('/').any(leaves_its_directory) {
         return None;
     }
     let base_path = base.path().trim_end_matches('/');
@@ -104,6 +131,17 @@ fn upstream_uri(base: &Uri, uri: &Uri) -> Option<Uri> {
     let mut parts = base.clone().into_parts();
     parts.path_and_query = Some(target.parse().ok()?);
     Uri::from_parts(parts).ok()
+}
+
+/// True for a path segment that is `.` or `..` once percent-decoded, or that hides a path
+/// separator (`%2F`, `%5C`, `\`).
+fn leaves_its_directory(segment: &str) -> bool {
+    let lower = segment.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') {
+        return true;
+    }
+    let decoded = lower.replace("%2e", ".");
+    decoded == "." || decoded == ".."
 }
 
 /// Removes the headers that describe one hop (RFC 9110 §7.6.1), including any named in
@@ -165,6 +203,40 @@ mod tests {
         );
         assert!(upstream_uri(&base, &"/v1x/models".parse().unwrap()).is_none());
         assert!(upstream_uri(&base, &"/other".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn no_path_leaves_the_upstream_base() {
+        let base: Uri = "http://10.0.0.1:81/openai/v1".parse().unwrap();
+        for path in [
+            "/v1/../admin",
+            "/v1/models/../../admin",
+            "/v1/%2e%2e/admin",
+            "/v1/%2E%2E/%2E%2E/admin",
+            "/v1/.%2e/admin",
+            "/v1/%2e./admin",
+            "/v1/./models",
+            "/v1/models/%2e",
+            "/v1/..",
+            "/v1/models%2f..%2f..%2fadmin",
+            "/v1/models%5C..%5Cadmin",
+        ] {
+            assert!(
+                upstream_uri(&base, &path.parse().unwrap()).is_none(),
+                "{path} must not be forwarded"
+            );
+        }
+        for path in [
+            "/v1/models/gpt-5.1",
+            "/v1/files/file-..abc",
+            "/v1/a...b",
+            "/v1/models?q=../x",
+        ] {
+            assert!(
+                upstream_uri(&base, &path.parse().unwrap()).is_some(),
+                "{path}"
+            );
+        }
     }
 
     #[test]

@@ -424,15 +424,22 @@ impl Pool {
         if inner.shutdown.is_cancelled() {
             return Err(CheckoutError::ShuttingDown);
         }
-        let partition = inner.partition(credential);
         let deadline = TokioInstant::now() + inner.config.checkout_timeout;
         let busy = || CheckoutError::Busy {
             retry_after: inner.config.checkout_timeout.max(Duration::from_secs(1)),
         };
-        let permit = tokio::time::timeout_at(deadline, partition.turns.clone().acquire_owned())
-            .await
-            .map_err(|_| busy())?
-            .map_err(|_| CheckoutError::ShuttingDown)?;
+        let (partition, permit) = loop {
+            let partition = inner.partition(credential);
+            let permit = tokio::time::timeout_at(deadline, partition.turns.clone().acquire_owned())
+                .await
+                .map_err(|_| busy())?
+                .map_err(|_| CheckoutError::ShuttingDown)?;
+            // An unused partition is forgotten only while nobody holds a permit of it: with
+            // one held, this partition stays the credential's for the whole checkout.
+            if inner.is_current(&partition) {
+                break (partition, permit);
+            }
+        };
         loop {
             // A stored head to continue on whatever socket this checkout ends up with.
             let mut stored = None;
@@ -541,6 +548,10 @@ impl Pool {
                         }
                         Err(error) => {
                             drop(slot);
+                            drop(permit);
+                            // A key that never works (bad, revoked, or an unreachable upstream)
+                            // must leave nothing behind.
+                            inner.forget_if_unused(&partition);
                             return Err(CheckoutError::Connect(error));
                         }
                     }
@@ -556,6 +567,11 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Credentials the pool holds state for (sockets, heads, a REST cool-down, a turn).
+    pub fn credentials(&self) -> usize {
+        lock(&self.inner.partitions).len()
     }
 
     /// Sockets by state over all credentials.
@@ -585,6 +601,12 @@ impl Pool {
 }
 
 impl Inner {
+    fn is_current(&self, partition: &Arc<Partition>) -> bool {
+        lock(&self.partitions)
+            .get(&partition.credential)
+            .is_some_and(|current| Arc::ptr_eq(current, partition))
+    }
+
     fn partition(&self, credential: &Credential) -> Arc<Partition> {
         lock(&self.partitions)
             .entry(credential.clone())
@@ -757,7 +779,17 @@ impl Inner {
                 .retain(|_, stored| stored.recorded.elapsed() < STORED_HEAD_TTL);
             before > 0 && state.stored.is_empty()
         };
-        if expired {
+        let cooled_down = {
+            let mut state = lock(&partition.state);
+            let over = state
+                .rest_until
+                .is_some_and(|until| Instant::now() >= until);
+            if over {
+                state.rest_until = None;
+            }
+            over
+        };
+        if expired || cooled_down || lock(&partition.state).open == 0 {
             self.forget_if_unused(partition);
         }
     }

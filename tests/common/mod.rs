@@ -439,3 +439,102 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// A fake upstream speaking WebSocket mode, whose answers a test writes frame by frame: for the
+/// loose and broken forms real servers send, which the simulator never does. Each
+/// `response.create` it receives (as JSON) is recorded and passed with its index to the script;
+/// the frames the script returns are sent as they are. The frame [`CLOSE`] closes the socket.
+pub struct Scripted {
+    pub base_url: String,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    pub sockets: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A script frame that closes the socket instead of sending anything.
+pub const CLOSE: &str = "\u{0}close";
+
+type Script = dyn Fn(usize, &Value) -> Vec<String> + Send + Sync;
+
+pub async fn scripted(
+    script: impl Fn(usize, &Value) -> Vec<String> + Send + Sync + 'static,
+) -> Scripted {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sockets = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let script: std::sync::Arc<Script> = std::sync::Arc::new(script);
+    let (seen, opened) = (received.clone(), sockets.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (seen, script) = (seen.clone(), script.clone());
+            opened.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    let Message::Text(text) = message else {
+                        continue;
+                    };
+                    let frame: Value = serde_json::from_str(&text).unwrap();
+                    let index = {
+                        let mut seen = seen.lock().unwrap();
+                        seen.push(frame.clone());
+                        seen.len() - 1
+                    };
+                    for out in script(index, &frame) {
+                        if out == CLOSE {
+                            let _ = ws.close(None).await;
+                            return;
+                        }
+                        if ws.send(Message::Text(out.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Scripted {
+        base_url: format!("http://{addr}/v1"),
+        received,
+        sockets,
+    }
+}
+
+impl Scripted {
+    /// The `response.create` frames received so far.
+    pub fn frames(&self) -> Vec<Value> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// A proxy in front of a [`Scripted`] upstream (no pre-warmed sockets), then `tune`.
+pub async fn proxy_for(upstream: &Scripted, tune: impl FnOnce(&mut Config)) -> Proxy {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.upstream.base_url = upstream.base_url.clone();
+    config.pool.min_idle = 0;
+    tune(&mut config);
+    Proxy::start(config).await.unwrap()
+}
+
+/// Scripted events of one plain answer: `response.created` … `response.completed` for
+/// response `id`, numbered from 0, answering `text` as one message.
+pub fn answer(id: &str, text: &str) -> Vec<String> {
+    let message = serde_json::json!({
+        "id": format!("msg_{id}"), "type": "message", "status": "completed", "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": []}],
+    });
+    let response = |status: &str, output: Value| serde_json::json!({"id": id, "object": "response", "status": status, "model": "gpt-sim", "output": output});
+    [
+        serde_json::json!({"type": "response.created", "sequence_number": 0, "response": response("in_progress", serde_json::json!([]))}),
+        serde_json::json!({"type": "response.in_progress", "sequence_number": 1, "response": response("in_progress", serde_json::json!([]))}),
+        serde_json::json!({"type": "response.output_text.delta", "sequence_number": 2, "item_id": format!("msg_{id}"), "output_index": 0, "content_index": 0, "delta": text}),
+        serde_json::json!({"type": "response.completed", "sequence_number": 3, "response": response("completed", serde_json::json!([message]))}),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .collect()
+}
