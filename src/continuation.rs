@@ -1,4 +1,4 @@
-//! Continuations (DESIGN.md §3): recognising that a request's input is a socket's last turn
+//! Continuations (docs/architecture.md, "Continuations"): recognising that a request's input is a socket's last turn
 //! (its input ++ its output) plus new items, so that only the new items go upstream with
 //! `previous_response_id`, on the socket that holds that response in memory.
 //!

@@ -200,6 +200,12 @@ async fn keys_that_never_work_leave_no_state_behind() {
             .await,
         0.0
     );
+    assert!(
+        bridge
+            .metrics()
+            .await
+            .contains("\nwsbridge_pool_credentials 0\n")
+    );
 }
 
 #[tokio::test]
@@ -228,6 +234,12 @@ async fn keys_whose_upstream_is_unreachable_leave_no_state_behind() {
             .wait_for_metric("wsbridge_pool_credentials", |n| n == 0.0)
             .await,
         0.0
+    );
+    assert!(
+        bridge
+            .metrics()
+            .await
+            .contains("\nwsbridge_pool_credentials 0\n")
     );
 }
 

@@ -1,6 +1,6 @@
 //! `POST /v1/responses`: one REST request becomes one `response.create` turn on a leased
 //! upstream WebSocket, and the turn's events go back as SSE (`stream: true`) or as the final
-//! Response JSON (DESIGN.md §2, PROTOCOL.md §4–§5).
+//! Response JSON (docs/architecture.md, "Data path"; docs/protocol.md, "SSE").
 //!
 //! Status and headers wait for the first upstream event, so a request-scoped upstream `error`
 //! becomes a real HTTP status with a REST error body. Until then a failure is retried on another

@@ -1,6 +1,6 @@
 //! The OpenAI error shape, in its two wire forms: the REST body
 //! `{"error":{message,type,param,code}}` and the WebSocket `error` event
-//! `{"type":"error","status":N,"error":{type,code,message,param}}` (PROTOCOL.md §3.8a, §4.3).
+//! `{"type":"error","status":N,"error":{type,code,message,param}}` (docs/protocol.md, "Errors").
 
 use std::time::Duration;
 

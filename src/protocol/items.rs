@@ -1,5 +1,5 @@
 //! The canonical form of a conversation item: what "the same item" means when a client sends
-//! back, in whatever shape its SDK produced, an item the API returned (DESIGN.md §3).
+//! back, in whatever shape its SDK produced, an item the API returned (docs/architecture.md, "Continuations").
 //!
 //! [`write_canonical`] writes a self-delimiting byte encoding that is equal for equal items, so
 //! callers hash it with whatever hasher they need (the simulator a fixed one, the continuation

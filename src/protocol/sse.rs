@@ -76,4 +76,79 @@ mod tests {
         assert_eq!(slow.as_deref(), Some("keepalive"));
         assert_eq!(event_type(r#"{"delta":"x"}"#), None);
     }
+
+    /// An SSE decoder as the spec (and the SDKs) read a stream: lines end at CR, LF or CRLF;
+    /// `event:`/`data:` fields, one optional space after the colon; a blank line dispatches.
+    fn decode(stream: &str) -> Vec<(String, String)> {
+        let mut events = Vec::new();
+        let (mut event, mut data): (String, Vec<String>) = (String::new(), Vec::new());
+        let normalised = stream.replace("\r\n", "\n").replace('\r', "\n");
+        for line in normalised.split('\n') {
+            if line.is_empty() {
+                if !data.is_empty() {
+                    events.push((std::mem::take(&mut event), data.join("\n")));
+                    data.clear();
+                }
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => event = value.to_owned(),
+                "data" => data.push(value.to_owned()),
+                _ => {}
+            }
+        }
+        events
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            // Line breaks, SSE field names and blank lines inside strings.
+            "(\\PC|\r|\n|event: x|data: y|\n\n){0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[a-z_]{1,8}", inner, 0..4)
+                    .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever JSON the upstream sends, compact or pretty-printed with any line ends,
+        /// the SSE written for it decodes to exactly one event per frame, named by its type,
+        /// whose data is the same JSON value.
+        #[test]
+        fn sse_output_decodes_to_exactly_the_upstream_events(
+            events in proptest::collection::vec(
+                ("[a-z]{1,10}(\\.[a-z_]{1,12}){0,3}", json_value(), 0u8..3), 1..6),
+        ) {
+            let mut stream = String::new();
+            let mut sent = Vec::new();
+            for (kind, payload, layout) in events {
+                let value = serde_json::json!({"type": kind, "payload": payload});
+                let text = match layout {
+                    0 => value.to_string(),
+                    1 => serde_json::to_string_pretty(&value).unwrap(),
+                    _ => serde_json::to_string_pretty(&value).unwrap().replace('\n', "\r\n"),
+                };
+                let envelope = crate::protocol::event::Envelope::read(&text).unwrap();
+                stream.push_str(std::str::from_utf8(&frame(&envelope.kind, &text)).unwrap());
+                sent.push(value);
+            }
+            let decoded = decode(&stream);
+            proptest::prop_assert_eq!(decoded.len(), sent.len());
+            for ((event, data), value) in decoded.iter().zip(&sent) {
+                proptest::prop_assert_eq!(event.as_str(), value["type"].as_str().unwrap());
+                let parsed: serde_json::Value = serde_json::from_str(data).unwrap();
+                proptest::prop_assert_eq!(&parsed, value);
+            }
+        }
+    }
 }

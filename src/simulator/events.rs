@@ -1,4 +1,4 @@
-//! Turns a [`Plan`] into the exact event script of PROTOCOL.md §3: `sequence_number` from 0,
+//! Turns a [`Plan`] into the exact event script of docs/protocol.md, "Upstream events": `sequence_number` from 0,
 //! full Response objects in lifecycle events, `obfuscation` on deltas unless disabled,
 //! `stream_id` on every event of a named lane. Latency and faults become [`Step`]s, so the
 //! WebSocket and REST transports play one script and cannot drift apart.
@@ -218,7 +218,7 @@ impl Emitter<'_> {
         if self.tokens_sent == 1 {
             self.sleep(directives.stall_within);
             if let Some(code) = &directives.stream_error {
-                // The flat in-stream error of PROTOCOL.md §3.8b, which ends the stream.
+                // The flat in-stream error of docs/protocol.md, "Errors", which ends the stream.
                 let message = "An error occurred while processing your request.";
                 self.event(
                     "error",

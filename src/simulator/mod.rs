@@ -1,7 +1,7 @@
 //! The upstream simulator: OpenAI's Responses API in WebSocket mode and over REST, driven by
 //! one deterministic scripted model, with per-socket response caches, a persisted store,
 //! lanes, the connection age limit, a latency model, fault injection and counters
-//! (DESIGN.md §6, PROTOCOL.md §10).
+//! (docs/architecture.md, "Simulator").
 //!
 //! ```text
 //! GET  /v1/responses   (WebSocket)  ─┐                       ┌─ per-socket cache (ws)

@@ -224,7 +224,7 @@ pub(super) async fn not_found(method: Method, uri: Uri) -> Response {
 
 /// Headers every OpenAI response carries.
 pub(super) async fn common_headers(mut response: Response) -> Response {
-    // The upgrade answer carries no request id on the real API (PROTOCOL.md §1.3).
+    // The upgrade answer carries no request id on the real API (docs/protocol.md, "Connection").
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         return response;
     }

@@ -329,7 +329,7 @@ impl Connection {
         shared.stats.turn(record);
     }
 
-    /// A continuation that failed drops its parent from this lane's memory (PROTOCOL.md §2.3);
+    /// A continuation that failed drops its parent from this lane's memory (docs/protocol.md, "previous_response_id on a socket");
     /// a fork from another lane leaves that lane's response alone.
     fn evict(&self, lane: &Lane, parent: &str) {
         let mut cache = self.lock_cache();

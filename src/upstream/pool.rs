@@ -1,4 +1,4 @@
-//! The pool of upstream sockets, partitioned by credential (DESIGN.md §4).
+//! The pool of upstream sockets, partitioned by credential (docs/architecture.md, "Pool").
 //!
 //! ```text
 //!  checkout ──▶ the idle socket whose head the request extends (Affinity)
@@ -300,7 +300,7 @@ impl State {
     }
 }
 
-/// Which socket a request would like (DESIGN.md §3).
+/// Which socket a request would like (docs/architecture.md, "Continuations").
 #[derive(Debug, Clone, Copy)]
 pub enum Affinity<'a> {
     /// Any socket (a new conversation, or one wsbridge does not rewrite).
