@@ -10,6 +10,8 @@
 //! Modules:
 //! - [`http`]: the proxy's routes ([`http::Proxy`], [`run`]): the bridged `POST /v1/responses`,
 //!   pass-through for the rest, health, readiness and metrics;
+//! - [`engine`]: the turn engine every front-end drives (plan, lease, send, recover before
+//!   the first event, one end-of-turn rule);
 //! - [`upstream`]: upstream WebSockets and the per-credential pool;
 //! - [`continuation`]: canonical item digests, heads, continuation frames;
 //! - [`auth`]: resolving a request's upstream credential (passthrough or injected key);
@@ -24,6 +26,7 @@
 pub mod auth;
 pub mod config;
 pub mod continuation;
+pub mod engine;
 pub mod health;
 pub mod http;
 pub mod ids;

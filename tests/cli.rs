@@ -265,7 +265,7 @@ async fn json_logs_are_one_object_per_line_and_never_show_the_key() {
     );
     let broke = lines
         .iter()
-        .find(|line| line.contains("ending the stream with response.failed"))
+        .find(|line| line.contains("the upstream turn broke after it started"))
         .unwrap_or_else(|| panic!("the mid-stream failure is logged: {lines:?}"));
     let broke: serde_json::Value = serde_json::from_str(broke).unwrap();
     assert_eq!(broke["level"], "WARN");

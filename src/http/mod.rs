@@ -31,6 +31,7 @@ use tracing::Instrument;
 
 use crate::auth::Auth;
 use crate::config::{Config, UpstreamMode};
+use crate::engine::Engine;
 use crate::metrics::{Metrics, Route};
 use crate::protocol::OpenAiError;
 use crate::simulator::{Simulator, SimulatorHandle};
@@ -44,14 +45,11 @@ type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 pub struct App {
     config: Config,
     auth: Auth,
-    pool: Pool,
+    /// The turn engine (and through it, the pool).
+    engine: Engine,
     client: HttpsClient,
     metrics: Arc<Metrics>,
     upstream_base: Uri,
-    digester: crate::continuation::Digester,
-    /// Cancelled when the shutdown grace runs out: open streams end with `response.failed`,
-    /// requests still waiting for their first event get 503.
-    grace_expired: CancellationToken,
 }
 
 /// Why the proxy could not start.
@@ -141,16 +139,19 @@ impl Proxy {
             addr: config.server.listen,
             source,
         })?;
-        let app_policy = config.continuation.reasoning;
+        let engine = Engine::new(
+            pool,
+            metrics.clone(),
+            config.upstream.clone(),
+            &config.continuation,
+        );
         let app = Arc::new(App {
             config,
             auth,
-            pool,
+            engine,
             client,
             metrics,
             upstream_base,
-            digester: crate::continuation::Digester::new(app_policy),
-            grace_expired: CancellationToken::new(),
         });
         let shutdown = server::Shutdown::default();
         let connections = TaskTracker::new();
@@ -207,7 +208,7 @@ impl Proxy {
                 ?grace,
                 "in-flight requests did not finish within the shutdown grace; ending them"
             );
-            self.app.grace_expired.cancel();
+            self.app.engine.expire();
             if tokio::time::timeout(FLUSH, self.connections.wait())
                 .await
                 .is_err()
@@ -217,7 +218,7 @@ impl Proxy {
             }
         }
         let _ = self.server.await;
-        self.app.pool.close(Duration::from_secs(2)).await;
+        self.app.engine.pool().close(Duration::from_secs(2)).await;
         if let Some(simulator) = self.simulator {
             simulator.shutdown().await;
         }
@@ -356,7 +357,7 @@ async fn healthz() -> impl IntoResponse {
 
 /// Ready when a pooled socket is idle, else when the upstream answers a TCP connect.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    let [idle, busy, _] = app.pool.census();
+    let [idle, busy, _] = app.engine.pool().census();
     let ready = idle > 0 || upstream_reachable(&app.upstream_base).await;
     let status = if ready {
         StatusCode::OK
@@ -398,7 +399,7 @@ async fn upstream_reachable(base: &Uri) -> bool {
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let text = app
         .metrics
-        .render(app.pool.census(), app.pool.credentials());
+        .render(app.engine.pool().census(), app.engine.pool().credentials());
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }
 

@@ -44,7 +44,7 @@ use tokio_util::task::TaskTracker;
 use super::socket::{ConnectError, Connector, Socket};
 use crate::auth::Credential;
 use crate::config::PoolConfig;
-use crate::continuation::{Head, longest_match};
+use crate::continuation::{Affinity, Head, Matched, longest_match};
 use crate::metrics::{CloseReason, Metrics};
 
 /// Why no socket could be leased.
@@ -300,46 +300,12 @@ impl State {
     }
 }
 
-/// Which socket a request would like (docs/architecture.md, "Continuations").
-#[derive(Debug, Clone, Copy)]
-pub enum Affinity<'a> {
-    /// Any socket (a new conversation, or one wsbridge does not rewrite).
-    None,
-    /// The socket whose head is the longest prefix of the request's items (digests after each
-    /// item), for the same model.
-    Extend {
-        prefixes: &'a [u128],
-        model: &'a str,
-    },
-    /// The socket whose head is this response (the client's own `previous_response_id`).
-    Response(&'a str),
-    /// Like `Extend`, but no other socket will do (the request only fits as a continuation).
-    Only {
-        prefixes: &'a [u128],
-        model: &'a str,
-    },
-}
-
 /// A leased socket and what it holds for the request.
 #[derive(Debug)]
 pub struct Checkout {
     pub lease: Lease,
     /// The head the request continues: the socket's own, or a stored one.
     pub matched: Option<Matched>,
-}
-
-/// A head a request extends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Matched {
-    /// The head covers the request's first `items` items (`Affinity::Extend`; 0 for
-    /// `Affinity::Response`).
-    pub items: usize,
-    /// Its response id: the continuation's `previous_response_id`.
-    pub previous: String,
-    /// The upstream keeps it in its store (so may a turn continuing it).
-    pub stored: bool,
-    /// The head's [`Head::trailing_reasoning`].
-    pub trailing_reasoning: Vec<u128>,
 }
 
 /// The next refill delay after a failure: 1 s, doubling, at most 30 s.

@@ -20,6 +20,10 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 
 use crate::protocol::items::{self, ItemKind};
 
+pub mod plan;
+
+pub use plan::{Affinity, HeadSeed, Matched, Plan, Rules};
+
 /// Whether reasoning items take part in matching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReasoningPolicy {

@@ -1,0 +1,371 @@
+//! The turn engine: every front-end (Responses SSE, Responses JSON, and those to come) drives a
+//! turn through it and only through it (docs/architecture.md, "Data path").
+//!
+//! ```text
+//! Plan (continuation) ─▶ lease (pool) ─▶ send ─▶ first event ─▶ Turn::next … terminal
+//!                          ▲                         │ recovery before the first event:
+//!                          └──── another socket ◀────┘ closed, refused 5xx, limit reached,
+//!                                                      invalid frame; a continuation the
+//!                                                      upstream lost is resent in full
+//! ```
+//!
+//! [`Engine::start`] returns a [`Turn`] once the turn's first event is in, or a
+//! [`BridgeError`] while nothing has reached the client. [`Turn::next`] yields the rest and
+//! applies the one end-of-turn rule (head recorded, socket released or closed).
+
+mod error;
+mod turn;
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+pub use error::{BridgeError, SHUTTING_DOWN};
+pub use turn::{Break, Event, Next, Turn};
+
+use crate::auth::Credential;
+use crate::config::{ContinuationConfig, UpstreamConfig};
+use crate::continuation::{Digester, Plan, Rules};
+use crate::metrics::{CloseReason, Continuation, FallbackReason, Metrics, RecoveryCause};
+use crate::protocol::OpenAiError;
+use crate::protocol::error::{Meaning, upstream_error_headers};
+use crate::protocol::event::{Admit, TurnFilter};
+use crate::upstream::pool::{Checkout, CheckoutError, Lease, Pool};
+use crate::upstream::socket::{ConnectError, Socket};
+
+/// What every turn shares.
+#[derive(Debug)]
+pub struct Engine {
+    pool: Pool,
+    metrics: Arc<Metrics>,
+    upstream: UpstreamConfig,
+    rules: Rules,
+    digester: Digester,
+    /// Cancelled when the shutdown grace runs out: turns end at once.
+    grace_expired: CancellationToken,
+}
+
+impl Engine {
+    pub fn new(
+        pool: Pool,
+        metrics: Arc<Metrics>,
+        upstream: UpstreamConfig,
+        continuation: &ContinuationConfig,
+    ) -> Self {
+        Self {
+            pool,
+            metrics,
+            upstream,
+            rules: Rules {
+                enabled: continuation.enabled,
+                stored_on_any_socket: continuation.stored_on_any_socket,
+            },
+            digester: Digester::new(continuation.reasoning),
+            grace_expired: CancellationToken::new(),
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Ends every turn now (the shutdown grace ran out): streams break with
+    /// [`Break::ShuttingDown`], turns not started yet fail with [`BridgeError::ShuttingDown`].
+    pub fn expire(&self) {
+        self.grace_expired.cancel();
+    }
+
+    /// The continuation plan of a request body.
+    pub fn plan<'a>(&'a self, request: &'a Map<String, Value>) -> Plan<'a> {
+        Plan::new(self.rules, &self.digester, request)
+    }
+
+    /// Starts a turn for `plan`: leases a socket, sends the frame and waits for the first
+    /// event, retrying while nothing has reached the client (bounded by
+    /// `upstream.max_attempts`). `body_len` is what a full resend costs, for the metrics.
+    pub async fn start(
+        &self,
+        credential: &Credential,
+        plan: &Plan<'_>,
+        body_len: usize,
+    ) -> Result<Turn, BridgeError> {
+        let request = plan.request();
+        if request.get("background") == Some(&Value::Bool(true)) {
+            return Err(self.fallback(FallbackReason::Background));
+        }
+        let full_frame = Utf8Bytes::from(plan.full_frame());
+        // Too large in full can still fit as a continuation; without a chance of one, go now.
+        if full_frame.len() > self.upstream.max_frame_bytes && !plan.may_continue() {
+            return Err(self.fallback(FallbackReason::FrameTooLarge));
+        }
+        if self.pool.rest_only(credential) {
+            return Err(self.fallback(FallbackReason::UpgradeRefused));
+        }
+        let started = tokio::select! {
+            started = self.attempts(credential, plan, full_frame, body_len) => started,
+            () = self.grace_expired.cancelled() => Err(BridgeError::ShuttingDown),
+        };
+        if let Err(BridgeError::Fallback(FallbackReason::UpgradeRefused)) = &started {
+            self.pool
+                .mark_rest_only(credential, self.upstream.rest_fallback_cooldown);
+            tracing::warn!(credential = ?credential, "upstream refused the WebSocket upgrade; using REST for this credential for a while");
+        }
+        if let Ok(turn) = &started {
+            self.metrics.continuation(turn.route());
+        }
+        started
+    }
+
+    fn fallback(&self, reason: FallbackReason) -> BridgeError {
+        self.metrics.fallback(reason);
+        BridgeError::Fallback(reason)
+    }
+
+    /// The retry loop of [`Engine::start`].
+    async fn attempts(
+        &self,
+        credential: &Credential,
+        plan: &Plan<'_>,
+        full_frame: Utf8Bytes,
+        body_len: usize,
+    ) -> Result<Turn, BridgeError> {
+        let mut bridged = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let only_continuation = full_frame.len() > self.upstream.max_frame_bytes;
+            let checkout = self
+                .pool
+                .checkout(credential, plan.affinity(only_continuation))
+                .await
+                .map_err(|error| self.checkout_failed(error));
+            let outcome = match checkout {
+                Ok(checkout) => {
+                    self.attempt(
+                        credential,
+                        plan,
+                        &full_frame,
+                        checkout,
+                        body_len,
+                        &mut bridged,
+                    )
+                    .await
+                }
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Err(error) if error.is_retryable() && attempt < self.upstream.max_attempts => {
+                    let cause = match &error {
+                        BridgeError::Unreachable(_) | BridgeError::Refused { .. } => {
+                            RecoveryCause::ConnectFailed
+                        }
+                        BridgeError::Upstream { .. } => RecoveryCause::LimitReached,
+                        _ => RecoveryCause::SocketClosed,
+                    };
+                    self.metrics.recovery(cause);
+                    tracing::info!(?cause, attempt, error = %error, "retrying on another upstream socket");
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    fn checkout_failed(&self, error: CheckoutError) -> BridgeError {
+        match error {
+            CheckoutError::NoMatch => self.fallback(FallbackReason::FrameTooLarge),
+            CheckoutError::Busy { retry_after } => BridgeError::Busy { retry_after },
+            CheckoutError::ShuttingDown => BridgeError::ShuttingDown,
+            CheckoutError::Connect(ConnectError::Refused {
+                status,
+                headers,
+                body,
+            }) => {
+                if matches!(status.as_u16(), 404 | 405 | 426) {
+                    return self.fallback(FallbackReason::UpgradeRefused);
+                }
+                BridgeError::Refused {
+                    status,
+                    headers,
+                    body,
+                }
+            }
+            CheckoutError::Connect(error) => {
+                tracing::warn!(%error, "connecting upstream failed");
+                BridgeError::Unreachable(error)
+            }
+        }
+    }
+
+    /// One attempt on a leased socket: the frame this socket needs, sent, up to the first
+    /// event. A continuation the upstream cannot resolve is resent in full here.
+    async fn attempt(
+        &self,
+        credential: &Credential,
+        plan: &Plan<'_>,
+        full_frame: &Utf8Bytes,
+        checkout: Checkout,
+        body_len: usize,
+        bridged: &mut bool,
+    ) -> Result<Turn, BridgeError> {
+        let Checkout { mut lease, matched } = checkout;
+        let mut route = match (plan.explicit(), &matched) {
+            (Some(_), _) => Continuation::Explicit,
+            (None, Some(_)) => Continuation::Continued,
+            (None, None) => Continuation::Fresh,
+        };
+        let mut frame = match (route, &matched) {
+            (Continuation::Continued, Some(matched)) => {
+                Utf8Bytes::from(plan.continuation_frame(matched))
+            }
+            _ => {
+                route = route.min_fresh();
+                full_frame.clone()
+            }
+        };
+        if frame.len() > self.upstream.max_frame_bytes {
+            // Nothing was sent: the socket and its head stay as they were.
+            lease.release();
+            return Err(self.fallback(FallbackReason::FrameTooLarge));
+        }
+        // The socket's head is replaced by this turn's (or dropped if it does not complete).
+        lease.socket().set_head(None);
+        loop {
+            self.metrics.frame_sent(frame.len());
+            if !*bridged {
+                // What a full resend would have sent, counted once the request went upstream.
+                self.metrics.request_bridged(body_len);
+                *bridged = true;
+            }
+            let mut filter = TurnFilter::default();
+            // The send and the wait for the first event share one deadline: an upstream that
+            // stops reading (a full TCP window) cannot hang the request either.
+            let first = tokio::time::timeout(
+                self.upstream.first_event_timeout,
+                self.first_event(lease.socket(), frame.clone(), &mut filter),
+            )
+            .await;
+            let first = match first {
+                Ok(Ok(first)) => first,
+                Ok(Err(failure)) => {
+                    let reason = match failure {
+                        BridgeError::Protocol(_) => CloseReason::ProtocolError,
+                        _ => CloseReason::ServerClosed,
+                    };
+                    lease.close(reason);
+                    return Err(failure);
+                }
+                Err(_) => {
+                    lease.close(CloseReason::TurnFailed);
+                    return Err(BridgeError::FirstEventTimeout(
+                        self.upstream.first_event_timeout,
+                    ));
+                }
+            };
+            let (event, error) = match first {
+                First::Event(first) => {
+                    lease.refill_pool();
+                    // A full resend (fresh or recovered) depends on nothing upstream.
+                    let parent_stored = route != Continuation::Continued
+                        || matched.as_ref().is_none_or(|m| m.stored);
+                    return Ok(Turn::new(
+                        lease,
+                        first,
+                        filter,
+                        route,
+                        plan.seed(parent_stored),
+                        self,
+                    ));
+                }
+                First::Error(event, error) => (event, error),
+            };
+            let nested = event.get("error").is_some_and(Value::is_object);
+            if route == Continuation::Continued && error.meaning() == Meaning::PreviousResponseGone
+            {
+                // Our own rewrite missed (the upstream no longer has the response, whatever
+                // words it used to say so): resend in full, nothing has reached the client.
+                tracing::info!(upstream_error = %error, "continuation not resolvable upstream; resending the full input");
+                self.metrics
+                    .recovery(RecoveryCause::PreviousResponseNotFound);
+                if let Some(matched) = &matched {
+                    self.pool.forget_stored(credential, &matched.previous);
+                }
+                route = Continuation::Recovered;
+                frame = full_frame.clone();
+                if frame.len() > self.upstream.max_frame_bytes {
+                    lease.release();
+                    return Err(self.fallback(FallbackReason::FrameTooLarge));
+                }
+                continue;
+            }
+            return Err(self.request_error(lease, &event, error, nested));
+        }
+    }
+
+    /// A request-scoped error before any output: the socket stays for a nested error (the
+    /// WebSocket form), and is closed after a flat one or the connection limit.
+    fn request_error(
+        &self,
+        lease: Lease,
+        event: &Value,
+        error: OpenAiError,
+        nested: bool,
+    ) -> BridgeError {
+        if error.meaning() == Meaning::ConnectionLimit {
+            lease.close(CloseReason::LimitReached);
+        } else if nested {
+            lease.release();
+        } else {
+            lease.close(CloseReason::TurnFailed);
+        }
+        let headers = upstream_error_headers(event, &error);
+        BridgeError::Upstream { error, headers }
+    }
+
+    /// Sends `frame` and reads up to the turn's first event: late events of an earlier turn and
+    /// keep-alives are passed over (the former counted), so the turn starts at its own
+    /// `response.created` or a request-scoped `error`.
+    async fn first_event(
+        &self,
+        socket: &mut Socket,
+        frame: Utf8Bytes,
+        filter: &mut TurnFilter,
+    ) -> Result<First, BridgeError> {
+        socket
+            .send(frame)
+            .await
+            .map_err(|_| BridgeError::ClosedBeforeStart)?;
+        loop {
+            let text = socket
+                .next_event()
+                .await
+                .map_err(|_| BridgeError::ClosedBeforeStart)?;
+            match filter.admit(&text) {
+                Ok(Admit::Relay(event)) if event.kind == "error" => {
+                    let value: Value = serde_json::from_str(&text).unwrap_or_default();
+                    let error = OpenAiError::from_upstream_event(&value);
+                    return Ok(First::Error(value, error));
+                }
+                Ok(Admit::Relay(_)) => return Ok(First::Event(text)),
+                Ok(Admit::Skip) => {}
+                Ok(Admit::Drop(reason)) => {
+                    tracing::debug!(?reason, "dropped an upstream event that is not this turn's");
+                    self.metrics.event_dropped(reason);
+                }
+                Err(invalid) => {
+                    tracing::warn!(%invalid, "upstream protocol error before the response started");
+                    return Err(BridgeError::Protocol(invalid));
+                }
+            }
+        }
+    }
+}
+
+/// How a turn began upstream.
+enum First {
+    /// Its first event (`response.created`), already admitted by the turn's filter.
+    Event(Utf8Bytes),
+    /// A request-scoped `error` instead, parsed.
+    Error(Value, OpenAiError),
+}

@@ -1,0 +1,283 @@
+//! A started turn: its upstream events, each admitted by the turn's filter, and the one rule
+//! that ends a turn (docs/architecture.md, "Data path").
+//!
+//! End of turn, whichever front-end reads it:
+//! - `response.completed` / `response.incomplete`: the socket's head becomes this turn's and the
+//!   socket goes back to the pool;
+//! - `response.failed`: the socket goes back with no head;
+//! - an `error` event, a broken connection, silence beyond `upstream.stream_idle_timeout`, an
+//!   invalid frame, or the shutdown grace running out: the socket is closed.
+//!
+//! Dropping a [`Turn`] before its end (the client went away) closes its socket, which stops
+//! generation upstream.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::Engine;
+use crate::continuation::HeadSeed;
+use crate::metrics::{CloseReason, Continuation, Metrics};
+use crate::protocol::event::{Admit, Envelope, InvalidEvent, TurnFilter};
+use crate::upstream::pool::Lease;
+
+/// A turn whose first event has arrived.
+#[derive(Debug)]
+pub struct Turn {
+    lease: Option<Lease>,
+    /// The first event, already admitted by `filter`, not yet handed out.
+    first: Option<Utf8Bytes>,
+    filter: TurnFilter,
+    route: Continuation,
+    seed: HeadSeed,
+    metrics: Arc<Metrics>,
+    idle_timeout: Duration,
+    grace_expired: CancellationToken,
+    /// The `response` object of `response.created`, for a failure a front-end reports itself.
+    created: Option<Value>,
+    /// Upstream silence so far, across quiet ticks.
+    silent: Duration,
+}
+
+/// One upstream event of the turn, as the upstream wrote it.
+#[derive(Debug)]
+pub struct Event {
+    text: Utf8Bytes,
+    kind: Kind,
+    terminal: bool,
+}
+
+/// Where an event's `type` is: a slice of its text (no escapes, the usual case) or a copy.
+#[derive(Debug)]
+enum Kind {
+    Span(Range<usize>),
+    Owned(Box<str>),
+}
+
+impl Event {
+    /// The JSON text, byte for byte as the upstream sent it (validated).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The event's `type`.
+    pub fn kind(&self) -> &str {
+        match &self.kind {
+            Kind::Span(range) => self.text.get(range.clone()).unwrap_or_default(),
+            Kind::Owned(kind) => kind,
+        }
+    }
+
+    /// True for the event that ended the turn (`response.completed`, `.failed`,
+    /// `.incomplete`, or `error`).
+    pub fn is_terminal(&self) -> bool {
+        self.terminal
+    }
+}
+
+/// Why a turn broke after it started; its socket is closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Break {
+    /// The upstream connection closed before the terminal event.
+    Closed,
+    /// The upstream sent nothing for `upstream.stream_idle_timeout`.
+    Silent,
+    /// The upstream sent a frame that cannot be relayed.
+    Protocol(InvalidEvent),
+    /// The shutdown grace ran out.
+    ShuttingDown,
+}
+
+impl Break {
+    /// The `error.code` a front-end reports.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::ShuttingDown => super::SHUTTING_DOWN,
+            _ => "server_error",
+        }
+    }
+
+    /// The message a front-end reports.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Closed => "The upstream connection closed before the response finished; it was \
+                             not retried because output had already been sent."
+                .into(),
+            Self::Silent => {
+                "The upstream sent nothing for too long (upstream.stream_idle_timeout_secs).".into()
+            }
+            Self::Protocol(invalid) => {
+                format!("The upstream broke the protocol mid-stream: {invalid}.")
+            }
+            Self::ShuttingDown => "wsbridge is shutting down and its shutdown grace period \
+                                   (server.shutdown_grace_secs) ran out before this response \
+                                   finished."
+                .into(),
+        }
+    }
+}
+
+/// What [`Turn::next`] produced.
+#[derive(Debug)]
+pub enum Next {
+    /// An event of the turn, to relay.
+    Event(Event),
+    /// Nothing arrived for the `quiet` period asked for (time for a keep-alive).
+    Quiet,
+    /// The turn broke; its socket is closed.
+    Broken(Break),
+    /// The turn is over: a terminal event or a break was already handed out.
+    Done,
+}
+
+impl Turn {
+    pub(super) fn new(
+        lease: Lease,
+        first: Utf8Bytes,
+        filter: TurnFilter,
+        route: Continuation,
+        seed: HeadSeed,
+        engine: &Engine,
+    ) -> Self {
+        Self {
+            lease: Some(lease),
+            first: Some(first),
+            filter,
+            route,
+            seed,
+            metrics: engine.metrics.clone(),
+            idle_timeout: engine.upstream.stream_idle_timeout,
+            grace_expired: engine.grace_expired.clone(),
+            created: None,
+            silent: Duration::ZERO,
+        }
+    }
+
+    /// How the turn went upstream (continued, fresh, explicit, recovered).
+    pub fn route(&self) -> Continuation {
+        self.route
+    }
+
+    /// The `response` object of the turn's `response.created`, once handed out.
+    pub fn created(&self) -> Option<&Value> {
+        self.created.as_ref()
+    }
+
+    /// The sequence number for an event a front-end adds itself (after the last relayed).
+    pub fn next_sequence(&self) -> u64 {
+        self.filter.next_sequence()
+    }
+
+    /// The next event of the turn. With `quiet`, returns [`Next::Quiet`] when nothing arrived
+    /// for that long (the silence still counts towards `upstream.stream_idle_timeout`).
+    pub async fn next(&mut self, quiet: Option<Duration>) -> Next {
+        loop {
+            if let Some(first) = self.first.take() {
+                return self.admitted(first);
+            }
+            let Some(lease) = self.lease.as_mut() else {
+                return Next::Done;
+            };
+            let silent_since = Instant::now();
+            let left = self.idle_timeout.saturating_sub(self.silent);
+            let wait = quiet.map_or(left, |every| every.min(left));
+            let read = tokio::select! {
+                read = tokio::time::timeout(wait, lease.socket().next_event()) => read,
+                () = self.grace_expired.cancelled() => {
+                    return self.broken(Break::ShuttingDown, CloseReason::Shutdown);
+                }
+            };
+            let text = match read {
+                Ok(Ok(text)) => text,
+                Ok(Err(reason)) => return self.broken(Break::Closed, reason),
+                Err(_) if silent_since.elapsed() + self.silent >= self.idle_timeout => {
+                    return self.broken(Break::Silent, CloseReason::TurnFailed);
+                }
+                Err(_) => {
+                    self.silent += silent_since.elapsed();
+                    return Next::Quiet;
+                }
+            };
+            self.silent = Duration::ZERO;
+            match self.filter.admit(&text) {
+                Ok(Admit::Relay(_)) => return self.admitted(text),
+                Ok(Admit::Skip) => {}
+                Ok(Admit::Drop(reason)) => {
+                    tracing::debug!(?reason, "dropped an upstream event that is not this turn's");
+                    self.metrics.event_dropped(reason);
+                }
+                Err(invalid) => {
+                    return self.broken(Break::Protocol(invalid), CloseReason::ProtocolError);
+                }
+            }
+        }
+    }
+
+    /// Hands out an admitted event, ending the turn on a terminal one.
+    fn admitted(&mut self, text: Utf8Bytes) -> Next {
+        let kind = match kind_of(&text) {
+            Ok(read) => read,
+            // Admitted events were read once already; this cannot fail, but never panic.
+            Err(invalid) => {
+                return self.broken(Break::Protocol(invalid), CloseReason::ProtocolError);
+            }
+        };
+        let mut event = Event {
+            text,
+            kind,
+            terminal: false,
+        };
+        match event.kind() {
+            "response.created" if self.created.is_none() => {
+                self.created = serde_json::from_str::<Value>(event.text())
+                    .ok()
+                    .and_then(|mut event| event.get_mut("response").map(Value::take));
+            }
+            "response.completed" | "response.incomplete" => {
+                event.terminal = true;
+                if let Some(mut lease) = self.lease.take() {
+                    lease.socket().set_head(self.seed.head(event.text()));
+                    lease.release();
+                }
+            }
+            "response.failed" => {
+                event.terminal = true;
+                if let Some(lease) = self.lease.take() {
+                    lease.release();
+                }
+            }
+            "error" => {
+                event.terminal = true;
+                if let Some(lease) = self.lease.take() {
+                    lease.close(CloseReason::TurnFailed);
+                }
+            }
+            _ => {}
+        }
+        Next::Event(event)
+    }
+
+    fn broken(&mut self, cause: Break, reason: CloseReason) -> Next {
+        tracing::warn!(?reason, cause = %cause.message(), "the upstream turn broke after it started");
+        if let Some(lease) = self.lease.take() {
+            lease.close(reason);
+        }
+        Next::Broken(cause)
+    }
+}
+
+/// Where `type` is in `text`.
+fn kind_of(text: &str) -> Result<Kind, InvalidEvent> {
+    Ok(match Envelope::read(text)?.kind {
+        std::borrow::Cow::Borrowed(kind) => {
+            let start = kind.as_ptr() as usize - text.as_ptr() as usize;
+            Kind::Span(start..start + kind.len())
+        }
+        std::borrow::Cow::Owned(kind) => Kind::Owned(kind.into_boxed_str()),
+    })
+}
