@@ -20,6 +20,7 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 
 use crate::protocol::items::{self, ItemKind};
 
+pub mod index;
 pub mod plan;
 
 pub use plan::{Affinity, HeadSeed, Matched, Plan, Rules};

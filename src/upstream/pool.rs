@@ -44,7 +44,8 @@ use tokio_util::task::TaskTracker;
 use super::socket::{ConnectError, Connector, Socket};
 use crate::auth::Credential;
 use crate::config::PoolConfig;
-use crate::continuation::{Affinity, Head, Matched, longest_match};
+use crate::continuation::index::{Found, HeadIndex};
+use crate::continuation::{Affinity, Head, Matched};
 use crate::metrics::{CloseReason, Metrics};
 
 /// Why no socket could be leased.
@@ -88,12 +89,8 @@ struct Partition {
 #[derive(Debug, Default)]
 struct State {
     idle: Vec<Idle>,
-    /// Head digest → idle socket id.
-    heads: HashMap<u128, u64>,
-    /// Head response id → idle socket id.
-    responses: HashMap<String, u64>,
-    /// Head digest → a stored head, continuable on any socket (at most `STORED_HEADS`).
-    stored: HashMap<u128, StoredHead>,
+    /// The heads of the idle sockets, and the stored heads.
+    index: HeadIndex,
     /// Idle + busy + connecting.
     open: usize,
     connecting: usize,
@@ -107,21 +104,6 @@ struct State {
     /// Wait before the next background connect: grows while connects fail or fresh sockets
     /// are closed at once, so a broken upstream is not hammered.
     refill_delay: Duration,
-}
-
-/// Stored heads remembered per credential; the least recently recorded goes first.
-const STORED_HEADS: usize = 4096;
-
-/// How long a stored head is offered for continuation after its turn.
-const STORED_HEAD_TTL: Duration = Duration::from_secs(3600);
-
-/// A `store: true` turn the upstream can load on any socket.
-#[derive(Debug)]
-struct StoredHead {
-    response_id: String,
-    model: String,
-    trailing_reasoning: Vec<u128>,
-    recorded: Instant,
 }
 
 /// An idle socket, owned by the pool while no turn uses it.
@@ -175,54 +157,16 @@ impl State {
     }
 
     fn add_idle(&mut self, idle: Idle) {
-        let id = idle.socket.id();
         if let Some(head) = idle.head() {
-            if let Some(digest) = head.digest {
-                self.heads.insert(digest, id);
-            }
-            self.responses.insert(head.response_id.clone(), id);
+            self.index.insert(idle.socket.id(), head);
         }
         self.idle.push(idle);
     }
 
-    /// Keeps a `store: true` head continuable on any socket, whatever becomes of its own.
-    fn remember_stored(&mut self, head: &Head) {
-        let Some(digest) = head.digest.filter(|_| head.stored) else {
-            return;
-        };
-        if self.stored.len() >= STORED_HEADS && !self.stored.contains_key(&digest) {
-            let oldest = self
-                .stored
-                .iter()
-                .min_by_key(|(_, stored)| stored.recorded)
-                .map(|(digest, _)| *digest);
-            if let Some(oldest) = oldest {
-                self.stored.remove(&oldest);
-            }
-        }
-        self.stored.insert(
-            digest,
-            StoredHead {
-                response_id: head.response_id.clone(),
-                model: head.model.clone(),
-                trailing_reasoning: head.trailing_reasoning.clone(),
-                recorded: Instant::now(),
-            },
-        );
-    }
-
     fn remove_idle(&mut self, index: usize) -> Idle {
         let idle = self.idle.swap_remove(index);
-        let id = idle.socket.id();
         if let Some(head) = idle.socket.head() {
-            if let Some(digest) = head.digest {
-                if self.heads.get(&digest) == Some(&id) {
-                    self.heads.remove(&digest);
-                }
-            }
-            if self.responses.get(&head.response_id) == Some(&id) {
-                self.responses.remove(&head.response_id);
-            }
+            self.index.remove(idle.socket.id(), head);
         }
         idle
     }
@@ -234,68 +178,13 @@ impl State {
     /// The head `affinity` wants: on an idle socket (its index), or stored (`None`: any
     /// socket will do).
     fn affine(&self, affinity: &Affinity<'_>) -> Option<(Option<usize>, Matched)> {
-        match affinity {
-            Affinity::None => None,
-            Affinity::Extend { prefixes, model } | Affinity::Only { prefixes, model } => {
-                let mut found = None;
-                let on_socket = longest_match(prefixes, |digest| {
-                    found = self
-                        .heads
-                        .get(&digest)
-                        .and_then(|id| self.idle_index(*id))
-                        .filter(|index| {
-                            self.idle[*index]
-                                .head()
-                                .is_some_and(|head| head.model == *model)
-                        });
-                    found.is_some()
-                });
-                if let (Some(items), Some(index)) = (on_socket, found) {
-                    let head = self.idle[index].head()?;
-                    return Some((
-                        Some(index),
-                        Matched {
-                            items,
-                            previous: head.response_id.clone(),
-                            stored: head.stored,
-                            trailing_reasoning: head.trailing_reasoning.clone(),
-                        },
-                    ));
-                }
-                if self.stored.is_empty() {
-                    return None;
-                }
-                let mut stored = None;
-                let items = longest_match(prefixes, |digest| {
-                    stored = self.stored.get(&digest).filter(|s| s.model == *model);
-                    stored.is_some()
-                })?;
-                let stored = stored?;
-                Some((
-                    None,
-                    Matched {
-                        items,
-                        previous: stored.response_id.clone(),
-                        stored: true,
-                        trailing_reasoning: stored.trailing_reasoning.clone(),
-                    },
-                ))
-            }
-            Affinity::Response(id) => {
-                let index = self
-                    .responses
-                    .get(*id)
-                    .and_then(|id| self.idle_index(*id))?;
-                Some((
-                    Some(index),
-                    Matched {
-                        items: 0,
-                        previous: (*id).to_owned(),
-                        stored: false,
-                        trailing_reasoning: Vec::new(),
-                    },
-                ))
-            }
+        let idle_head = |socket: u64| {
+            self.idle_index(socket)
+                .and_then(|index| self.idle[index].head())
+        };
+        match self.index.find(affinity, idle_head)? {
+            Found::Socket(socket, matched) => Some((self.idle_index(socket), matched)),
+            Found::Stored(matched) => Some((None, matched)),
         }
     }
 }
@@ -367,9 +256,7 @@ impl Pool {
     /// have it).
     pub fn forget_stored(&self, credential: &Credential, response_id: &str) {
         let partition = self.inner.partition(credential);
-        lock(&partition.state)
-            .stored
-            .retain(|_, stored| stored.response_id != response_id);
+        lock(&partition.state).index.forget_stored(response_id);
     }
 
     /// Sends `credential` over REST for `cooldown`.
@@ -737,14 +624,7 @@ impl Inner {
         for (socket, reason) in closing {
             self.retire(partition, socket, reason);
         }
-        let expired = {
-            let mut state = lock(&partition.state);
-            let before = state.stored.len();
-            state
-                .stored
-                .retain(|_, stored| stored.recorded.elapsed() < STORED_HEAD_TTL);
-            before > 0 && state.stored.is_empty()
-        };
+        let expired = lock(&partition.state).index.expire_stored();
         let cooled_down = {
             let mut state = lock(&partition.state);
             let over = state
@@ -766,7 +646,7 @@ impl Inner {
         let unused = {
             let state = lock(&partition.state);
             state.open == 0
-                && state.stored.is_empty()
+                && !state.index.has_stored()
                 && !state.pinned
                 && state.rest_until.is_none()
                 && partition.turns.available_permits() == self.config.max_sockets
@@ -841,7 +721,7 @@ impl Lease {
                 state.busy -= 1;
                 state.refill_delay = Duration::ZERO;
                 if let Some(head) = socket.head() {
-                    state.remember_stored(head);
+                    state.index.remember_stored(head);
                 }
             }
             if socket.age() >= self.pool.config.max_age {
