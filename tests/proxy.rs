@@ -294,6 +294,12 @@ async fn bad_input_gets_openai_shaped_errors_without_touching_upstream() {
         common::request("POST", &url, Some(KEY), Some(r#"{"stream":"yes"}"#.into())).await;
     assert_eq!(bad_stream.status, 400);
     assert_eq!(bad_stream.json()["error"]["param"], "stream");
+    // `type` names the WebSocket event; a body carrying one would send a frame with two.
+    let typed = json!({"model": "m", "input": "hi", "type": "message"}).to_string();
+    let typed = common::request("POST", &url, Some(KEY), Some(typed)).await;
+    assert_eq!(typed.status, 400);
+    assert_eq!(typed.json()["error"]["param"], "type");
+    assert_eq!(typed.json()["error"]["code"], "unknown_parameter");
     let large = json!({"model": "m", "input": "x".repeat(2000)}).to_string();
     let too_large = common::request("POST", &url, Some(KEY), Some(large)).await;
     assert_eq!(too_large.status, 413);

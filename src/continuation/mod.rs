@@ -176,8 +176,8 @@ pub fn longest_match(prefixes: &[u128], mut matches: impl FnMut(u128) -> bool) -
 
 /// A `response.create` frame written straight from the client's request, without copying it:
 /// `type` first, then the client's fields in their order minus the REST-only `stream` and
-/// `background`, with `input` replaced by `delta` and `previous_response_id` set for a
-/// continuation.
+/// `background` (and any `type` of the client's), with `input` replaced by `delta` and
+/// `previous_response_id` set for a continuation.
 #[derive(Debug)]
 pub struct Frame<'a> {
     pub request: &'a Map<String, Value>,
@@ -199,7 +199,8 @@ impl Serialize for Frame<'_> {
         }
         for (key, value) in self.request {
             match (key.as_str(), self.continuation) {
-                ("stream" | "background", _) => {}
+                // `type` is the event's own (a REST body has none; never send two).
+                ("stream" | "background" | "type", _) => {}
                 ("previous_response_id", Some(_)) => {}
                 ("input", Some((_, delta))) => map.serialize_entry(key, delta)?,
                 _ => map.serialize_entry(key, value)?,

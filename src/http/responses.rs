@@ -87,6 +87,13 @@ async fn respond(
                 .into_response();
         }
     };
+    if request.contains_key("type") {
+        // The REST API has no `type` parameter, and over the WebSocket it names the event.
+        return OpenAiError::invalid_request("Unknown parameter: 'type'.")
+            .with_param("type")
+            .with_code("unknown_parameter")
+            .into_response();
+    }
     let plan = app.engine.plan(&request);
     let turn = match app.engine.start(&credential, &plan, body.len()).await {
         Ok(turn) => turn,
