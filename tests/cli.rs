@@ -21,10 +21,10 @@ fn start_with(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, Stri
     (child, addr)
 }
 
-/// Every stderr line a child printed after its listening line, as it goes.
+/// Every stderr line a child printed, as it goes.
 type Log = Arc<Mutex<Vec<String>>>;
 
-/// [`start_with`], keeping what the child logs after it started listening.
+/// [`start_with`], keeping what the child logs.
 #[expect(
     clippy::zombie_processes,
     reason = "every caller waits for the child in `terminate` or `wait_exit`"
@@ -40,6 +40,7 @@ fn start_logged(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, St
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let started = Instant::now();
+    let mut before = Vec::new();
     loop {
         assert!(
             started.elapsed() < common::PATIENCE,
@@ -56,7 +57,8 @@ fn start_logged(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, St
                 .unwrap()
                 .to_owned();
             // Keep draining stderr so the child never blocks on a full pipe.
-            let log = Log::default();
+            before.push(line.clone());
+            let log = Log::new(Mutex::new(before));
             let kept = log.clone();
             std::thread::spawn(move || {
                 for line in lines.map_while(Result::ok) {
@@ -65,6 +67,7 @@ fn start_logged(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, St
             });
             return (child, addr, log);
         }
+        before.push(line);
     }
 }
 
@@ -135,16 +138,125 @@ async fn serve_answers_healthz_and_the_health_probe_agrees() {
     let probe = |url: String| {
         Command::new(env!("CARGO_BIN_EXE_wsbridge"))
             .args(["health", "--url", &url])
-            .status()
+            .output()
             .unwrap()
     };
-    assert!(probe(format!("http://{addr}/healthz")).success());
-    assert!(!probe(format!("http://{addr}/nope")).success());
-    assert_eq!(terminate(&mut child).code(), Some(0));
-    assert!(
-        !probe(format!("http://{addr}/healthz")).success(),
-        "nothing listens after exit"
+    assert!(probe(format!("http://{addr}/healthz")).status.success());
+    let failed = probe(format!("http://{addr}/nope"));
+    assert!(!failed.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&failed.stderr),
+        format!("wsbridge health: http://{addr}/nope answered 404\n")
     );
+    assert_eq!(terminate(&mut child).code(), Some(0));
+    let refused = probe(format!("http://{addr}/healthz"));
+    assert!(!refused.status.success(), "nothing listens after exit");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).starts_with("wsbridge health: "),
+        "says why"
+    );
+}
+
+#[tokio::test]
+async fn health_without_a_url_probes_the_configured_listen_address() {
+    let (mut child, addr) = start(&["serve", "--listen", "127.0.0.1:0"]);
+    let probe = |env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_wsbridge"))
+            .arg("health")
+            .env_remove("WSBRIDGE_SERVER_LISTEN")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    // As in the container: the port comes from the environment (or the config file).
+    assert!(probe(&[("WSBRIDGE_SERVER_LISTEN", &addr)]).status.success());
+    let port = addr.rsplit(':').next().unwrap();
+    let unspecified = format!("0.0.0.0:{port}");
+    assert!(
+        probe(&[("WSBRIDGE_SERVER_LISTEN", &unspecified)])
+            .status
+            .success(),
+        "0.0.0.0 is probed on loopback"
+    );
+    assert_eq!(terminate(&mut child).code(), Some(0));
+    let after = probe(&[("WSBRIDGE_SERVER_LISTEN", &addr)]);
+    assert!(!after.status.success());
+    let bad = probe(&[("WSBRIDGE_SERVER_LISTEN", "nowhere")]);
+    assert_eq!(bad.status.code(), Some(64), "a bad configuration is still 64");
+}
+
+#[test]
+fn a_bad_variable_value_names_the_key_the_variable_and_what_is_accepted() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wsbridge"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("WSBRIDGE_POOL_MAX_SOCKETS", "abc")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "wsbridge: invalid value for `pool.max_sockets` (from environment variable \
+         WSBRIDGE_POOL_MAX_SOCKETS): \"abc\" is not a whole number from 0 to 4294967295\n"
+    );
+}
+
+#[test]
+fn latency_figures_without_the_custom_profile_stop_the_simulator() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wsbridge"))
+        .args(["simulate", "--listen", "127.0.0.1:0"])
+        .env("WSBRIDGE_SIMULATOR_LATENCY_TTFT_MS", "300")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "`simulator.latency.ttft_ms` (from environment variable \
+             WSBRIDGE_SIMULATOR_LATENCY_TTFT_MS): 300 has no effect"
+        ),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_misspelt_variable_is_logged_as_a_warning() {
+    let (mut child, _addr, log) = start_logged(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("WSBRIDGE_POOL_MAX_SOCKET", "4")],
+    );
+    assert_eq!(terminate(&mut child).code(), Some(0));
+    let lines = log.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|line| line.contains("WARN")
+            && line.contains(
+                "ignoring unknown environment variable WSBRIDGE_POOL_MAX_SOCKET (did you mean \
+                 WSBRIDGE_POOL_MAX_SOCKETS?)"
+            )),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn help_shows_the_built_in_defaults() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wsbridge"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    let defaults = wsbridge::config::RawConfig::default();
+    for shown in [
+        format!("[default: {}; config server.listen]", defaults.server.listen),
+        format!(
+            "[default: {}; config upstream.base_url]",
+            defaults.upstream.base_url
+        ),
+        format!("[default: {}; config log.format]", defaults.log.format),
+    ] {
+        // clap wraps long help lines; compare with the whitespace folded.
+        let folded = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(folded.contains(&shown), "{shown} not in:\n{help}");
+    }
 }
 
 #[tokio::test]
