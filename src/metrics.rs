@@ -213,7 +213,7 @@ impl Default for Metrics {
             "Bytes of the bridged client request bodies (what full resends would have sent)",
             request_bytes.clone(),
         );
-        Self {
+        let metrics = Self {
             registry,
             requests,
             continuations,
@@ -226,11 +226,44 @@ impl Default for Metrics {
             socket_closes,
             recoveries,
             fallbacks,
-        }
+        };
+        metrics.zero_every_series();
+        metrics
     }
 }
 
 impl Metrics {
+    /// Creates every labelled series at zero, so a dashboard or alert sees each documented series
+    /// from the first scrape rather than after its first event. The label sets are all the
+    /// enums' variants (bounded); for requests, each route's `200`.
+    fn zero_every_series(&self) {
+        for route in Route::ALL {
+            drop(
+                self.requests
+                    .get_or_create(&RequestLabels { route, status: 200 }),
+            );
+            drop(
+                self.time_to_first_byte
+                    .get_or_create(&RouteLabels { route }),
+            );
+        }
+        for reason in CloseReason::ALL {
+            drop(self.socket_closes.get_or_create(&CloseLabels { reason }));
+        }
+        for cause in RecoveryCause::ALL {
+            drop(self.recoveries.get_or_create(&CauseLabels { cause }));
+        }
+        for reason in FallbackReason::ALL {
+            drop(self.fallbacks.get_or_create(&FallbackLabels { reason }));
+        }
+        for outcome in Continuation::ALL {
+            drop(
+                self.continuations
+                    .get_or_create(&ContinuationLabels { outcome }),
+            );
+        }
+    }
+
     pub fn request(&self, route: Route, status: u16) {
         self.requests
             .get_or_create(&RequestLabels { route, status })
@@ -307,6 +340,47 @@ impl Metrics {
     }
 }
 
+/// Every variant of the labelled enums, to create their series at zero.
+impl Route {
+    pub const ALL: [Self; 3] = [Self::Responses, Self::Passthrough, Self::Operations];
+}
+
+impl CloseReason {
+    pub const ALL: [Self; 9] = [
+        Self::ServerClosed,
+        Self::LimitReached,
+        Self::PingTimeout,
+        Self::MaxAge,
+        Self::IdleTimeout,
+        Self::ClientGone,
+        Self::TurnFailed,
+        Self::ProtocolError,
+        Self::Shutdown,
+    ];
+}
+
+impl RecoveryCause {
+    pub const ALL: [Self; 4] = [
+        Self::SocketClosed,
+        Self::ConnectFailed,
+        Self::LimitReached,
+        Self::PreviousResponseNotFound,
+    ];
+}
+
+impl FallbackReason {
+    pub const ALL: [Self; 3] = [Self::Background, Self::FrameTooLarge, Self::UpgradeRefused];
+}
+
+impl Continuation {
+    pub const ALL: [Self; 4] = [
+        Self::Continued,
+        Self::Fresh,
+        Self::Explicit,
+        Self::Recovered,
+    ];
+}
+
 /// Label values are the variants' names in snake_case (`server_closed`).
 macro_rules! snake_case_labels {
     ($($kind:ty),*) => {$(
@@ -351,6 +425,10 @@ mod tests {
         metrics.socket_closed(CloseReason::ServerClosed);
         metrics.request(Route::Responses, 200);
         let text = metrics.render([2, 1, 0]);
+        assert!(
+            text.contains("wsbridge_upstream_recoveries_total{cause=\"limit_reached\"} 0"),
+            "every series exists from the start: {text}"
+        );
         assert!(
             text.contains("wsbridge_upstream_socket_closes_total{reason=\"server_closed\"} 1"),
             "{text}"
