@@ -182,7 +182,11 @@ async fn health_without_a_url_probes_the_configured_listen_address() {
     let after = probe(&[("WSBRIDGE_SERVER_LISTEN", &addr)]);
     assert!(!after.status.success());
     let bad = probe(&[("WSBRIDGE_SERVER_LISTEN", "nowhere")]);
-    assert_eq!(bad.status.code(), Some(64), "a bad configuration is still 64");
+    assert_eq!(
+        bad.status.code(),
+        Some(64),
+        "a bad configuration is still 64"
+    );
 }
 
 #[test]
@@ -246,7 +250,10 @@ fn help_shows_the_built_in_defaults() {
     let help = String::from_utf8_lossy(&output.stdout);
     let defaults = wsbridge::config::RawConfig::default();
     for shown in [
-        format!("[default: {}; config server.listen]", defaults.server.listen),
+        format!(
+            "[default: {}; config server.listen]",
+            defaults.server.listen
+        ),
         format!(
             "[default: {}; config upstream.base_url]",
             defaults.upstream.base_url
@@ -466,4 +473,143 @@ fn inject_mode_on_a_public_address_without_client_tokens_refuses_to_start() {
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("OPENAI_API_KEY"));
+}
+
+/// Waits until `log` holds a line satisfying `found`, and returns it.
+fn wait_for_line(log: &Log, found: impl Fn(&str) -> bool) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(line) = log.lock().unwrap().iter().find(|line| found(line)) {
+            return line.clone();
+        }
+        assert!(
+            started.elapsed() < common::PATIENCE,
+            "no such line: {:?}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test]
+async fn the_start_up_line_says_what_is_in_force_without_secrets() {
+    let (mut child, _addr, log) = start_logged(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "https://user:hunter2@example.invalid/v1",
+        ],
+        &[("WSBRIDGE_POOL_MAX_SOCKETS", "5")],
+    );
+    assert_eq!(terminate(&mut child).code(), Some(0));
+    let line = wait_for_line(&log, |line| line.contains("listening on http://"));
+    for shown in [
+        " upstream=https://example.invalid/v1 ",
+        " auth=passthrough ",
+        " pool.min_idle=1 pool.max_sockets=5 ",
+        " continuation=on (reasoning lenient, stored_on_any_socket false) ",
+        " + WSBRIDGE_POOL_MAX_SOCKETS + --listen + --upstream",
+    ] {
+        assert!(line.contains(shown), "{shown:?} not in {line}");
+    }
+    assert!(!line.contains("hunter2"), "{line}");
+}
+
+#[tokio::test]
+async fn every_request_gets_an_access_line_with_its_request_id() {
+    let (mut child, addr, log) = start_logged(
+        &[
+            "--log-format",
+            "json",
+            "serve",
+            "--simulate",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let url = format!("http://{addr}/v1");
+    let first = common::post_json(&url, &serde_json::json!({"model": "m", "input": "hi"})).await;
+    assert_eq!(first.status, 200);
+    let mut input = vec![serde_json::json!({"role": "user", "content": "hi"})];
+    input.extend(first.json()["output"].as_array().unwrap().clone());
+    input.push(serde_json::json!({"role": "user", "content": "and then?"}));
+    let second = common::post_json(
+        &url,
+        &serde_json::json!({"model": "m", "input": input, "stream": true}),
+    )
+    .await;
+    assert_eq!(second.headers["x-wsbridge-continuation"], "continued");
+    let health = common::request("GET", &format!("http://{addr}/healthz"), None, None).await;
+    let access = |reply: &common::Reply| {
+        let id = reply.headers["x-request-id"].to_str().unwrap().to_owned();
+        assert!(id.starts_with("req_"), "{id}");
+        let line = wait_for_line(&log, |line| {
+            line.contains("wsbridge::access") && line.contains(&id)
+        });
+        let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["span"]["request_id"], id.as_str());
+        line["fields"].clone()
+    };
+    let fields = access(&second);
+    assert_eq!(fields["message"], "POST /v1/responses 200");
+    assert_eq!(fields["route"], "Responses");
+    assert_eq!(fields["continuation"], "continued");
+    assert_eq!(fields["socket"], "reused");
+    assert_eq!(fields["bytes"], second.body.len() as u64);
+    assert_eq!(fields["complete"], true);
+    assert!(fields["ttfb_ms"].as_u64().unwrap() <= fields["duration_ms"].as_u64().unwrap());
+    let fields = access(&health);
+    assert_eq!(fields["message"], "GET /healthz 200");
+    assert_eq!(fields["continuation"], "-");
+    assert_eq!(fields["socket"], "-");
+    assert_eq!(terminate(&mut child).code(), Some(0));
+}
+
+#[tokio::test]
+async fn log_access_false_turns_the_access_lines_off() {
+    let (mut child, addr, log) = start_logged(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("WSBRIDGE_LOG_ACCESS", "false")],
+    );
+    let health = common::request("GET", &format!("http://{addr}/healthz"), None, None).await;
+    assert_eq!(health.status, 200);
+    assert!(health.headers.contains_key("x-request-id"));
+    assert_eq!(terminate(&mut child).code(), Some(0));
+    wait_for_line(&log, |line| line.contains("shutting down"));
+    let lines = log.lock().unwrap().clone();
+    assert!(
+        !lines.iter().any(|line| line.contains("wsbridge::access")),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn under_simulate_the_models_endpoints_answer_with_the_simulators_model() {
+    let (mut child, addr) = start(&["serve", "--simulate", "--listen", "127.0.0.1:0"]);
+    let models = common::request(
+        "GET",
+        &format!("http://{addr}/v1/models"),
+        Some(common::KEY),
+        None,
+    )
+    .await;
+    assert_eq!(models.status, 200, "{}", models.body);
+    let list = models.json();
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["data"][0]["id"], "gpt-sim");
+    assert_eq!(list["data"][0]["object"], "model");
+    let model = common::request(
+        "GET",
+        &format!("http://{addr}/v1/models/gpt-sim"),
+        Some(common::KEY),
+        None,
+    )
+    .await;
+    assert_eq!(model.status, 200, "{}", model.body);
+    assert_eq!(model.json()["id"], "gpt-sim");
+    assert_eq!(terminate(&mut child).code(), Some(0));
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware::Next;
@@ -214,15 +214,65 @@ pub fn without_nagle(
 /// Starts the proxy, logs where it listens, and runs until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     let proxy = Proxy::start(config).await?;
-    tracing::info!(
-        "proxy listening on http://{} (OpenAI base URL {})",
-        proxy.addr(),
-        proxy.base_url()
-    );
+    log_started(&proxy);
     shutdown.cancelled().await;
     tracing::info!("shutting down: finishing in-flight requests");
     proxy.shutdown().await;
     Ok(())
+}
+
+/// The start-up line: where it listens and what is in force (upstream without secrets, auth
+/// mode, pool limits, continuation policy, where the configuration came from).
+fn log_started(proxy: &Proxy) {
+    let config = &proxy.app.config;
+    let upstream = match proxy.simulator() {
+        Some(simulator) => format!("in-process simulator at {}", simulator.base_url()),
+        None => without_userinfo(&config.upstream.base_url),
+    };
+    let auth = match &config.auth {
+        crate::config::AuthConfig::Passthrough => "passthrough (each client's key)".to_owned(),
+        crate::config::AuthConfig::Inject { client_tokens, .. } => {
+            format!("inject ({} client tokens)", client_tokens.len())
+        }
+    };
+    let continuation = &config.continuation;
+    let continuation_policy = if continuation.enabled {
+        format!(
+            "on (reasoning {}, stored_on_any_socket {})",
+            match continuation.reasoning {
+                crate::continuation::ReasoningPolicy::Lenient => "lenient",
+                crate::continuation::ReasoningPolicy::Strict => "strict",
+            },
+            continuation.stored_on_any_socket
+        )
+    } else {
+        "off".to_owned()
+    };
+    tracing::info!(
+        upstream = %upstream,
+        auth = %auth,
+        pool.min_idle = config.pool.min_idle,
+        pool.max_sockets = config.pool.max_sockets,
+        continuation = %continuation_policy,
+        config = %config.source,
+        "proxy listening on http://{} (OpenAI base URL {})",
+        proxy.addr(),
+        proxy.base_url()
+    );
+}
+
+/// `base_url` without a `user:password@` part, for logs.
+fn without_userinfo(base_url: &str) -> String {
+    match base_url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority
+                .rsplit_once('@')
+                .map_or(authority, |(_, host)| host);
+            format!("{scheme}://{host}{path}")
+        }
+        None => base_url.to_owned(),
+    }
 }
 
 fn router(app: Arc<App>) -> Router {
@@ -245,29 +295,177 @@ fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Metrics and a tracing span for every request.
-async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    let path = request.uri().path();
-    let route = if path == "/v1/responses" && request.method() == axum::http::Method::POST {
+/// The id a request is known by: in its span, its `x-request-id` header and its access line.
+/// Set by `observe` as a request extension.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Set on a bridged answer by `responses`: whether its turn ran on a socket that had carried a
+/// turn before (`false`: a pre-warmed or newly opened socket).
+#[derive(Debug, Clone, Copy)]
+pub struct SocketUse {
+    pub reused: bool,
+}
+
+/// Metrics, a tracing span with the request id, the `x-request-id` header, and (with
+/// `log.access`) one access line per request, written when its body has been sent.
+async fn observe(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    let method = request.method().clone();
+    let route = if path == "/v1/responses" && method == axum::http::Method::POST {
         Route::Responses
     } else if path == "/v1" || path.starts_with("/v1/") {
         Route::Passthrough
     } else {
         Route::Operations
     };
-    let span = tracing::info_span!("request", method = %request.method(), path = %path);
+    let request_id = crate::ids::new_id("req");
+    let span =
+        tracing::info_span!("request", method = %method, path = %path, request_id = %request_id);
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
     let started = Instant::now();
-    let response = next.run(request).instrument(span.clone()).await;
-    app.metrics.first_byte(route, started.elapsed());
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let first_byte = started.elapsed();
+    app.metrics.first_byte(route, first_byte);
     app.metrics.request(route, response.status().as_u16());
-    span.in_scope(|| {
-        tracing::debug!(
-            status = response.status().as_u16(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "answered"
+    // A passed-through answer keeps the upstream's id (what OpenAI support asks for); the
+    // access line then carries both.
+    let upstream_request_id = match response.headers().get(X_REQUEST_ID) {
+        Some(value) => Some(value.to_str().unwrap_or("?").to_owned()),
+        None => {
+            if let Ok(value) = axum::http::HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert(X_REQUEST_ID, value);
+            }
+            None
+        }
+    };
+    if !app.config.log.access {
+        return response;
+    }
+    let line = AccessLine {
+        span,
+        method,
+        path,
+        route,
+        status: response.status().as_u16(),
+        continuation: response
+            .headers()
+            .get(responses::X_WSBRIDGE_CONTINUATION)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned),
+        socket: response.extensions().get::<SocketUse>().copied(),
+        upstream_request_id,
+        started,
+        first_byte,
+        bytes: 0,
+    };
+    response.map(|body| {
+        Body::new(AccessBody {
+            inner: body,
+            line: Some(line),
+        })
+    })
+}
+
+const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+
+/// What the access line says about one request, filled in as its body is sent.
+#[derive(Debug)]
+struct AccessLine {
+    span: tracing::Span,
+    method: axum::http::Method,
+    path: String,
+    route: Route,
+    status: u16,
+    continuation: Option<String>,
+    socket: Option<SocketUse>,
+    upstream_request_id: Option<String>,
+    started: Instant,
+    first_byte: Duration,
+    bytes: u64,
+}
+
+impl AccessLine {
+    /// Writes the line, in the request's span (so with its `request_id`). `complete` is false
+    /// when the body was dropped before its end (the client went away).
+    fn write(self, complete: bool) {
+        let _entered = self.span.enter();
+        let socket = match self.socket {
+            Some(SocketUse { reused: true }) => "reused",
+            Some(SocketUse { reused: false }) => "new",
+            None => "-",
+        };
+        tracing::info!(
+            target: "wsbridge::access",
+            route = ?self.route,
+            status = self.status,
+            continuation = self.continuation.as_deref().unwrap_or("-"),
+            socket,
+            ttfb_ms = self.first_byte.as_millis() as u64,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            bytes = self.bytes,
+            complete,
+            upstream_request_id = self.upstream_request_id.as_deref().unwrap_or("-"),
+            "{} {} {}",
+            self.method,
+            self.path,
+            self.status,
         );
-    });
-    response
+    }
+}
+
+/// A response body that counts what it sends and writes the access line at its end.
+#[derive(Debug)]
+struct AccessBody {
+    inner: Body,
+    line: Option<AccessLine>,
+}
+
+impl hyper::body::Body for AccessBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(line)) = (frame.data_ref(), self.line.as_mut()) {
+                    line.bytes += data.len() as u64;
+                }
+            }
+            std::task::Poll::Ready(None) => {
+                if let Some(line) = self.line.take() {
+                    line.write(true);
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for AccessBody {
+    fn drop(&mut self) {
+        if let Some(line) = self.line.take() {
+            // A body whose end hyper saw through `is_end_stream` (never polled to `None`) ends
+            // here too; only a body with more to send was cut short.
+            let complete = hyper::body::Body::is_end_stream(&self.inner);
+            line.write(complete);
+        }
+    }
 }
 
 /// `GET /v1/responses`: a WebSocket upgrade is refused at once with 426 so WebSocket-first

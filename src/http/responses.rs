@@ -29,22 +29,15 @@ use crate::protocol::{OpenAiError, sse};
 use crate::upstream::pool::{Affinity, Checkout, CheckoutError, Lease};
 use crate::upstream::socket::ConnectError;
 
-/// The handler. Every answer carries an `x-request-id` (the upstream socket gives none).
+/// The handler. Its answer gets the request's `x-request-id` from the `observe` middleware
+/// (the upstream socket gives none).
 pub async fn create(
     State(app): State<Arc<App>>,
     uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let request_id = crate::ids::new_id("req");
-    let mut response = respond(&app, &uri, headers, body).await;
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response
-            .headers_mut()
-            .entry("x-request-id")
-            .or_insert(value);
-    }
-    response
+    respond(&app, &uri, headers, body).await
 }
 
 async fn respond(
@@ -116,7 +109,7 @@ async fn respond(
     if app.pool.rest_only(&credential) {
         return rest(FallbackReason::UpgradeRefused).await;
     }
-    let started = match start_turn(app, &credential, &plan, full_frame, body.len()).await {
+    let mut started = match start_turn(app, &credential, &plan, full_frame, body.len()).await {
         Ok(started) => started,
         Err(Failure::Answer(response)) => return *response,
         Err(Failure::FrameTooLarge) => return rest(FallbackReason::FrameTooLarge).await,
@@ -129,6 +122,10 @@ async fn respond(
     };
     app.metrics.continuation(started.route);
     let route = HeaderValue::from_static(started.route.header_value());
+    // For the access line: whether this turn ran on a socket that had carried one before.
+    let socket = super::SocketUse {
+        reused: started.lease.socket().turns() > 1,
+    };
     let mut response = if stream {
         stream_events(app, started)
     } else {
@@ -137,6 +134,7 @@ async fn respond(
     response
         .headers_mut()
         .insert(X_WSBRIDGE_CONTINUATION, route);
+    response.extensions_mut().insert(socket);
     response
 }
 
