@@ -554,16 +554,20 @@ async fn every_request_gets_an_access_line_with_its_request_id() {
         assert_eq!(line["span"]["request_id"], id.as_str());
         line["fields"].clone()
     };
+    // The first turn waited for its socket to connect; the continuation reused it.
+    assert_eq!(access(&first)["socket"], "opened");
     let fields = access(&second);
-    assert_eq!(fields["message"], "POST /v1/responses 200");
-    assert_eq!(fields["route"], "Responses");
+    assert_eq!(fields["message"], "POST /v1/responses");
+    assert_eq!(fields["status"], 200);
+    assert_eq!(fields["route"], "responses");
     assert_eq!(fields["continuation"], "continued");
     assert_eq!(fields["socket"], "reused");
     assert_eq!(fields["bytes"], second.body.len() as u64);
     assert_eq!(fields["complete"], true);
     assert!(fields["ttfb_ms"].as_u64().unwrap() <= fields["duration_ms"].as_u64().unwrap());
     let fields = access(&health);
-    assert_eq!(fields["message"], "GET /healthz 200");
+    assert_eq!(fields["message"], "GET /healthz");
+    assert_eq!(fields["route"], "operations");
     assert_eq!(fields["continuation"], "-");
     assert_eq!(fields["socket"], "-");
     assert_eq!(terminate(&mut child).code(), Some(0));

@@ -300,11 +300,12 @@ fn router(app: Arc<App>) -> Router {
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-/// Set on a bridged answer by `responses`: whether its turn ran on a socket that had carried a
-/// turn before (`false`: a pre-warmed or newly opened socket).
+/// Set on a bridged answer by `responses`: the socket its turn ran on.
 #[derive(Debug, Clone, Copy)]
 pub struct SocketUse {
+    /// It had carried a turn before this one.
     pub reused: bool,
+    pub opened: Instant,
 }
 
 /// Metrics, a tracing span with the request id, the `x-request-id` header, and (with
@@ -392,26 +393,33 @@ impl AccessLine {
     /// when the body was dropped before its end (the client went away).
     fn write(self, complete: bool) {
         let _entered = self.span.enter();
+        // `reused`: it carried a turn before; `warm`: open before this request (pre-warmed),
+        // first turn; `opened`: this request waited for it to connect.
         let socket = match self.socket {
-            Some(SocketUse { reused: true }) => "reused",
-            Some(SocketUse { reused: false }) => "new",
+            Some(SocketUse { reused: true, .. }) => "reused",
+            Some(SocketUse { opened, .. }) if opened < self.started => "warm",
+            Some(_) => "opened",
             None => "-",
+        };
+        let route = match self.route {
+            Route::Responses => "responses",
+            Route::Passthrough => "passthrough",
+            Route::Operations => "operations",
         };
         tracing::info!(
             target: "wsbridge::access",
-            route = ?self.route,
+            route = %route,
             status = self.status,
-            continuation = self.continuation.as_deref().unwrap_or("-"),
-            socket,
+            continuation = %self.continuation.as_deref().unwrap_or("-"),
+            socket = %socket,
             ttfb_ms = self.first_byte.as_millis() as u64,
             duration_ms = self.started.elapsed().as_millis() as u64,
             bytes = self.bytes,
             complete,
-            upstream_request_id = self.upstream_request_id.as_deref().unwrap_or("-"),
-            "{} {} {}",
+            upstream_request_id = %self.upstream_request_id.as_deref().unwrap_or("-"),
+            "{} {}",
             self.method,
             self.path,
-            self.status,
         );
     }
 }

@@ -125,6 +125,7 @@ async fn respond(
     // For the access line: whether this turn ran on a socket that had carried one before.
     let socket = super::SocketUse {
         reused: started.lease.socket().turns() > 1,
+        opened: started.lease.socket().opened(),
     };
     let mut response = if stream {
         stream_events(app, started)
