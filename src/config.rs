@@ -7,6 +7,11 @@
 //! literals (`42`, `true`, `["a","b"]`) and fall back to plain strings. The merged tree is then
 //! validated into the typed [`Config`]. The environment is passed in, never read here, so tests
 //! never touch the process environment.
+//!
+//! Every key set by the file, a variable or a flag remembers that [`Origin`], so an error names
+//! the key, where its value came from and what is accepted. Unknown file keys are errors;
+//! unknown `WSBRIDGE_*` variables are warnings in [`ConfigSource::warnings`], for `main` to log
+//! once logging is set up (which itself depends on the configuration).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
