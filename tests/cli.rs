@@ -543,7 +543,8 @@ async fn every_request_gets_an_access_line_with_its_request_id() {
     .await;
     assert_eq!(second.headers["x-wsbridge-continuation"], "continued");
     let health = common::request("GET", &format!("http://{addr}/healthz"), None, None).await;
-    let access = |reply: &common::Reply| {
+    let models = common::request("GET", &format!("{url}/models"), Some(common::KEY), None).await;
+    let line_of = |reply: &common::Reply| {
         let id = reply.headers["x-request-id"].to_str().unwrap().to_owned();
         assert!(id.starts_with("req_"), "{id}");
         let line = wait_for_line(&log, |line| {
@@ -551,6 +552,10 @@ async fn every_request_gets_an_access_line_with_its_request_id() {
         });
         let line: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(line["level"], "INFO");
+        (id, line)
+    };
+    let access = |reply: &common::Reply| {
+        let (id, line) = line_of(reply);
         assert_eq!(line["span"]["request_id"], id.as_str());
         line["fields"].clone()
     };
@@ -570,6 +575,17 @@ async fn every_request_gets_an_access_line_with_its_request_id() {
     assert_eq!(fields["route"], "operations");
     assert_eq!(fields["continuation"], "-");
     assert_eq!(fields["socket"], "-");
+    // A passed-through answer keeps the upstream's id; the span has it beside wsbridge's own.
+    let (id, line) = line_of(&models);
+    assert_eq!(line["span"]["upstream_request_id"], id.as_str());
+    assert!(
+        line["span"]["request_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("req_")
+    );
+    assert_ne!(line["span"]["request_id"], id.as_str());
+    assert_eq!(line["fields"]["route"], "passthrough");
     assert_eq!(terminate(&mut child).code(), Some(0));
 }
 

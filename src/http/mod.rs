@@ -321,8 +321,13 @@ async fn observe(State(app): State<Arc<App>>, mut request: Request, next: Next) 
         Route::Operations
     };
     let request_id = crate::ids::new_id("req");
-    let span =
-        tracing::info_span!("request", method = %method, path = %path, request_id = %request_id);
+    let span = tracing::info_span!(
+        "request",
+        method = %method,
+        path = %path,
+        request_id = %request_id,
+        upstream_request_id = tracing::field::Empty,
+    );
     request
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
@@ -331,17 +336,18 @@ async fn observe(State(app): State<Arc<App>>, mut request: Request, next: Next) 
     let first_byte = started.elapsed();
     app.metrics.first_byte(route, first_byte);
     app.metrics.request(route, response.status().as_u16());
-    // A passed-through answer keeps the upstream's id (what OpenAI support asks for); the
-    // access line then carries both.
-    let upstream_request_id = match response.headers().get(X_REQUEST_ID) {
-        Some(value) => Some(value.to_str().unwrap_or("?").to_owned()),
+    // A passed-through answer keeps the upstream's id (what OpenAI support asks for); the span
+    // then carries both, so the id the client received is in every later line.
+    match response.headers().get(X_REQUEST_ID) {
+        Some(upstream) => {
+            span.record("upstream_request_id", upstream.to_str().unwrap_or("?"));
+        }
         None => {
             if let Ok(value) = axum::http::HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert(X_REQUEST_ID, value);
             }
-            None
         }
-    };
+    }
     if !app.config.log.access {
         return response;
     }
@@ -357,7 +363,6 @@ async fn observe(State(app): State<Arc<App>>, mut request: Request, next: Next) 
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned),
         socket: response.extensions().get::<SocketUse>().copied(),
-        upstream_request_id,
         started,
         first_byte,
         bytes: 0,
@@ -382,7 +387,6 @@ struct AccessLine {
     status: u16,
     continuation: Option<String>,
     socket: Option<SocketUse>,
-    upstream_request_id: Option<String>,
     started: Instant,
     first_byte: Duration,
     bytes: u64,
@@ -416,7 +420,6 @@ impl AccessLine {
             duration_ms = self.started.elapsed().as_millis() as u64,
             bytes = self.bytes,
             complete,
-            upstream_request_id = %self.upstream_request_id.as_deref().unwrap_or("-"),
             "{} {}",
             self.method,
             self.path,
