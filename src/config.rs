@@ -551,7 +551,7 @@ impl Config {
             }
             match names.get(name) {
                 Some(path) => {
-                    set_path(&mut tree, path, literal(value));
+                    set_path(&mut tree, path, literal_for(path, value));
                     origins.insert(path.join("."), Origin::Env(name.clone()));
                     source.variables.push(name.clone());
                 }
@@ -560,7 +560,7 @@ impl Config {
         }
         for flag in &sources.overrides {
             let path: Vec<String> = flag.key.split('.').map(str::to_owned).collect();
-            set_path(&mut tree, &path, literal(&flag.value));
+            set_path(&mut tree, &path, literal_for(&path, &flag.value));
             origins.insert(flag.key.to_owned(), Origin::Flag(flag.flag));
             source.flags.push(flag.flag);
         }
@@ -766,6 +766,26 @@ pub fn env_names() -> BTreeMap<String, Vec<String>> {
         walk(&defaults, &mut Vec::new(), &mut out);
     }
     out
+}
+
+/// A value from the environment or the command line for the key at `path`. A string key
+/// takes the text as it is (`WSBRIDGE_AUTH_API_KEY_ENV=123` is the name "123", not a number)
+/// unless it is a quoted TOML string; other keys read it as a TOML literal.
+fn literal_for(path: &[String], text: &str) -> toml::Value {
+    let value = literal(text);
+    let string_key = toml::Value::try_from(RawConfig::default())
+        .ok()
+        .and_then(|defaults| {
+            let defaults = defaults.as_table()?.clone();
+            let path: Vec<&str> = path.iter().map(String::as_str).collect();
+            lookup(&defaults, &path).map(toml::Value::is_str)
+        })
+        .unwrap_or(false);
+    if string_key && !value.is_str() {
+        toml::Value::String(text.to_owned())
+    } else {
+        value
+    }
 }
 
 /// A value from the environment or the command line: a TOML literal, else a string.
@@ -1209,6 +1229,29 @@ mod tests {
         .to_string();
         assert!(
             error.starts_with("invalid value for `server.listen` (from flag --listen): `nowhere`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn string_keys_take_variable_text_as_it_is() {
+        let config = load(
+            "",
+            &[
+                ("WSBRIDGE_LOG_LEVEL", "1"),
+                ("WSBRIDGE_SIMULATOR_LISTEN", "\"127.0.0.1:7\""),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.log.level, "1");
+        assert_eq!(config.simulator.listen.port(), 7);
+        let error = load("", &[("WSBRIDGE_SERVER_LISTEN", "8080")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(
+                "(from environment variable WSBRIDGE_SERVER_LISTEN): `8080` is not an address"
+            ),
             "{error}"
         );
     }
