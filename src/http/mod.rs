@@ -7,15 +7,18 @@
 //! /healthz /readyz /metrics
 //! ```
 
+mod logs;
 pub mod passthrough;
 pub mod responses;
+
+pub use logs::{RequestId, SocketUse};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware::Next;
@@ -214,65 +217,11 @@ pub fn without_nagle(
 /// Starts the proxy, logs where it listens, and runs until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     let proxy = Proxy::start(config).await?;
-    log_started(&proxy);
+    logs::log_started(&proxy);
     shutdown.cancelled().await;
     tracing::info!("shutting down: finishing in-flight requests");
     proxy.shutdown().await;
     Ok(())
-}
-
-/// The start-up line: where it listens and what is in force (upstream without secrets, auth
-/// mode, pool limits, continuation policy, where the configuration came from).
-fn log_started(proxy: &Proxy) {
-    let config = &proxy.app.config;
-    let upstream = match proxy.simulator() {
-        Some(simulator) => format!("in-process simulator at {}", simulator.base_url()),
-        None => without_userinfo(&config.upstream.base_url),
-    };
-    let auth = match &config.auth {
-        crate::config::AuthConfig::Passthrough => "passthrough (each client's key)".to_owned(),
-        crate::config::AuthConfig::Inject { client_tokens, .. } => {
-            format!("inject ({} client tokens)", client_tokens.len())
-        }
-    };
-    let continuation = &config.continuation;
-    let continuation_policy = if continuation.enabled {
-        format!(
-            "on (reasoning {}, stored_on_any_socket {})",
-            match continuation.reasoning {
-                crate::continuation::ReasoningPolicy::Lenient => "lenient",
-                crate::continuation::ReasoningPolicy::Strict => "strict",
-            },
-            continuation.stored_on_any_socket
-        )
-    } else {
-        "off".to_owned()
-    };
-    tracing::info!(
-        upstream = %upstream,
-        auth = %auth,
-        pool.min_idle = config.pool.min_idle,
-        pool.max_sockets = config.pool.max_sockets,
-        continuation = %continuation_policy,
-        config = %config.source,
-        "proxy listening on http://{} (OpenAI base URL {})",
-        proxy.addr(),
-        proxy.base_url()
-    );
-}
-
-/// `base_url` without a `user:password@` part, for logs.
-fn without_userinfo(base_url: &str) -> String {
-    match base_url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            let host = authority
-                .rsplit_once('@')
-                .map_or(authority, |(_, host)| host);
-            format!("{scheme}://{host}{path}")
-        }
-        None => base_url.to_owned(),
-    }
 }
 
 fn router(app: Arc<App>) -> Router {
@@ -293,19 +242,6 @@ fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
-}
-
-/// The id a request is known by: in its span, its `x-request-id` header and its access line.
-/// Set by `observe` as a request extension.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
-/// Set on a bridged answer by `responses`: the socket its turn ran on.
-#[derive(Debug, Clone, Copy)]
-pub struct SocketUse {
-    /// It had carried a turn before this one.
-    pub reused: bool,
-    pub opened: Instant,
 }
 
 /// Metrics, a tracing span with the request id, the `x-request-id` header, and (with
@@ -338,20 +274,20 @@ async fn observe(State(app): State<Arc<App>>, mut request: Request, next: Next) 
     app.metrics.request(route, response.status().as_u16());
     // A passed-through answer keeps the upstream's id (what OpenAI support asks for); the span
     // then carries both, so the id the client received is in every later line.
-    match response.headers().get(X_REQUEST_ID) {
+    match response.headers().get(logs::X_REQUEST_ID) {
         Some(upstream) => {
             span.record("upstream_request_id", upstream.to_str().unwrap_or("?"));
         }
         None => {
             if let Ok(value) = axum::http::HeaderValue::from_str(&request_id) {
-                response.headers_mut().insert(X_REQUEST_ID, value);
+                response.headers_mut().insert(logs::X_REQUEST_ID, value);
             }
         }
     }
     if !app.config.log.access {
         return response;
     }
-    let line = AccessLine {
+    let line = logs::AccessLine {
         span,
         method,
         path,
@@ -367,116 +303,7 @@ async fn observe(State(app): State<Arc<App>>, mut request: Request, next: Next) 
         first_byte,
         bytes: 0,
     };
-    response.map(|body| {
-        Body::new(AccessBody {
-            inner: body,
-            line: Some(line),
-        })
-    })
-}
-
-const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
-
-/// What the access line says about one request, filled in as its body is sent.
-#[derive(Debug)]
-struct AccessLine {
-    span: tracing::Span,
-    method: axum::http::Method,
-    path: String,
-    route: Route,
-    status: u16,
-    continuation: Option<String>,
-    socket: Option<SocketUse>,
-    started: Instant,
-    first_byte: Duration,
-    bytes: u64,
-}
-
-impl AccessLine {
-    /// Writes the line, in the request's span (so with its `request_id`). `complete` is false
-    /// when the body was dropped before its end (the client went away).
-    fn write(self, complete: bool) {
-        let _entered = self.span.enter();
-        // `reused`: it carried a turn before; `warm`: open before this request (pre-warmed),
-        // first turn; `opened`: this request waited for it to connect.
-        let socket = match self.socket {
-            Some(SocketUse { reused: true, .. }) => "reused",
-            Some(SocketUse { opened, .. }) if opened < self.started => "warm",
-            Some(_) => "opened",
-            None => "-",
-        };
-        let route = match self.route {
-            Route::Responses => "responses",
-            Route::Passthrough => "passthrough",
-            Route::Operations => "operations",
-        };
-        tracing::info!(
-            target: "wsbridge::access",
-            route = %route,
-            status = self.status,
-            continuation = %self.continuation.as_deref().unwrap_or("-"),
-            socket = %socket,
-            ttfb_ms = self.first_byte.as_millis() as u64,
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            bytes = self.bytes,
-            complete,
-            "{} {}",
-            self.method,
-            self.path,
-        );
-    }
-}
-
-/// A response body that counts what it sends and writes the access line at its end.
-#[derive(Debug)]
-struct AccessBody {
-    inner: Body,
-    line: Option<AccessLine>,
-}
-
-impl hyper::body::Body for AccessBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            std::task::Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(line)) = (frame.data_ref(), self.line.as_mut()) {
-                    line.bytes += data.len() as u64;
-                }
-            }
-            std::task::Poll::Ready(None) => {
-                if let Some(line) = self.line.take() {
-                    line.write(true);
-                }
-            }
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for AccessBody {
-    fn drop(&mut self) {
-        if let Some(line) = self.line.take() {
-            // A body whose end hyper saw through `is_end_stream` (never polled to `None`) ends
-            // here too; only a body with more to send was cut short.
-            let complete = hyper::body::Body::is_end_stream(&self.inner);
-            line.write(complete);
-        }
-    }
+    response.map(|body| logs::with_access_line(body, line))
 }
 
 /// `GET /v1/responses`: a WebSocket upgrade is refused at once with 426 so WebSocket-first
