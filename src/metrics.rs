@@ -213,7 +213,7 @@ impl Default for Metrics {
             "Bytes of the bridged client request bodies (what full resends would have sent)",
             request_bytes.clone(),
         );
-        let metrics = Self {
+        Self {
             registry,
             requests,
             continuations,
@@ -226,16 +226,14 @@ impl Default for Metrics {
             socket_closes,
             recoveries,
             fallbacks,
-        };
-        metrics.zero_every_series();
-        metrics
+        }
     }
 }
 
 impl Metrics {
-    /// Creates every labelled series at zero, so a dashboard or alert sees each documented series
-    /// from the first scrape rather than after its first event. The label sets are all the
-    /// enums' variants (bounded); for requests, each route's `200`.
+    /// Creates every labelled series that does not exist yet, at zero, so a dashboard or alert
+    /// sees each documented series from the first scrape rather than after its first event.
+    /// The label sets are all the enums' variants (bounded); for requests, each route's `200`.
     fn zero_every_series(&self) {
         for route in Route::ALL {
             drop(
@@ -318,6 +316,7 @@ impl Metrics {
 
     /// The text exposition, with the socket gauges set from `sockets` (idle, busy, connecting).
     pub fn render(&self, sockets: [usize; 3]) -> String {
+        self.zero_every_series();
         for (state, count) in [
             SocketState::Idle,
             SocketState::Busy,
