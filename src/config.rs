@@ -7,6 +7,11 @@
 //! literals (`42`, `true`, `["a","b"]`) and fall back to plain strings. The merged tree is then
 //! validated into the typed [`Config`]. The environment is passed in, never read here, so tests
 //! never touch the process environment.
+//!
+//! Every key set by the file, a variable or a flag remembers that [`Origin`], so an error names
+//! the key, where its value came from and what is accepted. Unknown file keys are errors;
+//! unknown `WSBRIDGE_*` variables are warnings in [`ConfigSource::warnings`], for `main` to log
+//! once logging is set up (which itself depends on the configuration).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +25,7 @@ use crate::simulator::faults::FaultConfig;
 use crate::simulator::latency::{LatencyModel, LatencyProfile};
 
 /// Everything that can be wrong with a configuration; `main` exits with status 64 on any.
+/// Each names the key, where its value came from, and what is accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -29,10 +35,47 @@ pub enum ConfigError {
     },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("unknown key `{key}` ({origin}); {known}")]
+    Unknown {
+        key: String,
+        origin: Origin,
+        known: String,
+    },
+    #[error("invalid value for `{key}` ({origin}): {value} is not {expected}")]
+    Type {
+        key: String,
+        origin: Origin,
+        value: String,
+        expected: String,
+    },
     #[error("invalid configuration: {0}")]
     Merged(String),
-    #[error("invalid value for `{key}`: {message}")]
-    Invalid { key: &'static str, message: String },
+    #[error("invalid value for `{key}` ({origin}): {message}")]
+    Invalid {
+        key: &'static str,
+        origin: Origin,
+        message: String,
+    },
+}
+
+/// Where a key's value came from, for error messages and the start-up line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag(&'static str),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Default => f.write_str("the built-in default"),
+            Origin::File(path) => write!(f, "from config file {}", path.display()),
+            Origin::Env(name) => write!(f, "from environment variable {name}"),
+            Origin::Flag(flag) => write!(f, "from flag {flag}"),
+        }
+    }
 }
 
 /// The raw file layout. Unknown keys are errors, so a typo never silently does nothing.
@@ -207,6 +250,8 @@ pub struct RawLog {
     pub format: String,
     /// A tracing filter, e.g. `info` or `wsbridge=debug`; `RUST_LOG` wins when set.
     pub level: String,
+    /// One line per answered request at info (target `wsbridge::access`).
+    pub access: bool,
 }
 
 impl Default for RawLog {
@@ -214,6 +259,7 @@ impl Default for RawLog {
         Self {
             format: "text".into(),
             level: "info".into(),
+            access: true,
         }
     }
 }
@@ -296,6 +342,39 @@ pub struct Config {
     pub continuation: ContinuationConfig,
     pub log: LogConfig,
     pub simulator: SimulatorConfig,
+    /// Where this configuration came from, and what was ignored on the way.
+    pub source: ConfigSource,
+}
+
+/// What [`Config::load`] read: for the start-up line, and warnings to log once logging runs
+/// (the configuration decides how logging is set up, so it cannot log while it loads).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    pub file: Option<PathBuf>,
+    /// The `WSBRIDGE_*` variables that set a key.
+    pub variables: Vec<String>,
+    /// The command-line flags that set a key.
+    pub flags: Vec<&'static str>,
+    /// Things a user should know but that do not stop the start (unknown variables).
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Display for ConfigSource {
+    /// `config.toml + WSBRIDGE_POOL_MAX_SOCKETS + --listen`, or `built-in defaults`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .file
+            .iter()
+            .map(|path| path.display().to_string())
+            .chain(self.variables.iter().cloned())
+            .chain(self.flags.iter().map(|flag| (*flag).to_owned()))
+            .collect();
+        if parts.is_empty() {
+            f.write_str("built-in defaults")
+        } else {
+            write!(f, "defaults + {}", parts.join(" + "))
+        }
+    }
 }
 
 impl Default for Config {
@@ -400,6 +479,7 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
+    pub access: bool,
 }
 
 /// Everything the simulator needs; tests build it with `SimulatorConfig::default()` and
@@ -443,15 +523,38 @@ pub struct Sources {
     pub file: Option<PathBuf>,
     /// `(name, value)` pairs of the environment; only `WSBRIDGE_*` names are read.
     pub env: Vec<(String, String)>,
-    /// Command-line overrides as `(dotted.key, value)`, applied last.
-    pub overrides: Vec<(&'static str, String)>,
+    /// Command-line overrides, applied last.
+    pub overrides: Vec<Override>,
+}
+
+/// One command-line flag that sets a key.
+#[derive(Debug, Clone)]
+pub struct Override {
+    /// As the user typed it, e.g. `--listen`.
+    pub flag: &'static str,
+    /// The dotted key it sets, e.g. `server.listen`.
+    pub key: &'static str,
+    pub value: String,
 }
 
 impl Config {
-    /// Reads, merges and validates a configuration.
+    /// Reads, merges and validates a configuration. Unknown `WSBRIDGE_*` variables do not stop
+    /// it (other tools share the prefix, e.g. `WSBRIDGE_BIN` in `scripts/test`): they are
+    /// returned in `source.warnings`. Unknown keys in the file are errors.
     pub fn load(sources: Sources) -> Result<Self, ConfigError> {
+        let mut origins: BTreeMap<String, Origin> = BTreeMap::new();
+        let mut source = ConfigSource {
+            file: sources.file.clone(),
+            ..ConfigSource::default()
+        };
         let mut tree = match &sources.file {
-            Some(path) => read_file(path)?,
+            Some(path) => {
+                let table = read_file(path)?;
+                for key in leaf_keys(&table) {
+                    origins.insert(key, Origin::File(path.clone()));
+                }
+                table
+            }
             None => toml::Table::new(),
         };
         let names = env_names();
@@ -460,20 +563,181 @@ impl Config {
                 continue;
             }
             match names.get(name) {
-                Some(path) => set_path(&mut tree, path, literal(value)),
-                None => {
-                    tracing::warn!(variable = %name, "ignoring unknown WSBRIDGE_ environment variable")
+                Some(path) => {
+                    set_path(&mut tree, path, literal_for(path, value));
+                    origins.insert(path.join("."), Origin::Env(name.clone()));
+                    source.variables.push(name.clone());
                 }
+                None => source.warnings.push(unknown_variable(name, &names)),
             }
         }
-        for (dotted, value) in &sources.overrides {
-            let path: Vec<String> = dotted.split('.').map(str::to_owned).collect();
-            set_path(&mut tree, &path, literal(value));
+        for flag in &sources.overrides {
+            let path: Vec<String> = flag.key.split('.').map(str::to_owned).collect();
+            set_path(&mut tree, &path, literal_for(&path, &flag.value));
+            origins.insert(flag.key.to_owned(), Origin::Flag(flag.flag));
+            source.flags.push(flag.flag);
         }
-        let raw: RawConfig = toml::Value::Table(tree)
-            .try_into()
-            .map_err(|error: toml::de::Error| ConfigError::Merged(error.message().to_owned()))?;
-        validate(raw, &sources.env)
+        let origin_of = |key: &str| {
+            origins
+                .iter()
+                .find(|(set, _)| set.as_str() == key || set.starts_with(&format!("{key}.")))
+                .map_or(Origin::Default, |(_, origin)| origin.clone())
+        };
+        let raw: RawConfig = match toml::Value::Table(tree.clone()).try_into() {
+            Ok(raw) => raw,
+            Err(error) => {
+                let error: toml::de::Error = error;
+                return Err(find_bad_key(&tree, &origin_of)
+                    .unwrap_or_else(|| ConfigError::Merged(error.message().to_owned())));
+            }
+        };
+        let mut config = validate(raw, &sources.env).map_err(|error| match error {
+            ConfigError::Invalid { key, message, .. } => ConfigError::Invalid {
+                key,
+                origin: origin_of(key),
+                message,
+            },
+            other => other,
+        })?;
+        config.source = source;
+        Ok(config)
+    }
+}
+
+/// The dotted path of every leaf (a value that is not a table) of `table`.
+fn leaf_keys(table: &toml::Table) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, value) in table {
+        match value {
+            toml::Value::Table(inner) => {
+                out.extend(leaf_keys(inner).into_iter().map(|k| format!("{key}.{k}")));
+            }
+            _ => out.push(key.clone()),
+        }
+    }
+    out
+}
+
+/// The warning for a `WSBRIDGE_*` variable that names no key, with the closest name.
+fn unknown_variable(name: &str, names: &BTreeMap<String, Vec<String>>) -> String {
+    let closest = names
+        .keys()
+        .map(|known| (edit_distance(name, known), known))
+        .min()
+        .filter(|(distance, _)| *distance <= 3);
+    match closest {
+        Some((_, known)) => {
+            format!("ignoring unknown environment variable {name} (did you mean {known}?)")
+        }
+        None => format!(
+            "ignoring unknown environment variable {name}: it names no configuration key \
+             (config.toml lists every key's variable)"
+        ),
+    }
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitute.min(previous + 1).min(row[j] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// After the merged tree failed to deserialize: the first key that is unknown, or whose value
+/// alone makes the defaults fail, as an error naming it, its origin and what is accepted.
+fn find_bad_key(tree: &toml::Table, origin_of: &dyn Fn(&str) -> Origin) -> Option<ConfigError> {
+    let toml::Value::Table(defaults) = toml::Value::try_from(RawConfig::default()).ok()? else {
+        return None;
+    };
+    for key in leaf_keys(tree) {
+        let path: Vec<&str> = key.split('.').collect();
+        let value = lookup(tree, &path)?;
+        let Some(default) = lookup(&defaults, &path) else {
+            // The longest prefix that exists names the section whose keys are offered.
+            let section = (0..path.len())
+                .rev()
+                .find_map(|n| match lookup(&defaults, &path[..n]) {
+                    Some(toml::Value::Table(table)) => Some((n, table.clone())),
+                    _ => None,
+                })
+                .or(Some((0, defaults.clone())));
+            let known = section.map_or_else(String::new, |(n, table)| {
+                let names: Vec<&str> = table.keys().map(String::as_str).collect();
+                let closest = names
+                    .iter()
+                    .map(|name| (edit_distance(path[n], name), *name))
+                    .min()
+                    .filter(|(distance, _)| *distance <= 2);
+                let hint = closest.map_or_else(String::new, |(_, name)| {
+                    format!(
+                        "did you mean `{}`? ",
+                        [&path[..n], &[name]].concat().join(".")
+                    )
+                });
+                if n == 0 {
+                    format!("{hint}the sections are {}", names.join(", "))
+                } else {
+                    format!("{hint}[{}] has {}", path[..n].join("."), names.join(", "))
+                }
+            });
+            return Some(ConfigError::Unknown {
+                origin: origin_of(&key),
+                key,
+                known,
+            });
+        };
+        let mut alone = defaults.clone();
+        let owned: Vec<String> = path.iter().map(|part| (*part).to_owned()).collect();
+        set_path(&mut alone, &owned, value.clone());
+        let tried: Result<RawConfig, _> = toml::Value::Table(alone).try_into();
+        if let Err(error) = tried {
+            return Some(ConfigError::Type {
+                origin: origin_of(&key),
+                key,
+                value: value.to_string(),
+                expected: expected(default, error.message()),
+            });
+        }
+    }
+    None
+}
+
+fn lookup<'a>(table: &'a toml::Table, path: &[&str]) -> Option<&'a toml::Value> {
+    let (last, parents) = path.split_last()?;
+    let mut table = table;
+    for key in parents {
+        table = table.get(*key)?.as_table()?;
+    }
+    table.get(*last)
+}
+
+/// What a key accepts, in words, from its default's type and the deserializer's complaint.
+fn expected(default: &toml::Value, message: &str) -> String {
+    for (rust, words) in [
+        ("u16", "a whole number from 0 to 65535"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u64", "a whole number from 0 to 18446744073709551615"),
+    ] {
+        if message.contains(&format!("expected {rust}")) || message.contains(&format!("for {rust}"))
+        {
+            return words.to_owned();
+        }
+    }
+    match default {
+        toml::Value::Boolean(_) => "`true` or `false`".to_owned(),
+        toml::Value::Float(_) | toml::Value::Integer(_) => "a number".to_owned(),
+        toml::Value::Array(_) => "a list of strings, such as [\"a\", \"b\"]".to_owned(),
+        toml::Value::String(_) => "a string".to_owned(),
+        _ => message.to_owned(),
     }
 }
 
@@ -517,6 +781,26 @@ pub fn env_names() -> BTreeMap<String, Vec<String>> {
     out
 }
 
+/// A value from the environment or the command line for the key at `path`. A string key
+/// takes the text as it is (`WSBRIDGE_AUTH_API_KEY_ENV=123` is the name "123", not a number)
+/// unless it is a quoted TOML string; other keys read it as a TOML literal.
+fn literal_for(path: &[String], text: &str) -> toml::Value {
+    let value = literal(text);
+    let string_key = toml::Value::try_from(RawConfig::default())
+        .ok()
+        .and_then(|defaults| {
+            let defaults = defaults.as_table()?.clone();
+            let path: Vec<&str> = path.iter().map(String::as_str).collect();
+            lookup(&defaults, &path).map(toml::Value::is_str)
+        })
+        .unwrap_or(false);
+    if string_key && !value.is_str() {
+        toml::Value::String(text.to_owned())
+    } else {
+        value
+    }
+}
+
 /// A value from the environment or the command line: a TOML literal, else a string.
 fn literal(text: &str) -> toml::Value {
     format!("v = {text}")
@@ -546,9 +830,11 @@ fn set_path(tree: &mut toml::Table, path: &[String], value: toml::Value) {
     table.insert(last.clone(), value);
 }
 
+/// An invalid value; [`Config::load`] fills in where it came from.
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
+        origin: Origin::Default,
         message: message.into(),
     }
 }
@@ -670,15 +956,17 @@ fn validate_fields(raw: RawConfig, env: &[(String, String)]) -> Result<Config, C
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
                 other => {
-                    return Err(ConfigError::Invalid {
-                        key: "log.format",
-                        message: format!("`{other}` (expected `text` or `json`)"),
-                    });
+                    return Err(invalid(
+                        "log.format",
+                        format!("`{other}` (expected `text` or `json`)"),
+                    ));
                 }
             },
             level: raw.log.level,
+            access: raw.log.access,
         },
         simulator: validate_simulator(raw.simulator)?,
+        source: ConfigSource::default(),
     })
 }
 
@@ -779,46 +1067,46 @@ fn validate_auth(
 }
 
 fn validate_simulator(raw: RawSimulator) -> Result<SimulatorConfig, ConfigError> {
-    let positive = |key: &'static str, value: u64| {
-        if value == 0 {
-            Err(ConfigError::Invalid {
-                key,
-                message: "must be at least 1".into(),
-            })
-        } else {
-            Ok(value)
-        }
-    };
+    let positive = at_least_one;
     let profile = match raw.latency.profile.as_str() {
         "none" => LatencyProfile::None,
         "openai" => LatencyProfile::OpenAi,
         "custom" => LatencyProfile::Custom,
         other => {
-            return Err(ConfigError::Invalid {
-                key: "simulator.latency.profile",
-                message: format!("`{other}` (expected `none`, `openai` or `custom`)"),
-            });
+            return Err(invalid(
+                "simulator.latency.profile",
+                format!("`{other}` (expected `none`, `openai` or `custom`)"),
+            ));
         }
     };
-    let latency = LatencyModel::from_profile(
-        profile,
-        [
-            ("simulator.latency.ttft_ms", raw.latency.ttft_ms),
-            ("simulator.latency.per_token_ms", raw.latency.per_token_ms),
-            (
-                "simulator.latency.uncached_per_kib_ms",
-                raw.latency.uncached_per_kib_ms,
+    let figures = [
+        ("simulator.latency.ttft_ms", raw.latency.ttft_ms),
+        ("simulator.latency.per_token_ms", raw.latency.per_token_ms),
+        (
+            "simulator.latency.uncached_per_kib_ms",
+            raw.latency.uncached_per_kib_ms,
+        ),
+        ("simulator.latency.hydrate_ms", raw.latency.hydrate_ms),
+    ];
+    // The four figures only count with `custom`; set under another profile they would silently
+    // do nothing, so that is an error rather than a surprise in a benchmark.
+    if profile != LatencyProfile::Custom
+        && let Some((key, value)) = figures.iter().find(|(_, value)| *value != 0.0)
+    {
+        return Err(invalid(
+            key,
+            format!(
+                "{value} has no effect with simulator.latency.profile = \"{}\": set the \
+                 profile to \"custom\" to use your own figures, or remove the key",
+                raw.latency.profile
             ),
-            ("simulator.latency.hydrate_ms", raw.latency.hydrate_ms),
-        ],
-    )
-    .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        ));
+    }
+    let latency = LatencyModel::from_profile(profile, figures)
+        .map_err(|(key, message)| invalid(key, message))?;
     raw.faults
         .validate()
-        .map_err(|message| ConfigError::Invalid {
-            key: "simulator.faults",
-            message,
-        })?;
+        .map_err(|message| invalid("simulator.faults", message))?;
     Ok(SimulatorConfig {
         listen: parse_addr("simulator.listen", &raw.listen)?,
         accepted_keys: raw.accepted_keys,
@@ -839,9 +1127,11 @@ fn validate_simulator(raw: RawSimulator) -> Result<SimulatorConfig, ConfigError>
 }
 
 fn parse_addr(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
-    text.parse().map_err(|_| ConfigError::Invalid {
-        key,
-        message: format!("`{text}` is not an address like 127.0.0.1:8080"),
+    text.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("`{text}` is not an address like 127.0.0.1:8080 or [::]:8080"),
+        )
     })
 }
 
@@ -920,10 +1210,113 @@ mod tests {
         let config = Config::load(Sources {
             file: None,
             env: vec![("WSBRIDGE_SERVER_LISTEN".into(), "127.0.0.1:1".into())],
-            overrides: vec![("server.listen", "127.0.0.1:2".into())],
+            overrides: vec![Override {
+                flag: "--listen",
+                key: "server.listen",
+                value: "127.0.0.1:2".into(),
+            }],
         })
         .unwrap();
         assert_eq!(config.server.listen.port(), 2);
+        assert_eq!(
+            config.source.to_string(),
+            "defaults + WSBRIDGE_SERVER_LISTEN + --listen"
+        );
+    }
+
+    #[test]
+    fn a_bad_value_names_the_key_its_source_and_what_is_accepted() {
+        let error = load("", &[("WSBRIDGE_POOL_MAX_SOCKETS", "abc")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "invalid value for `pool.max_sockets` (from environment variable \
+             WSBRIDGE_POOL_MAX_SOCKETS): \"abc\" is not a whole number from 0 to 4294967295"
+        );
+        let error = load("[pool]\nmin_idle = -1\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("`pool.min_idle` (from config file "),
+            "{error}"
+        );
+        assert!(
+            error.contains("-1 is not a whole number from 0 to"),
+            "{error}"
+        );
+        let error = load("", &[("WSBRIDGE_CONTINUATION_ENABLED", "yes")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.ends_with("\"yes\" is not `true` or `false`"),
+            "{error}"
+        );
+        let error = Config::load(Sources {
+            overrides: vec![Override {
+                flag: "--listen",
+                key: "server.listen",
+                value: "nowhere".into(),
+            }],
+            ..Sources::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("invalid value for `server.listen` (from flag --listen): `nowhere`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn string_keys_take_variable_text_as_it_is() {
+        let config = load(
+            "",
+            &[
+                ("WSBRIDGE_LOG_LEVEL", "1"),
+                ("WSBRIDGE_SIMULATOR_LISTEN", "\"127.0.0.1:7\""),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.log.level, "1");
+        assert_eq!(config.simulator.listen.port(), 7);
+        let error = load("", &[("WSBRIDGE_SERVER_LISTEN", "8080")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(
+                "(from environment variable WSBRIDGE_SERVER_LISTEN): `8080` is not an address"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unknown_variables_are_warnings_with_the_closest_name() {
+        let config = load("", &[("WSBRIDGE_POOL_MAX_SOCKET", "4")]).unwrap();
+        assert_eq!(
+            config.source.warnings,
+            [
+                "ignoring unknown environment variable WSBRIDGE_POOL_MAX_SOCKET (did you mean \
+              WSBRIDGE_POOL_MAX_SOCKETS?)"
+            ]
+        );
+        assert_eq!(config.pool.max_sockets, 64);
+    }
+
+    #[test]
+    fn latency_figures_without_the_custom_profile_are_an_error() {
+        let error = load("[simulator.latency]\nttft_ms = 300\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`simulator.latency.ttft_ms`"), "{error}");
+        assert!(error.contains("set the profile to \"custom\""), "{error}");
+        let config = load(
+            "[simulator.latency]\nttft_ms = 300\n",
+            &[("WSBRIDGE_SIMULATOR_LATENCY_PROFILE", "custom")],
+        )
+        .unwrap();
+        assert_eq!(config.simulator.latency.ttft, Duration::from_millis(300));
     }
 
     #[test]
@@ -931,7 +1324,14 @@ mod tests {
         let error = load("[simulator]\ntool_cals = 3\n", &[])
             .unwrap_err()
             .to_string();
-        assert!(error.contains("tool_cals"), "{error}");
+        assert!(
+            error.starts_with("unknown key `simulator.tool_cals` (from config file "),
+            "{error}"
+        );
+        assert!(
+            error.contains("did you mean `simulator.tool_calls`? [simulator] has accepted_keys, "),
+            "{error}"
+        );
         let error = load("[server]\nlisten = \"nowhere\"\n", &[])
             .unwrap_err()
             .to_string();

@@ -1,9 +1,21 @@
 //! `wsbridge health`: a dependency-free HTTP probe for container health checks (the runtime
-//! image has no curl). Exit status 0 when `GET URL` answers 200.
+//! image has no curl). Exit status 0 when `GET URL` answers 200. With no URL it probes
+//! `server.listen` from the same configuration `serve` reads, so a changed port is followed.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
+
+/// `http://ADDR/healthz` for a proxy listening on `listen`. An unspecified address (`0.0.0.0`,
+/// `[::]`, as in a container) is probed on the matching loopback address.
+pub fn url_for(listen: SocketAddr) -> String {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}/healthz", SocketAddr::new(ip, listen.port()))
+}
 
 /// Sends `GET` to an `http://host:port/path` URL and succeeds on a 200.
 pub fn probe(url: &str, timeout: Duration) -> Result<(), String> {

@@ -4,21 +4,23 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use wsbridge::config::{Config, Sources};
+use wsbridge::config::{Config, Override, Sources};
 use wsbridge::simulator::Simulator;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "wsbridge",
     version,
-    about = "OpenAI Responses REST → WebSocket-mode bridge"
+    about = "OpenAI Responses REST → WebSocket-mode bridge",
+    after_help = "Precedence: config file < WSBRIDGE_* environment variables < flags. \
+                  Defaults in brackets are the built-in ones; config.toml lists every key."
 )]
 struct Cli {
-    /// Config file (default: ./config.toml when it exists).
-    #[arg(long, global = true)]
+    /// Config file [default: ./config.toml when it exists, else built-in defaults].
+    #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Log format: text or json.
-    #[arg(long, global = true)]
+    /// Log format, text or json [default: text; config log.format].
+    #[arg(long, global = true, value_name = "FORMAT")]
     log_format: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -28,30 +30,45 @@ struct Cli {
 enum Command {
     /// Run the proxy (the default).
     Serve {
-        /// Address to listen on (config `server.listen`).
-        #[arg(long)]
+        /// Address to listen on [default: 127.0.0.1:8080; config server.listen].
+        #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
-        /// Upstream REST base URL (config `upstream.base_url`).
-        #[arg(long)]
+        /// Upstream REST base URL [default: https://api.openai.com/v1; config upstream.base_url].
+        #[arg(long, value_name = "URL")]
         upstream: Option<String>,
-        /// Use the built-in simulator as the upstream (config `upstream.mode = "simulator"`).
+        /// Use the built-in simulator as the upstream [default: off; config upstream.mode].
         #[arg(long)]
         simulate: bool,
     },
     /// Run the upstream simulator stand-alone.
     Simulate {
-        /// Address to listen on (config `simulator.listen`); port 0 picks a free port.
-        #[arg(long)]
+        /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:9100; config
+        /// simulator.listen].
+        #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
-        /// Latency profile: none, openai or custom (config `simulator.latency.profile`).
-        #[arg(long)]
+        /// Latency profile: none, openai or custom [default: none; config
+        /// simulator.latency.profile].
+        #[arg(long, value_name = "PROFILE")]
         latency_profile: Option<String>,
     },
-    /// Probe a running wsbridge (for container health checks): exit 0 when URL answers 200.
+    /// Probe a running wsbridge (for container health checks): exit 0 when /healthz answers 200.
     Health {
-        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
-        url: String,
+        /// URL to probe [default: /healthz at server.listen from the same configuration as
+        /// `serve` (file and WSBRIDGE_* variables), an unspecified address probed on loopback].
+        #[arg(long)]
+        url: Option<String>,
     },
+}
+
+/// `wsbridge health`: 0 when `url` answers 200.
+fn probe(url: &str) -> ExitCode {
+    match wsbridge::health::probe(url, std::time::Duration::from_secs(3)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("wsbridge health: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Exit status for a bad configuration (EX_USAGE).
@@ -59,46 +76,46 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Health { url }) = &cli.command {
-        return match wsbridge::health::probe(url, std::time::Duration::from_secs(3)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("wsbridge health: {error}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(Command::Health { url: Some(url) }) = &cli.command {
+        return probe(url);
     }
     let command = cli.command.unwrap_or(Command::Serve {
         listen: None,
         upstream: None,
         simulate: false,
     });
-    let mut overrides = Vec::new();
-    if let Some(format) = cli.log_format {
-        overrides.push(("log.format", format));
-    }
+    let flag = |flag, key, value: &Option<String>| {
+        value.clone().map(|value| Override { flag, key, value })
+    };
+    let mut overrides: Vec<Override> = flag("--log-format", "log.format", &cli.log_format)
+        .into_iter()
+        .collect();
     match &command {
         Command::Serve {
             listen,
             upstream,
             simulate,
         } => {
-            overrides.extend(listen.clone().map(|l| ("server.listen", l)));
-            overrides.extend(upstream.clone().map(|u| ("upstream.base_url", u)));
+            overrides.extend(flag("--listen", "server.listen", listen));
+            overrides.extend(flag("--upstream", "upstream.base_url", upstream));
             if *simulate {
-                overrides.push(("upstream.mode", "simulator".into()));
+                overrides.push(Override {
+                    flag: "--simulate",
+                    key: "upstream.mode",
+                    value: "simulator".into(),
+                });
             }
         }
         Command::Simulate {
             listen,
             latency_profile,
         } => {
-            overrides.extend(listen.clone().map(|l| ("simulator.listen", l)));
-            overrides.extend(
-                latency_profile
-                    .clone()
-                    .map(|p| ("simulator.latency.profile", p)),
-            );
+            overrides.extend(flag("--listen", "simulator.listen", listen));
+            overrides.extend(flag(
+                "--latency-profile",
+                "simulator.latency.profile",
+                latency_profile,
+            ));
         }
         Command::Health { .. } => {}
     }
@@ -117,7 +134,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Command::Health { url } = &command {
+        let url = url
+            .clone()
+            .unwrap_or_else(|| wsbridge::health::url_for(config.server.listen));
+        return probe(&url);
+    }
     wsbridge::telemetry::init(&config.log);
+    for warning in &config.source.warnings {
+        tracing::warn!("{warning}");
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -258,6 +258,40 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Creates every labelled series that does not exist yet, at zero, so a dashboard or alert
+    /// sees each documented series from the first scrape rather than after its first event.
+    /// The label sets are all the enums' variants (bounded); for requests, each route's `200`.
+    fn zero_every_series(&self) {
+        for route in Route::ALL {
+            drop(
+                self.requests
+                    .get_or_create(&RequestLabels { route, status: 200 }),
+            );
+            drop(
+                self.time_to_first_byte
+                    .get_or_create(&RouteLabels { route }),
+            );
+        }
+        for reason in CloseReason::ALL {
+            drop(self.socket_closes.get_or_create(&CloseLabels { reason }));
+        }
+        for cause in RecoveryCause::ALL {
+            drop(self.recoveries.get_or_create(&CauseLabels { cause }));
+        }
+        for reason in FallbackReason::ALL {
+            drop(self.fallbacks.get_or_create(&FallbackLabels { reason }));
+        }
+        for outcome in Continuation::ALL {
+            drop(
+                self.continuations
+                    .get_or_create(&ContinuationLabels { outcome }),
+            );
+        }
+        for reason in Dropped::ALL {
+            drop(self.dropped_events.get_or_create(&DroppedLabels { reason }));
+        }
+    }
+
     pub fn request(&self, route: Route, status: u16) {
         self.requests
             .get_or_create(&RequestLabels { route, status })
@@ -320,6 +354,7 @@ impl Metrics {
     /// The text exposition, with the socket gauges set from `sockets` (idle, busy, connecting)
     /// and the credential gauge from `credentials`.
     pub fn render(&self, sockets: [usize; 3], credentials: usize) -> String {
+        self.zero_every_series();
         self.credentials
             .set(i64::try_from(credentials).unwrap_or(i64::MAX));
         for (state, count) in [
@@ -342,6 +377,52 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Every variant of the labelled enums, to create their series at zero.
+impl Route {
+    pub const ALL: [Self; 3] = [Self::Responses, Self::Passthrough, Self::Operations];
+}
+
+impl CloseReason {
+    pub const ALL: [Self; 10] = [
+        Self::ServerClosed,
+        Self::LimitReached,
+        Self::PingTimeout,
+        Self::MaxAge,
+        Self::IdleTimeout,
+        Self::ClientGone,
+        Self::TurnFailed,
+        Self::ProtocolError,
+        Self::Shutdown,
+        Self::LargeMessage,
+    ];
+}
+
+impl RecoveryCause {
+    pub const ALL: [Self; 4] = [
+        Self::SocketClosed,
+        Self::ConnectFailed,
+        Self::LimitReached,
+        Self::PreviousResponseNotFound,
+    ];
+}
+
+impl FallbackReason {
+    pub const ALL: [Self; 3] = [Self::Background, Self::FrameTooLarge, Self::UpgradeRefused];
+}
+
+impl Dropped {
+    pub const ALL: [Self; 3] = [Self::BeforeCreated, Self::OtherResponse, Self::Sequence];
+}
+
+impl Continuation {
+    pub const ALL: [Self; 4] = [
+        Self::Continued,
+        Self::Fresh,
+        Self::Explicit,
+        Self::Recovered,
+    ];
 }
 
 /// Label values are the variants' names in snake_case (`server_closed`).
@@ -389,6 +470,10 @@ mod tests {
         metrics.socket_closed(CloseReason::ServerClosed);
         metrics.request(Route::Responses, 200);
         let text = metrics.render([2, 1, 0], 1);
+        assert!(
+            text.contains("wsbridge_upstream_recoveries_total{cause=\"limit_reached\"} 0"),
+            "every series exists from the start: {text}"
+        );
         assert!(
             text.contains("wsbridge_upstream_socket_closes_total{reason=\"server_closed\"} 1"),
             "{text}"

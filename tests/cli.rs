@@ -21,10 +21,10 @@ fn start_with(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, Stri
     (child, addr)
 }
 
-/// Every stderr line a child printed after its listening line, as it goes.
+/// Every stderr line a child printed, as it goes.
 type Log = Arc<Mutex<Vec<String>>>;
 
-/// [`start_with`], keeping what the child logs after it started listening.
+/// [`start_with`], keeping what the child logs.
 #[expect(
     clippy::zombie_processes,
     reason = "every caller waits for the child in `terminate` or `wait_exit`"
@@ -40,6 +40,7 @@ fn start_logged(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, St
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let started = Instant::now();
+    let mut before = Vec::new();
     loop {
         assert!(
             started.elapsed() < common::PATIENCE,
@@ -56,7 +57,8 @@ fn start_logged(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, St
                 .unwrap()
                 .to_owned();
             // Keep draining stderr so the child never blocks on a full pipe.
-            let log = Log::default();
+            before.push(line.clone());
+            let log = Log::new(Mutex::new(before));
             let kept = log.clone();
             std::thread::spawn(move || {
                 for line in lines.map_while(Result::ok) {
@@ -65,6 +67,7 @@ fn start_logged(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, St
             });
             return (child, addr, log);
         }
+        before.push(line);
     }
 }
 
@@ -135,16 +138,132 @@ async fn serve_answers_healthz_and_the_health_probe_agrees() {
     let probe = |url: String| {
         Command::new(env!("CARGO_BIN_EXE_wsbridge"))
             .args(["health", "--url", &url])
-            .status()
+            .output()
             .unwrap()
     };
-    assert!(probe(format!("http://{addr}/healthz")).success());
-    assert!(!probe(format!("http://{addr}/nope")).success());
-    assert_eq!(terminate(&mut child).code(), Some(0));
-    assert!(
-        !probe(format!("http://{addr}/healthz")).success(),
-        "nothing listens after exit"
+    assert!(probe(format!("http://{addr}/healthz")).status.success());
+    let failed = probe(format!("http://{addr}/nope"));
+    assert!(!failed.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&failed.stderr),
+        format!("wsbridge health: http://{addr}/nope answered 404\n")
     );
+    assert_eq!(terminate(&mut child).code(), Some(0));
+    let refused = probe(format!("http://{addr}/healthz"));
+    assert!(!refused.status.success(), "nothing listens after exit");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).starts_with("wsbridge health: "),
+        "says why"
+    );
+}
+
+#[tokio::test]
+async fn health_without_a_url_probes_the_configured_listen_address() {
+    let (mut child, addr) = start(&["serve", "--listen", "127.0.0.1:0"]);
+    let probe = |env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_wsbridge"))
+            .arg("health")
+            .env_remove("WSBRIDGE_SERVER_LISTEN")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    // As in the container: the port comes from the environment (or the config file).
+    assert!(probe(&[("WSBRIDGE_SERVER_LISTEN", &addr)]).status.success());
+    let port = addr.rsplit(':').next().unwrap();
+    let unspecified = format!("0.0.0.0:{port}");
+    assert!(
+        probe(&[("WSBRIDGE_SERVER_LISTEN", &unspecified)])
+            .status
+            .success(),
+        "0.0.0.0 is probed on loopback"
+    );
+    assert_eq!(terminate(&mut child).code(), Some(0));
+    let after = probe(&[("WSBRIDGE_SERVER_LISTEN", &addr)]);
+    assert!(!after.status.success());
+    let bad = probe(&[("WSBRIDGE_SERVER_LISTEN", "nowhere")]);
+    assert_eq!(
+        bad.status.code(),
+        Some(64),
+        "a bad configuration is still 64"
+    );
+}
+
+#[test]
+fn a_bad_variable_value_names_the_key_the_variable_and_what_is_accepted() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wsbridge"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("WSBRIDGE_POOL_MAX_SOCKETS", "abc")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "wsbridge: invalid value for `pool.max_sockets` (from environment variable \
+         WSBRIDGE_POOL_MAX_SOCKETS): \"abc\" is not a whole number from 0 to 4294967295\n"
+    );
+}
+
+#[test]
+fn latency_figures_without_the_custom_profile_stop_the_simulator() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wsbridge"))
+        .args(["simulate", "--listen", "127.0.0.1:0"])
+        .env("WSBRIDGE_SIMULATOR_LATENCY_TTFT_MS", "300")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "`simulator.latency.ttft_ms` (from environment variable \
+             WSBRIDGE_SIMULATOR_LATENCY_TTFT_MS): 300 has no effect"
+        ),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_misspelt_variable_is_logged_as_a_warning() {
+    let (mut child, _addr, log) = start_logged(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("WSBRIDGE_POOL_MAX_SOCKET", "4")],
+    );
+    assert_eq!(terminate(&mut child).code(), Some(0));
+    let lines = log.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|line| line.contains("WARN")
+            && line.contains(
+                "ignoring unknown environment variable WSBRIDGE_POOL_MAX_SOCKET (did you mean \
+                 WSBRIDGE_POOL_MAX_SOCKETS?)"
+            )),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn help_shows_the_built_in_defaults() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wsbridge"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    let defaults = wsbridge::config::RawConfig::default();
+    for shown in [
+        format!(
+            "[default: {}; config server.listen]",
+            defaults.server.listen
+        ),
+        format!(
+            "[default: {}; config upstream.base_url]",
+            defaults.upstream.base_url
+        ),
+        format!("[default: {}; config log.format]", defaults.log.format),
+    ] {
+        // clap wraps long help lines; compare with the whitespace folded.
+        let folded = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(folded.contains(&shown), "{shown} not in:\n{help}");
+    }
 }
 
 #[tokio::test]
@@ -354,4 +473,163 @@ fn inject_mode_on_a_public_address_without_client_tokens_refuses_to_start() {
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("OPENAI_API_KEY"));
+}
+
+/// Waits until `log` holds a line satisfying `found`, and returns it.
+fn wait_for_line(log: &Log, found: impl Fn(&str) -> bool) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(line) = log.lock().unwrap().iter().find(|line| found(line)) {
+            return line.clone();
+        }
+        assert!(
+            started.elapsed() < common::PATIENCE,
+            "no such line: {:?}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test]
+async fn the_start_up_line_says_what_is_in_force_without_secrets() {
+    let (mut child, _addr, log) = start_logged(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "https://user:hunter2@example.invalid/v1",
+        ],
+        &[("WSBRIDGE_POOL_MAX_SOCKETS", "5")],
+    );
+    assert_eq!(terminate(&mut child).code(), Some(0));
+    let line = wait_for_line(&log, |line| line.contains("listening on http://"));
+    for shown in [
+        " upstream=https://example.invalid/v1 ",
+        " auth=passthrough ",
+        " pool.min_idle=1 pool.max_sockets=5 ",
+        " continuation=on (reasoning lenient, stored_on_any_socket false) ",
+        " + WSBRIDGE_POOL_MAX_SOCKETS + --listen + --upstream",
+    ] {
+        assert!(line.contains(shown), "{shown:?} not in {line}");
+    }
+    assert!(!line.contains("hunter2"), "{line}");
+}
+
+#[tokio::test]
+async fn every_request_gets_an_access_line_with_its_request_id() {
+    let (mut child, addr, log) = start_logged(
+        &[
+            "--log-format",
+            "json",
+            "serve",
+            "--simulate",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let url = format!("http://{addr}/v1");
+    let first = common::post_json(&url, &serde_json::json!({"model": "m", "input": "hi"})).await;
+    assert_eq!(first.status, 200);
+    let mut input = vec![serde_json::json!({"role": "user", "content": "hi"})];
+    input.extend(first.json()["output"].as_array().unwrap().clone());
+    input.push(serde_json::json!({"role": "user", "content": "and then?"}));
+    let second = common::post_json(
+        &url,
+        &serde_json::json!({"model": "m", "input": input, "stream": true}),
+    )
+    .await;
+    assert_eq!(second.headers["x-wsbridge-continuation"], "continued");
+    let health = common::request("GET", &format!("http://{addr}/healthz"), None, None).await;
+    let models = common::request("GET", &format!("{url}/models"), Some(common::KEY), None).await;
+    let line_of = |reply: &common::Reply| {
+        let id = reply.headers["x-request-id"].to_str().unwrap().to_owned();
+        assert!(id.starts_with("req_"), "{id}");
+        let line = wait_for_line(&log, |line| {
+            line.contains("wsbridge::access") && line.contains(&id)
+        });
+        let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(line["level"], "INFO");
+        (id, line)
+    };
+    let access = |reply: &common::Reply| {
+        let (id, line) = line_of(reply);
+        assert_eq!(line["span"]["request_id"], id.as_str());
+        line["fields"].clone()
+    };
+    // The first turn waited for its socket to connect; the continuation reused it.
+    assert_eq!(access(&first)["socket"], "opened");
+    let fields = access(&second);
+    assert_eq!(fields["message"], "POST /v1/responses");
+    assert_eq!(fields["status"], 200);
+    assert_eq!(fields["route"], "responses");
+    assert_eq!(fields["continuation"], "continued");
+    assert_eq!(fields["socket"], "reused");
+    assert_eq!(fields["bytes"], second.body.len() as u64);
+    assert_eq!(fields["complete"], true);
+    assert!(fields["ttfb_ms"].as_u64().unwrap() <= fields["duration_ms"].as_u64().unwrap());
+    let fields = access(&health);
+    assert_eq!(fields["message"], "GET /healthz");
+    assert_eq!(fields["route"], "operations");
+    assert_eq!(fields["continuation"], "-");
+    assert_eq!(fields["socket"], "-");
+    // A passed-through answer keeps the upstream's id; the span has it beside wsbridge's own.
+    let (id, line) = line_of(&models);
+    assert_eq!(line["span"]["upstream_request_id"], id.as_str());
+    assert!(
+        line["span"]["request_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("req_")
+    );
+    assert_ne!(line["span"]["request_id"], id.as_str());
+    assert_eq!(line["fields"]["route"], "passthrough");
+    assert_eq!(terminate(&mut child).code(), Some(0));
+}
+
+#[tokio::test]
+async fn log_access_false_turns_the_access_lines_off() {
+    let (mut child, addr, log) = start_logged(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("WSBRIDGE_LOG_ACCESS", "false")],
+    );
+    let health = common::request("GET", &format!("http://{addr}/healthz"), None, None).await;
+    assert_eq!(health.status, 200);
+    assert!(health.headers.contains_key("x-request-id"));
+    assert_eq!(terminate(&mut child).code(), Some(0));
+    wait_for_line(&log, |line| line.contains("shutting down"));
+    let lines = log.lock().unwrap().clone();
+    assert!(
+        !lines.iter().any(|line| line.contains("wsbridge::access")),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn under_simulate_the_models_endpoints_answer_with_the_simulators_model() {
+    let (mut child, addr) = start(&["serve", "--simulate", "--listen", "127.0.0.1:0"]);
+    let models = common::request(
+        "GET",
+        &format!("http://{addr}/v1/models"),
+        Some(common::KEY),
+        None,
+    )
+    .await;
+    assert_eq!(models.status, 200, "{}", models.body);
+    let list = models.json();
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["data"][0]["id"], "gpt-sim");
+    assert_eq!(list["data"][0]["object"], "model");
+    let model = common::request(
+        "GET",
+        &format!("http://{addr}/v1/models/gpt-sim"),
+        Some(common::KEY),
+        None,
+    )
+    .await;
+    assert_eq!(model.status, 200, "{}", model.body);
+    assert_eq!(model.json()["id"], "gpt-sim");
+    assert_eq!(terminate(&mut child).code(), Some(0));
 }

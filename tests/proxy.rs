@@ -1076,3 +1076,35 @@ async fn shutdown_lets_an_in_flight_stream_finish() {
         .await
         .expect("the pool closes its sockets on shutdown");
 }
+
+#[tokio::test]
+async fn metrics_expose_every_documented_series_from_the_start() {
+    let bridge = bridge().await;
+    let text = bridge.metrics().await;
+    // README's operations table is the list of series users are told about.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme
+        .lines()
+        .find(|line| line.starts_with("| `GET /metrics`"))
+        .expect("README documents /metrics");
+    let documented: Vec<&str> = table
+        .split('`')
+        .filter(|part| part.starts_with("wsbridge_"))
+        .map(|part| part.split('{').next().unwrap())
+        .collect();
+    assert!(documented.len() >= 10, "{documented:?}");
+    for name in documented {
+        assert!(
+            text.lines()
+                .any(|line| line.starts_with(&format!("{name}{{"))
+                    || line.starts_with(&format!("{name} "))
+                    || line.starts_with(&format!("{name}_bucket{{"))),
+            "{name} has no sample before first use:\n{text}"
+        );
+    }
+    assert_eq!(
+        metric(&text, "wsbridge_continuations_total{outcome=\"recovered\"}"),
+        0.0
+    );
+}

@@ -42,6 +42,9 @@ pub struct Turn {
     created: Option<Value>,
     /// Upstream silence so far, across quiet ticks.
     silent: Duration,
+    /// The socket had carried a turn before this one.
+    socket_reused: bool,
+    socket_opened: std::time::Instant,
 }
 
 /// One upstream event of the turn, as the upstream wrote it.
@@ -144,7 +147,12 @@ impl Turn {
         seed: HeadSeed,
         engine: &Engine,
     ) -> Self {
+        let mut lease = lease;
+        let socket_reused = lease.socket().turns() > 1;
+        let socket_opened = lease.socket().opened();
         Self {
+            socket_reused,
+            socket_opened,
             lease: Some(lease),
             first: Some(first),
             filter,
@@ -161,6 +169,16 @@ impl Turn {
     /// How the turn went upstream (continued, fresh, explicit, recovered).
     pub fn route(&self) -> Continuation {
         self.route
+    }
+
+    /// True when the turn's socket had carried a turn before this one.
+    pub fn socket_reused(&self) -> bool {
+        self.socket_reused
+    }
+
+    /// When the turn's socket was opened.
+    pub fn socket_opened(&self) -> std::time::Instant {
+        self.socket_opened
     }
 
     /// The `response` object of the turn's `response.created`, once handed out.

@@ -7,9 +7,12 @@
 //! /healthz /readyz /metrics
 //! ```
 
+mod logs;
 pub mod passthrough;
 pub mod responses;
 pub mod server;
+
+pub use logs::{RequestId, SocketUse};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -243,11 +246,7 @@ pub fn without_nagle(
 /// Starts the proxy, logs where it listens, and runs until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     let proxy = Proxy::start(config).await?;
-    tracing::info!(
-        "proxy listening on http://{} (OpenAI base URL {})",
-        proxy.addr(),
-        proxy.base_url()
-    );
+    logs::log_started(&proxy);
     shutdown.cancelled().await;
     tracing::info!("shutting down: finishing in-flight requests");
     proxy.shutdown().await;
@@ -302,29 +301,66 @@ async fn limit_headers(State(app): State<Arc<App>>, request: Request, next: Next
     next.run(request).await
 }
 
-/// Metrics and a tracing span for every request.
-async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    let path = request.uri().path();
-    let route = if path == "/v1/responses" && request.method() == axum::http::Method::POST {
+/// Metrics, a tracing span with the request id, the `x-request-id` header, and (with
+/// `log.access`) one access line per request, written when its body has been sent.
+async fn observe(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    let method = request.method().clone();
+    let route = if path == "/v1/responses" && method == axum::http::Method::POST {
         Route::Responses
     } else if path == "/v1" || path.starts_with("/v1/") {
         Route::Passthrough
     } else {
         Route::Operations
     };
-    let span = tracing::info_span!("request", method = %request.method(), path = %path);
+    let request_id = crate::ids::new_id("req");
+    let span = tracing::info_span!(
+        "request",
+        method = %method,
+        path = %path,
+        request_id = %request_id,
+        upstream_request_id = tracing::field::Empty,
+    );
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
     let started = Instant::now();
-    let response = next.run(request).instrument(span.clone()).await;
-    app.metrics.first_byte(route, started.elapsed());
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let first_byte = started.elapsed();
+    app.metrics.first_byte(route, first_byte);
     app.metrics.request(route, response.status().as_u16());
-    span.in_scope(|| {
-        tracing::debug!(
-            status = response.status().as_u16(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "answered"
-        );
-    });
-    response
+    // A passed-through answer keeps the upstream's id (what OpenAI support asks for); the span
+    // then carries both, so the id the client received is in every later line.
+    match response.headers().get(logs::X_REQUEST_ID) {
+        Some(upstream) => {
+            span.record("upstream_request_id", upstream.to_str().unwrap_or("?"));
+        }
+        None => {
+            if let Ok(value) = axum::http::HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert(logs::X_REQUEST_ID, value);
+            }
+        }
+    }
+    if !app.config.log.access {
+        return response;
+    }
+    let line = logs::AccessLine {
+        span,
+        method,
+        path,
+        route,
+        status: response.status().as_u16(),
+        continuation: response
+            .headers()
+            .get(responses::X_WSBRIDGE_CONTINUATION)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned),
+        socket: response.extensions().get::<SocketUse>().copied(),
+        started,
+        first_byte,
+        bytes: 0,
+    };
+    response.map(|body| logs::with_access_line(body, line))
 }
 
 /// `GET /v1/responses`: a WebSocket upgrade is refused at once with 426 so WebSocket-first

@@ -23,22 +23,15 @@ use super::passthrough::{self, X_ACCEL_BUFFERING};
 use crate::engine::{Break, BridgeError, Next, Turn};
 use crate::protocol::{OpenAiError, sse};
 
-/// The handler. Every answer carries an `x-request-id` (the upstream socket gives none).
+/// The handler. Its answer gets the request's `x-request-id` from the `observe` middleware
+/// (the upstream socket gives none).
 pub async fn create(
     State(app): State<Arc<App>>,
     uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let request_id = crate::ids::new_id("req");
-    let mut response = respond(&app, &uri, headers, body).await;
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response
-            .headers_mut()
-            .entry("x-request-id")
-            .or_insert(value);
-    }
-    response
+    respond(&app, &uri, headers, body).await
 }
 
 async fn respond(
@@ -111,6 +104,11 @@ async fn respond(
         Err(error) => return error.into_response(),
     };
     let route = HeaderValue::from_static(turn.route().header_value());
+    // For the access line: whether this turn ran on a socket that had carried one before.
+    let socket = super::SocketUse {
+        reused: turn.socket_reused(),
+        opened: turn.socket_opened(),
+    };
     let mut response = if stream {
         stream_events(app, turn)
     } else {
@@ -119,6 +117,7 @@ async fn respond(
     response
         .headers_mut()
         .insert(X_WSBRIDGE_CONTINUATION, route);
+    response.extensions_mut().insert(socket);
     response
 }
 

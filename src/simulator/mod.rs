@@ -96,6 +96,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/responses", get(ws::upgrade).post(rest::create))
         .route("/v1/responses/{id}", get(rest::retrieve))
+        .route("/v1/models", get(rest::models))
+        .route("/v1/models/{id}", get(rest::model))
         .route("/sim/stats", get(rest::stats))
         .route("/sim/faults", get(rest::faults).post(rest::set_faults))
         .fallback(rest::not_found)

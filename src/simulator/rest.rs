@@ -1,5 +1,6 @@
 //! The REST transport: `POST /v1/responses` (SSE when `stream: true`, else the Response JSON),
-//! `GET /v1/responses/{id}` for stored responses, and the simulator's own `/sim/*` endpoints.
+//! `GET /v1/responses/{id}` for stored responses, `GET /v1/models` (SDKs and tools list models
+//! before anything else), and the simulator's own `/sim/*` endpoints.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -189,6 +190,37 @@ pub(super) async fn retrieve(
         )
         .into_response(),
     }
+}
+
+/// The model the simulator advertises. It answers to any model name, so this is the one name
+/// the listing offers (and the one README's examples use).
+pub const MODEL: &str = "gpt-sim";
+
+fn model_object(id: &str) -> Value {
+    serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "wsbridge-simulator"})
+}
+
+/// `GET /v1/models`: OpenAI's list shape, with [`MODEL`].
+pub(super) async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(error) = shared.authenticate(&headers) {
+        return error.into_response();
+    }
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"object": "list", "data": [model_object(MODEL)]}),
+    )
+}
+
+/// `GET /v1/models/{id}`: any name, since the scripted model answers to any name.
+pub(super) async fn model(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(error) = shared.authenticate(&headers) {
+        return error.into_response();
+    }
+    json(StatusCode::OK, &model_object(&id))
 }
 
 pub(super) async fn stats(State(shared): State<Arc<Shared>>) -> Response {
