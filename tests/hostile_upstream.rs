@@ -15,16 +15,15 @@ fn user(text: &str) -> Value {
     json!({"role": "user", "content": text})
 }
 
-async fn proxy_metric(proxy: &wsbridge::Proxy, series: &str) -> f64 {
-    let text = request(
-        "GET",
-        &format!("http://{}/metrics", proxy.addr()),
-        None,
-        None,
+/// A proxy in front of `upstream`, and its answer to one `"hi"` (streamed or not).
+async fn ask_hi(upstream: &Scripted, stream: bool) -> (wsbridge::Proxy, Reply) {
+    let proxy = proxy_for(upstream, |_| {}).await;
+    let reply = post_json(
+        &proxy.base_url(),
+        &json!({"model": "gpt-sim", "input": "hi", "stream": stream}),
     )
-    .await
-    .body;
-    metric(&text, series)
+    .await;
+    (proxy, reply)
 }
 
 #[tokio::test]
@@ -80,12 +79,7 @@ async fn a_frame_that_is_not_json_ends_the_stream_with_response_failed_and_forge
         frames
     })
     .await;
-    let proxy = proxy_for(&upstream, |_| {}).await;
-    let reply = post_json(
-        &proxy.base_url(),
-        &json!({"model": "gpt-sim", "input": "hi", "stream": true}),
-    )
-    .await;
+    let (_proxy, reply) = ask_hi(&upstream, true).await;
     assert_eq!(reply.status, 200);
     // Strict framing: every event is exactly `event:` + one `data:` line of JSON.
     let events = reply.events();
@@ -112,12 +106,7 @@ async fn a_frame_that_is_not_json_before_any_output_is_retried_on_another_socket
         _ => answer("resp_1", "Hello"),
     })
     .await;
-    let proxy = proxy_for(&upstream, |_| {}).await;
-    let reply = post_json(
-        &proxy.base_url(),
-        &json!({"model": "gpt-sim", "input": "hi"}),
-    )
-    .await;
+    let (_proxy, reply) = ask_hi(&upstream, false).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(output_text(&reply.json()), "Hello");
     assert_eq!(
@@ -140,12 +129,7 @@ async fn pretty_printed_events_are_relayed_as_one_event_each_meaning_the_same() 
             .collect()
     })
     .await;
-    let proxy = proxy_for(&upstream, |_| {}).await;
-    let reply = post_json(
-        &proxy.base_url(),
-        &json!({"model": "gpt-sim", "input": "hi", "stream": true}),
-    )
-    .await;
+    let (_proxy, reply) = ask_hi(&upstream, true).await;
     let events = reply.events();
     let expected: Vec<Value> = answer("resp_1", "Hello\nworld")
         .iter()
@@ -245,12 +229,7 @@ async fn sequence_numbers_that_go_backwards_or_repeat_are_dropped_and_the_added_
         frames
     })
     .await;
-    let proxy = proxy_for(&upstream, |_| {}).await;
-    let reply = post_json(
-        &proxy.base_url(),
-        &json!({"model": "gpt-sim", "input": "hi", "stream": true}),
-    )
-    .await;
+    let (proxy, reply) = ask_hi(&upstream, true).await;
     let events = reply.events();
     let sequences: Vec<u64> = events
         .iter()
@@ -280,12 +259,7 @@ async fn a_socket_that_read_a_huge_message_is_closed_after_its_turn_to_free_its_
         frames
     })
     .await;
-    let proxy = proxy_for(&upstream, |_| {}).await;
-    let reply = post_json(
-        &proxy.base_url(),
-        &json!({"model": "gpt-sim", "input": "hi"}),
-    )
-    .await;
+    let (proxy, reply) = ask_hi(&upstream, false).await;
     assert_eq!(reply.status, 200);
     assert_eq!(
         reply.json()["metadata"]["padding"].as_str().unwrap().len(),
@@ -342,12 +316,7 @@ async fn a_websocket_429_gets_retry_after_from_the_wording_of_its_message() {
         .to_string()]
     })
     .await;
-    let proxy = proxy_for(&upstream, |_| {}).await;
-    let reply = post_json(
-        &proxy.base_url(),
-        &json!({"model": "gpt-sim", "input": "hi"}),
-    )
-    .await;
+    let (_proxy, reply) = ask_hi(&upstream, false).await;
     assert_eq!(reply.status, 429);
     assert_eq!(reply.headers["retry-after"], "2");
     assert_eq!(reply.headers["retry-after-ms"], "1200");

@@ -7,7 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Bridge, KEY, PATIENCE, bridge, bridge_with, mask_fields, metric, output_text, types};
+use common::{
+    Bridge, KEY, PATIENCE, assert_consecutive_sequence_numbers, bridge, bridge_with, mask_fields,
+    metric, output_text, types,
+};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use wsbridge::config::SimulatorConfig;
@@ -20,18 +23,6 @@ fn hello(stream: bool) -> Value {
 
 fn with_fault(fault: &str) -> Value {
     json!({"model": "gpt-test", "input": "hello", "stream": true, "metadata": {"sim_fault": fault}})
-}
-
-/// Sequence numbers go up by one from event to event, nothing dropped or doubled.
-fn assert_consecutive_sequence_numbers(events: &[Value]) {
-    let sequence: Vec<u64> = events
-        .iter()
-        .map(|e| e["sequence_number"].as_u64().unwrap())
-        .collect();
-    assert!(
-        sequence.windows(2).all(|w| w[1] == w[0] + 1),
-        "{sequence:?}"
-    );
 }
 
 /// Starts a streaming `POST /v1/responses` through the proxy and reads its first chunk, which

@@ -433,6 +433,31 @@ pub fn mask_fields(text: &str, keys: &[&str], numbers: &[&str]) -> String {
     out
 }
 
+/// One series of a proxy's metrics (`name{labels}`), 0 when absent.
+pub async fn proxy_metric(proxy: &Proxy, series: &str) -> f64 {
+    let text = request(
+        "GET",
+        &format!("http://{}/metrics", proxy.addr()),
+        None,
+        None,
+    )
+    .await
+    .body;
+    metric(&text, series)
+}
+
+/// Sequence numbers go up by one from event to event, nothing dropped or doubled.
+pub fn assert_consecutive_sequence_numbers(events: &[Value]) {
+    let sequence: Vec<u64> = events
+        .iter()
+        .map(|e| e["sequence_number"].as_u64().unwrap())
+        .collect();
+    assert!(
+        sequence.windows(2).all(|w| w[1] == w[0] + 1),
+        "{sequence:?}"
+    );
+}
+
 /// The value of one series (`name{labels}`) in a Prometheus text exposition, 0 when absent.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
