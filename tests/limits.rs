@@ -151,6 +151,48 @@ async fn connections_that_never_finish_their_headers_are_closed() {
 }
 
 #[tokio::test]
+async fn the_header_deadline_never_cuts_a_request_that_arrived_in_time() {
+    let bridge = bridge_with(SimulatorConfig::default(), |config| {
+        config.server.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // A stream that outlives the header deadline of its connection, then a second request on
+    // the same (kept-alive) connection.
+    let body = json!({"model": "gpt-sim", "input": "hi", "stream": true,
+                      "metadata": {"sim_fault": "stall_within:1500"}});
+    let (status, text, clean) =
+        request_partial(&format!("{}/responses", bridge.url()), &body).await;
+    assert_eq!(status, 200);
+    assert!(clean, "the stream was cut: {text}");
+    assert_eq!(
+        parse_sse(&text).last().unwrap()["type"],
+        "response.completed"
+    );
+    let mut tcp = TcpStream::connect(bridge.proxy.addr()).await.unwrap();
+    let request = format!(
+        "POST /v1/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        body.to_string().len(),
+        body
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("response.completed") {
+        let read = tokio::time::timeout(PATIENCE, tcp.read(&mut buffer))
+            .await
+            .expect("the stream went on")
+            .unwrap();
+        assert!(
+            read > 0,
+            "closed mid-stream: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buffer[..read]);
+    }
+}
+
+#[tokio::test]
 async fn connections_beyond_max_connections_wait_until_one_closes() {
     let bridge = bridge_with(SimulatorConfig::default(), |config| {
         config.server.max_connections = 1;

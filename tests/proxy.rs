@@ -1099,3 +1099,52 @@ async fn metrics_expose_every_documented_series_from_the_start() {
         0.0
     );
 }
+
+#[tokio::test]
+async fn a_repeated_sequence_number_from_the_upstream_is_relayed_once() {
+    let bridge = bridge().await;
+    let reply = bridge.post(&with_fault("repeat_sequence")).await;
+    let events = reply.events();
+    assert_consecutive_sequence_numbers(&events);
+    let deltas: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, output_text(&events.last().unwrap()["response"]));
+    assert_eq!(
+        bridge
+            .metric("wsbridge_upstream_events_dropped_total{reason=\"sequence\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_straggler_after_the_terminal_event_never_reaches_the_next_conversation() {
+    // One socket, so the next conversation goes on the socket the straggler arrives on.
+    let bridge = bridge_with(SimulatorConfig::default(), |config| {
+        config.pool.max_sockets = 1;
+    })
+    .await;
+    let first =
+        json!({"model": "gpt-test", "input": "one", "metadata": {"sim_fault": "late_event"}});
+    assert_eq!(bridge.post(&first).await.status, 200);
+    let second = bridge
+        .post(&json!({"model": "gpt-test", "input": "two", "stream": true}))
+        .await;
+    assert!(!second.body.contains("LATE"), "{}", second.body);
+    let events = second.events();
+    assert_eq!(events[0]["type"], "response.created");
+    assert_eq!(events.last().unwrap()["type"], "response.completed");
+    assert_consecutive_sequence_numbers(&events);
+    // It was caught either way: dropped before the next turn's response.created, or, when it
+    // came while the socket sat idle, by closing that socket.
+    let dropped = bridge
+        .metric("wsbridge_upstream_events_dropped_total{reason=\"before_created\"}")
+        .await;
+    let closed = bridge
+        .metric("wsbridge_upstream_socket_closes_total{reason=\"protocol_error\"}")
+        .await;
+    assert_eq!(dropped + closed, 1.0, "dropped {dropped}, closed {closed}");
+}

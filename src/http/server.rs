@@ -127,6 +127,7 @@ async fn connection(
     let first_request = tokio::time::sleep(header_read_timeout);
     tokio::pin!(first_request);
     let mut draining = false;
+    let mut deadline_passed = false;
     loop {
         tokio::select! {
             served = connection.as_mut() => {
@@ -135,9 +136,14 @@ async fn connection(
                 }
                 return;
             }
-            () = &mut first_request, if !requested.load(Ordering::Relaxed) => {
-                tracing::debug!("closing a client connection that sent no request headers in time");
-                return;
+            // A `select!` precondition is read only when the select starts, and this one stays
+            // pending for the connection's whole life: the flag is checked when the time is up.
+            () = &mut first_request, if !deadline_passed => {
+                if !requested.load(Ordering::Relaxed) {
+                    tracing::debug!("closing a client connection that sent no request headers in time");
+                    return;
+                }
+                deadline_passed = true;
             }
             () = shutdown.stop.cancelled(), if !draining => {
                 connection.as_mut().graceful_shutdown();

@@ -19,7 +19,13 @@ pub enum Step {
     Sleep(Duration),
     /// Drop the connection without a terminal event.
     Close,
+    /// After the terminal event (and after the response is stored): wait [`LATE_AFTER`],
+    /// then send this event anyway (the `late_event` fault).
+    Late(String),
 }
+
+/// How long after its terminal event a `late_event` straggler goes out.
+pub const LATE_AFTER: Duration = Duration::from_millis(20);
 
 /// How the script ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +155,15 @@ pub fn script(input: &ScriptInput<'_>) -> Script {
     }
     let done = Value::Object(done);
     out.event(event, json!({"response": done}));
+    if directives.late_event {
+        out.event(
+            "response.output_text.delta",
+            json!({"item_id": "msg_late", "output_index": 0, "content_index": 0, "delta": "LATE"}),
+        );
+        if let Some(Step::Event(late)) = out.steps.pop() {
+            out.steps.push(Step::Late(late));
+        }
+    }
     Script {
         steps: out.steps,
         terminal,
@@ -215,6 +230,12 @@ impl Emitter<'_> {
         }
         self.event(kind, fields);
         self.tokens_sent += 1;
+        if self.tokens_sent == 1 && directives.repeat_sequence {
+            if let Some(Step::Event(first)) = self.steps.last() {
+                let again = Step::Event(first.clone());
+                self.steps.push(again);
+            }
+        }
         if self.tokens_sent == 1 {
             self.sleep(directives.stall_within);
             if let Some(code) = &directives.stream_error {

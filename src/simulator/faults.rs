@@ -9,7 +9,10 @@
 //! - `error:STATUS:CODE`: answer with a request-scoped error (WS `error` event, REST status);
 //! - `stream_error:CODE`: after the first delta, a flat `error` event that ends the stream;
 //! - `stall_before:MS`, `stall_within:MS`: pause before `response.created` / after the first delta;
-//! - `keepalive:N[:MS]`: N `keepalive` events after `response.in_progress`, MS apart.
+//! - `keepalive:N[:MS]`: N `keepalive` events after `response.in_progress`, MS apart;
+//! - `repeat_sequence`: the first delta is sent twice, with the same `sequence_number`;
+//! - `late_event`: 20 ms after the terminal event, one more delta of the finished response
+//!   (a straggler that reaches whatever the socket carries next).
 //!
 //! Socket faults: refused upgrades (`upgrade_status`, `upgrade_count`), sockets closed right
 //! after the upgrade (`close_after_upgrade`), and sockets that go silent at their first ping
@@ -71,6 +74,10 @@ pub struct Directives {
     pub stall_within: Duration,
     pub keepalives: u32,
     pub keepalive_interval: Duration,
+    /// The first delta goes out twice (a repeated `sequence_number`).
+    pub repeat_sequence: bool,
+    /// A delta of this response after its terminal event.
+    pub late_event: bool,
 }
 
 impl Directives {
@@ -97,6 +104,8 @@ impl Directives {
             ("close_before_created", []) => self.close_before_created = true,
             ("close_mid_stream", []) => self.close_mid_stream = true,
             ("response_failed", []) => self.response_failed = true,
+            ("repeat_sequence", []) => self.repeat_sequence = true,
+            ("late_event", []) => self.late_event = true,
             ("error", [status, code]) => {
                 let status = status
                     .parse::<u16>()
@@ -134,6 +143,8 @@ impl Directives {
         self.close_before_created |= other.close_before_created;
         self.close_mid_stream |= other.close_mid_stream;
         self.response_failed |= other.response_failed;
+        self.repeat_sequence |= other.repeat_sequence;
+        self.late_event |= other.late_event;
         if other.error.is_some() {
             self.error = other.error;
         }

@@ -490,7 +490,11 @@ pub async fn play<S: Sink>(
     });
     // The terminal event is the last step; the response is stored before it goes out, so a
     // client that continues the moment it sees `response.completed` finds it.
-    let last = script.steps.len().saturating_sub(1);
+    let last = script
+        .steps
+        .iter()
+        .rposition(|step| !matches!(step, Step::Late(_)))
+        .unwrap_or(0);
     for (index, step) in script.steps.into_iter().enumerate() {
         if index == last
             && turn.store
@@ -511,6 +515,15 @@ pub async fn play<S: Sink>(
                 }
             }
             Step::Close => return closed,
+            Step::Late(event) => {
+                tokio::select! {
+                    () = tokio::time::sleep(super::events::LATE_AFTER) => {}
+                    () = cancel.cancelled() => return closed,
+                }
+                if !sink.send(event).await {
+                    return closed;
+                }
+            }
         }
     }
     Played {
