@@ -57,10 +57,10 @@ impl HeadIndex {
 
     /// `socket`, holding `head`, is no longer idle (taken or closed).
     pub fn remove(&mut self, socket: u64, head: &Head) {
-        if let Some(digest) = head.digest {
-            if self.by_digest.get(&digest) == Some(&socket) {
-                self.by_digest.remove(&digest);
-            }
+        if let Some(digest) = head.digest
+            && self.by_digest.get(&digest) == Some(&socket)
+        {
+            self.by_digest.remove(&digest);
         }
         if self.by_response.get(&head.response_id) == Some(&socket) {
             self.by_response.remove(&head.response_id);

@@ -331,15 +331,16 @@ pub fn upstream_error_headers(event: &Value, error: &OpenAiError) -> HeaderMap {
     }
     let has_retry =
         headers.contains_key(header::RETRY_AFTER) || headers.contains_key("retry-after-ms");
-    if error.status == StatusCode::TOO_MANY_REQUESTS && !has_retry {
-        if let Some(wait) = error.retry_after() {
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-            headers.insert(
-                HeaderName::from_static("retry-after-ms"),
-                HeaderValue::from(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
-            );
-        }
+    if error.status == StatusCode::TOO_MANY_REQUESTS
+        && !has_retry
+        && let Some(wait) = error.retry_after()
+    {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        headers.insert(
+            HeaderName::from_static("retry-after-ms"),
+            HeaderValue::from(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
+        );
     }
     headers
 }

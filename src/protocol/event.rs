@@ -254,10 +254,10 @@ impl TurnFilter {
                 "keepalive" => return Ok(Admit::Skip),
                 _ => return Ok(Admit::Drop(Dropped::BeforeCreated)),
             }
-        } else if let (Some(ours), Some(theirs)) = (&self.response_id, &event.response_id) {
-            if ours != theirs {
-                return Ok(Admit::Drop(Dropped::OtherResponse));
-            }
+        } else if let (Some(ours), Some(theirs)) = (&self.response_id, &event.response_id)
+            && ours != theirs
+        {
+            return Ok(Admit::Drop(Dropped::OtherResponse));
         }
         if let Some(sequence) = event.sequence {
             if self.last_sequence.is_some_and(|last| sequence <= last) {

@@ -230,11 +230,12 @@ impl Emitter<'_> {
         }
         self.event(kind, fields);
         self.tokens_sent += 1;
-        if self.tokens_sent == 1 && directives.repeat_sequence {
-            if let Some(Step::Event(first)) = self.steps.last() {
-                let again = Step::Event(first.clone());
-                self.steps.push(again);
-            }
+        if self.tokens_sent == 1
+            && directives.repeat_sequence
+            && let Some(Step::Event(first)) = self.steps.last()
+        {
+            let again = Step::Event(first.clone());
+            self.steps.push(again);
         }
         if self.tokens_sent == 1 {
             self.sleep(directives.stall_within);

@@ -207,7 +207,10 @@ impl Faults {
             return Directives::default();
         }
         state.turns_seen += 1;
-        if state.turns_seen % u64::from(state.config.turn_every) == 0 {
+        if state
+            .turns_seen
+            .is_multiple_of(u64::from(state.config.turn_every))
+        {
             state.turn.clone()
         } else {
             Directives::default()
