@@ -16,6 +16,7 @@
 //! - [`continuation`]: canonical item digests, heads, continuation frames;
 //! - [`auth`]: resolving a request's upstream credential (passthrough or injected key);
 //! - [`metrics`]: Prometheus metrics with enum labels;
+//! - [`net`]: socket settings shared by the proxy and the simulator;
 //! - [`config`]: raw + validated configuration, environment overlay, defaults in one place;
 //! - [`protocol`]: OpenAI error bodies, SSE framing, canonical conversation items;
 //! - [`simulator`]: the upstream simulator (`wsbridge simulate`, and in-process for tests);
@@ -31,6 +32,7 @@ pub mod health;
 pub mod http;
 pub mod ids;
 pub mod metrics;
+pub mod net;
 pub mod protocol;
 pub mod shutdown;
 pub mod simulator;

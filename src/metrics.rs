@@ -1,5 +1,7 @@
 //! Prometheus metrics (`GET /metrics`, text format 0.0.4). Every label is an enum or a status
-//! code, never an id, a key or a message, so cardinality is bounded by construction.
+//! code, never an id, a key or a message, so cardinality is bounded by construction. The
+//! enums belong to the modules whose outcomes they name (socket close reasons, continuation
+//! routes, recovery causes, fallback reasons, dropped events); labels are derived from them here.
 
 use std::time::Duration;
 
@@ -10,7 +12,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::continuation::Continuation;
+use crate::engine::{FallbackReason, RecoveryCause};
 use crate::protocol::event::Dropped;
+use crate::upstream::socket::CloseReason;
 
 /// Which surface served a request.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -47,64 +52,14 @@ struct StateLabels {
     state: SocketState,
 }
 
-/// Why an upstream socket was closed.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The upstream closed it (or the connection broke).
-    ServerClosed,
-    /// An unsolicited or answered `websocket_connection_limit_reached`.
-    LimitReached,
-    /// A ping went unanswered.
-    PingTimeout,
-    /// It reached `pool.max_age`.
-    MaxAge,
-    /// Idle beyond `pool.idle_timeout` with more than `pool.min_idle` idle sockets.
-    IdleTimeout,
-    /// The client went away mid-turn (closing stops generation upstream).
-    ClientGone,
-    /// A turn failed or timed out; the socket's state is unknown.
-    TurnFailed,
-    /// The upstream sent something the protocol does not allow (binary frame, bad event).
-    ProtocolError,
-    /// wsbridge is shutting down.
-    Shutdown,
-    /// It received a message larger than [`crate::upstream::socket::LARGE_MESSAGE_BYTES`]:
-    /// closed after its turn so the read buffer that grew for it is freed.
-    LargeMessage,
-}
-
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CloseLabels {
     reason: CloseReason,
 }
 
-/// Why a request was retried on another socket before its first event.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum RecoveryCause {
-    /// The socket closed before the first event.
-    SocketClosed,
-    /// Connecting failed or the upgrade was refused with a retryable status.
-    ConnectFailed,
-    /// The upstream answered `websocket_connection_limit_reached`.
-    LimitReached,
-    /// A continuation wsbridge made was `previous_response_not_found`: resent in full.
-    PreviousResponseNotFound,
-}
-
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CauseLabels {
     cause: RecoveryCause,
-}
-
-/// Why a `POST /v1/responses` went over REST instead of a WebSocket.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum FallbackReason {
-    /// `background: true` is not supported over WebSocket.
-    Background,
-    /// The `response.create` frame would exceed `upstream.max_frame_bytes`.
-    FrameTooLarge,
-    /// The upstream refused the upgrade with 426, 404 or 405 (now or within the cool-down).
-    UpgradeRefused,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -134,19 +89,6 @@ pub struct Metrics {
     request_bytes: Counter,
     dropped_events: Family<DroppedLabels, Counter>,
     credentials: Gauge,
-}
-
-/// How a `POST /v1/responses` turn went upstream.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum Continuation {
-    /// Only the new items, with `previous_response_id`, on the socket holding the head.
-    Continued,
-    /// The client's input as given (a new conversation, or no idle head to extend).
-    Fresh,
-    /// The client chained with its own `previous_response_id` (sent as given).
-    Explicit,
-    /// A continuation the upstream could not resolve, resent in full before any output.
-    Recovered,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -23,7 +23,7 @@ use crate::protocol::items::{self, ItemKind};
 pub mod index;
 pub mod plan;
 
-pub use plan::{Affinity, HeadSeed, Matched, Plan, Rules};
+pub use plan::{Affinity, Continuation, HeadSeed, Matched, Plan, Rules};
 
 /// Whether reasoning items take part in matching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,7 @@
 //! applies the one end-of-turn rule (head recorded, socket released or closed).
 
 mod error;
+mod outcome;
 mod turn;
 
 use std::sync::Arc;
@@ -23,16 +24,19 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{BridgeError, SHUTTING_DOWN};
+pub use outcome::{FallbackReason, RecoveryCause};
 pub use turn::{Break, Event, Next, Turn};
 
 use crate::auth::Credential;
 use crate::config::{ContinuationConfig, UpstreamConfig};
+use crate::continuation::Continuation;
 use crate::continuation::{Digester, Plan, Rules};
-use crate::metrics::{CloseReason, Continuation, FallbackReason, Metrics, RecoveryCause};
+use crate::metrics::Metrics;
 use crate::protocol::OpenAiError;
 use crate::protocol::error::{Meaning, upstream_error_headers};
 use crate::protocol::event::{Admit, TurnFilter};
 use crate::upstream::pool::{Checkout, CheckoutError, Lease, Pool};
+use crate::upstream::socket::CloseReason;
 use crate::upstream::socket::{ConnectError, Socket};
 
 /// What every turn shares.

@@ -21,10 +21,12 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::Engine;
+use crate::continuation::Continuation;
 use crate::continuation::HeadSeed;
-use crate::metrics::{CloseReason, Continuation, Metrics};
+use crate::metrics::Metrics;
 use crate::protocol::event::{Admit, Envelope, InvalidEvent, TurnFilter};
 use crate::upstream::pool::Lease;
+use crate::upstream::socket::CloseReason;
 
 /// A turn whose first event has arrived.
 #[derive(Debug)]

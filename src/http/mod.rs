@@ -231,18 +231,6 @@ impl Proxy {
 /// After the shutdown grace, how long connections get to write their last events.
 const FLUSH: Duration = Duration::from_secs(2);
 
-/// Accepted connections with Nagle's algorithm off: every event is written as it comes, never
-/// held back waiting for an ACK (which costs up to 40 ms with delayed ACKs).
-pub fn without_nagle(
-    listener: tokio::net::TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
-    axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    })
-}
-
 /// Starts the proxy, logs where it listens, and runs until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     let proxy = Proxy::start(config).await?;

@@ -111,10 +111,7 @@ async fn connection(
     shutdown: Shutdown,
     _slot: OwnedSemaphorePermit,
 ) {
-    // Every event is written as it comes, never held back waiting for an ACK.
-    if let Err(error) = tcp.set_nodelay(true) {
-        tracing::debug!(%error, "cannot set TCP_NODELAY");
-    }
+    crate::net::no_delay(&tcp);
     let requested = Arc::new(AtomicBool::new(false));
     let seen = requested.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {

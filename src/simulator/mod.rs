@@ -128,7 +128,7 @@ impl Simulator {
         let app = router(shared.clone());
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {
-            let served = axum::serve(crate::http::without_nagle(listener), app)
+            let served = axum::serve(crate::net::without_nagle(listener), app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
             if let Err(error) = served {

@@ -41,12 +41,13 @@ use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::socket::CloseReason;
 use super::socket::{ConnectError, Connector, Socket};
 use crate::auth::Credential;
 use crate::config::PoolConfig;
 use crate::continuation::index::{Found, HeadIndex};
 use crate::continuation::{Affinity, Head, Matched};
-use crate::metrics::{CloseReason, Metrics};
+use crate::metrics::Metrics;
 
 /// Why no socket could be leased.
 #[derive(Debug)]
