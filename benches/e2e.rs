@@ -20,6 +20,10 @@
 //! latency), `passthrough` (REST pass-through added latency; with `--peer NAME=URL` also for
 //! other proxies, see `benches/peers.sh`).
 
+#![allow(
+    clippy::disallowed_types,
+    reason = "benchmarks time real processes on the wall clock"
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark harness")]
 #![allow(clippy::print_stdout, reason = "benchmarks print their tables")]
 

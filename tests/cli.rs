@@ -1,6 +1,10 @@
 //! The `wsbridge` binary as a user runs it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+#![allow(
+    clippy::disallowed_types,
+    reason = "child processes run on the wall clock, which no runtime can pause"
+)]
 
 mod common;
 

@@ -5,7 +5,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use common::*;
 use futures_util::SinkExt;
@@ -754,7 +756,7 @@ async fn a_busy_socket_refuses_creates_past_its_age_but_finishes_the_turn_in_fli
     ws.create(json!({"model": "gpt-test", "input": "slow", "metadata": {"sim_fault": "stall_within:1500"}})).await;
     // The server's clock started after `connected`, so this is past its deadline while the
     // turn is still stalled.
-    tokio::time::sleep_until((connected + Duration::from_millis(450)).into()).await;
+    tokio::time::sleep_until(connected + Duration::from_millis(450)).await;
     ws.create(hello()).await;
     let (events, code) = ws.until_closed().await;
     let kinds = types(&events);

@@ -46,7 +46,7 @@ pub struct Turn {
     silent: Duration,
     /// The socket had carried a turn before this one.
     socket_reused: bool,
-    socket_opened: std::time::Instant,
+    socket_opened: Instant,
 }
 
 /// One upstream event of the turn, as the upstream wrote it.
@@ -179,7 +179,7 @@ impl Turn {
     }
 
     /// When the turn's socket was opened.
-    pub fn socket_opened(&self) -> std::time::Instant {
+    pub fn socket_opened(&self) -> Instant {
         self.socket_opened
     }
 

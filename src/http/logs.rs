@@ -2,7 +2,9 @@
 //! and the access line, one per request, written when its response body has been sent (or
 //! dropped), in the request's span.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::http::header;

@@ -3,7 +3,7 @@
 //! before anything else), and the simulator's own `/sim/*` endpoints.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;

@@ -34,10 +34,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant as TokioInstant;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -278,7 +278,7 @@ impl Pool {
         if inner.shutdown.is_cancelled() {
             return Err(CheckoutError::ShuttingDown);
         }
-        let deadline = TokioInstant::now() + inner.config.checkout_timeout;
+        let deadline = Instant::now() + inner.config.checkout_timeout;
         let busy = || CheckoutError::Busy {
             retry_after: inner.config.checkout_timeout.max(Duration::from_secs(1)),
         };
