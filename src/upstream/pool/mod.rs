@@ -1,0 +1,293 @@
+//! The pool of upstream sockets, partitioned by credential (docs/architecture.md, "Pool").
+//!
+//! ```text
+//!  checkout ──▶ the idle socket whose head the request extends (Affinity)
+//!     │         else an idle socket without a head, else a new connection (under max_sockets),
+//!     │         else the least recently used idle head (evicted) ──▶ Lease ──▶ release → idle
+//!     │                                                                   └──▶ drop/close → gone
+//!     └─ all busy: wait up to checkout_timeout, then CheckoutError::Busy (429)
+//! ```
+//!
+//! Heads of idle sockets are indexed per credential by digest and by response id, so finding
+//! the socket a request continues is a few hash lookups under the partition lock. Heads of
+//! `store: true` turns (with `continuation.stored_on_any_socket`) are also kept in a bounded
+//! index of their own that outlives their socket: when the socket holding one is busy or gone,
+//! the request continues it on any socket and the upstream loads it from its store.
+//!
+//! Idle sockets sit in the pool itself, so a checkout takes one under the lock with no task
+//! hop. Before it is used, whatever the upstream sent meanwhile is read without waiting
+//! ([`Socket::drain`]): a close, an unsolicited `websocket_connection_limit_reached` or a
+//! protocol error retires it and the checkout picks another. One sweeper task per pool does
+//! the same for every idle socket each `sweep` period, answers and sends pings (a ping still
+//! unanswered at the next one closes the socket), and closes sockets that are too old, or idle
+//! beyond `idle_timeout` while more than `min_idle` are idle (or the credential went quiet).
+//! A [`Lease`] gives its socket back only through [`Lease::release`] after a clean turn, and
+//! closes it otherwise (also when dropped, which is how a client disconnect stops generation).
+//!
+//! # Concurrency
+//! Per partition, a semaphore of `max_sockets` permits bounds turns in flight; the counters
+//! (`open` = idle + busy + connecting) live under a std mutex that is never held across an
+//! await: draining and pinging an idle socket never wait, they only poll once. Every socket
+//! that closes goes through [`Inner::retire`], which decrements `open` exactly once. A connect
+//! holds its slot through a guard, so a cancelled request gives it back. `Notify` wakes one
+//! waiter whenever a socket goes idle or a slot frees up.
+
+mod checkout;
+mod lease;
+mod partition;
+mod sweep;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use lease::Lease;
+use partition::{Idle, Partition, State};
+
+use super::socket::{CloseReason, ConnectError, Connector, Socket};
+use crate::auth::Credential;
+use crate::config::PoolConfig;
+use crate::continuation::Matched;
+use crate::metrics::Metrics;
+use tokio::time::Instant;
+
+/// Why no socket could be leased.
+#[derive(Debug)]
+pub enum CheckoutError {
+    /// Every socket of this credential stayed busy for `checkout_timeout`.
+    Busy { retry_after: Duration },
+    /// Opening a new socket failed.
+    Connect(ConnectError),
+    /// The pool is shutting down.
+    ShuttingDown,
+    /// `Affinity::Only` found no idle socket holding the head it needs.
+    NoMatch,
+}
+
+/// The pool; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: PoolConfig,
+    connector: Connector,
+    metrics: Arc<Metrics>,
+    partitions: Mutex<HashMap<Credential, Arc<Partition>>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// A leased socket and what it holds for the request.
+#[derive(Debug)]
+pub struct Checkout {
+    pub lease: Lease,
+    /// The head the request continues: the socket's own, or a stored one.
+    pub matched: Option<Matched>,
+}
+
+/// The next refill delay after a failure: 1 s, doubling, at most 30 s.
+fn backoff(delay: Duration) -> Duration {
+    (delay * 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
+/// Sockets by state, summed over credentials: (idle, busy, connecting).
+pub type Census = [usize; 3];
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a pool lock leaves plain counters behind; keep serving.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Pool {
+    /// A pool and its sweeper task (which needs a tokio runtime).
+    pub fn new(config: PoolConfig, connector: Connector, metrics: Arc<Metrics>) -> Self {
+        let inner = Arc::new(Inner {
+            config,
+            connector,
+            metrics,
+            partitions: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        inner.tasks.spawn(inner.clone().sweep_forever());
+        Self { inner }
+    }
+
+    pub fn connector(&self) -> &Connector {
+        &self.inner.connector
+    }
+
+    /// Opens `min_idle` sockets for `credential` in the background.
+    pub fn prewarm(&self, credential: &Credential) {
+        let partition = self.inner.partition(credential);
+        lock(&partition.state).pinned = true;
+        self.inner.refill(&partition);
+    }
+
+    /// True while `credential` is on REST after a refused upgrade.
+    pub fn rest_only(&self, credential: &Credential) -> bool {
+        let partition = self.inner.partition(credential);
+        let mut state = lock(&partition.state);
+        match state.rest_until {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                state.rest_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Stops offering the stored head `response_id` (the upstream answered that it does not
+    /// have it).
+    pub fn forget_stored(&self, credential: &Credential, response_id: &str) {
+        let partition = self.inner.partition(credential);
+        lock(&partition.state).index.forget_stored(response_id);
+    }
+
+    /// Sends `credential` over REST for `cooldown`.
+    pub fn mark_rest_only(&self, credential: &Credential, cooldown: Duration) {
+        let partition = self.inner.partition(credential);
+        lock(&partition.state).rest_until = Some(Instant::now() + cooldown);
+    }
+
+    /// Credentials the pool holds state for (sockets, heads, a REST cool-down, a turn).
+    pub fn credentials(&self) -> usize {
+        lock(&self.inner.partitions).len()
+    }
+
+    /// Sockets by state over all credentials.
+    pub fn census(&self) -> Census {
+        let partitions: Vec<Arc<Partition>> =
+            lock(&self.inner.partitions).values().cloned().collect();
+        partitions.iter().fold([0; 3], |mut sum, partition| {
+            let state = lock(&partition.state);
+            sum[0] += state.idle.len();
+            sum[1] += state.busy;
+            sum[2] += state.connecting;
+            sum
+        })
+    }
+
+    /// Closes idle sockets now and leased ones when their turn ends; waits up to `grace` for
+    /// the close frames to go out.
+    pub async fn close(&self, grace: Duration) {
+        self.inner.shutdown.cancel();
+        // Waiting checkouts get ShuttingDown (503) rather than waiting for a 429.
+        for partition in lock(&self.inner.partitions).values() {
+            partition.turns.close();
+        }
+        self.inner.tasks.close();
+        let _ = tokio::time::timeout(grace, self.inner.tasks.wait()).await;
+    }
+}
+
+impl Inner {
+    fn is_current(&self, partition: &Arc<Partition>) -> bool {
+        lock(&self.partitions)
+            .get(&partition.credential)
+            .is_some_and(|current| Arc::ptr_eq(current, partition))
+    }
+
+    fn partition(&self, credential: &Credential) -> Arc<Partition> {
+        lock(&self.partitions)
+            .entry(credential.clone())
+            .or_insert_with(|| {
+                Arc::new(Partition {
+                    credential: credential.clone(),
+                    turns: Arc::new(Semaphore::new(self.config.max_sockets)),
+                    available: Notify::new(),
+                    state: Mutex::new(State::default()),
+                })
+            })
+            .clone()
+    }
+
+    fn lease(
+        self: &Arc<Self>,
+        partition: &Arc<Partition>,
+        socket: Socket,
+        permit: OwnedSemaphorePermit,
+    ) -> Lease {
+        Lease {
+            socket: Some(socket),
+            partition: partition.clone(),
+            pool: self.clone(),
+            permit: Some(permit),
+        }
+    }
+
+    /// Makes `socket` idle.
+    fn park(self: &Arc<Self>, partition: &Arc<Partition>, socket: Socket) {
+        if self.shutdown.is_cancelled() {
+            self.retire(partition, socket, CloseReason::Shutdown);
+            return;
+        }
+        lock(&partition.state).add_idle(Idle {
+            socket,
+            since: Instant::now(),
+        });
+        partition.available.notify_one();
+    }
+
+    /// Drops a partition that holds nothing any more: no socket, no stored head, no REST
+    /// cool-down, no turn in flight, not pinned.
+    fn forget_if_unused(&self, partition: &Arc<Partition>) {
+        let unused = {
+            let state = lock(&partition.state);
+            state.open == 0
+                && !state.index.has_stored()
+                && !state.pinned
+                && state.rest_until.is_none()
+                && partition.turns.available_permits() == self.config.max_sockets
+        };
+        if unused {
+            let mut partitions = lock(&self.partitions);
+            if partitions
+                .get(&partition.credential)
+                .is_some_and(|current| Arc::ptr_eq(current, partition))
+            {
+                partitions.remove(&partition.credential);
+            }
+        }
+    }
+
+    /// Accounts for a socket that is closing (it was idle or leased) and closes it.
+    fn retire(self: &Arc<Self>, partition: &Arc<Partition>, socket: Socket, reason: CloseReason) {
+        {
+            let mut state = lock(&partition.state);
+            state.open -= 1;
+            // A fresh socket the upstream drops at once: do not reconnect in a tight loop.
+            let dropped_at_once = socket.turns() == 0
+                && socket.age() < Duration::from_secs(5)
+                && matches!(
+                    reason,
+                    CloseReason::ServerClosed
+                        | CloseReason::ProtocolError
+                        | CloseReason::LimitReached
+                );
+            if dropped_at_once {
+                state.refill_delay = backoff(state.refill_delay);
+            }
+        }
+        self.forget_if_unused(partition);
+        self.metrics.socket_closed(reason);
+        socket.span().in_scope(|| {
+            tracing::debug!(?reason, turns = socket.turns(), "upstream socket closed");
+        });
+        partition.available.notify_one();
+        self.tasks.spawn(socket.close());
+        if reason != CloseReason::Shutdown {
+            self.refill(partition);
+        }
+    }
+}
