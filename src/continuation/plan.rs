@@ -230,12 +230,4 @@ impl Continuation {
             Continuation::Recovered => "recovered",
         }
     }
-
-    /// A turn that was to continue but sends its full input is `fresh`.
-    pub fn min_fresh(self) -> Self {
-        match self {
-            Continuation::Continued => Continuation::Fresh,
-            other => other,
-        }
-    }
 }

@@ -30,7 +30,7 @@ pub use turn::{Break, Event, Next, Turn};
 use crate::auth::Credential;
 use crate::config::{ContinuationConfig, UpstreamConfig};
 use crate::continuation::Continuation;
-use crate::continuation::{Digester, Plan, Rules};
+use crate::continuation::{Digester, Matched, Plan, Rules};
 use crate::metrics::Metrics;
 use crate::protocol::OpenAiError;
 use crate::protocol::error::{Meaning, upstream_error_headers};
@@ -214,20 +214,7 @@ impl Engine {
         bridged: &mut bool,
     ) -> Result<Turn, BridgeError> {
         let Checkout { mut lease, matched } = checkout;
-        let mut route = match (plan.explicit(), &matched) {
-            (Some(_), _) => Continuation::Explicit,
-            (None, Some(_)) => Continuation::Continued,
-            (None, None) => Continuation::Fresh,
-        };
-        let mut frame = match (route, &matched) {
-            (Continuation::Continued, Some(matched)) => {
-                Utf8Bytes::from(plan.continuation_frame(matched))
-            }
-            _ => {
-                route = route.min_fresh();
-                full_frame.clone()
-            }
-        };
+        let (mut route, mut frame) = route_and_frame(plan, matched.as_ref(), full_frame);
         if frame.len() > self.upstream.max_frame_bytes {
             // Nothing was sent: the socket and its head stay as they were.
             lease.release();
@@ -236,74 +223,73 @@ impl Engine {
         // The socket's head is replaced by this turn's (or dropped if it does not complete).
         lease.socket().set_head(None);
         loop {
-            self.metrics.frame_sent(frame.len());
             if !*bridged {
                 // What a full resend would have sent, counted once the request went upstream.
                 self.metrics.request_bridged(body_len);
                 *bridged = true;
             }
             let mut filter = TurnFilter::default();
-            // The send and the wait for the first event share one deadline: an upstream that
-            // stops reading (a full TCP window) cannot hang the request either.
-            let first = tokio::time::timeout(
-                self.upstream.first_event_timeout,
-                self.first_event(lease.socket(), frame.clone(), &mut filter),
-            )
-            .await;
-            let first = match first {
-                Ok(Ok(first)) => first,
-                Ok(Err(failure)) => {
-                    let reason = match failure {
-                        BridgeError::Protocol(_) => CloseReason::ProtocolError,
-                        _ => CloseReason::ServerClosed,
-                    };
-                    lease.close(reason);
-                    return Err(failure);
-                }
-                Err(_) => {
-                    lease.close(CloseReason::TurnFailed);
-                    return Err(BridgeError::FirstEventTimeout(
-                        self.upstream.first_event_timeout,
-                    ));
-                }
-            };
-            let (event, error) = match first {
-                First::Event(first) => {
+            let (event, error) = match self.send(&mut lease, frame.clone(), &mut filter).await {
+                Ok(First::Event(first)) => {
                     lease.refill_pool();
                     // A full resend (fresh or recovered) depends on nothing upstream.
                     let parent_stored = route != Continuation::Continued
                         || matched.as_ref().is_none_or(|m| m.stored);
-                    return Ok(Turn::new(
-                        lease,
-                        first,
-                        filter,
-                        route,
-                        plan.seed(parent_stored),
-                        self,
-                    ));
+                    let seed = plan.seed(parent_stored);
+                    return Ok(Turn::new(lease, first, filter, route, seed, self));
                 }
-                First::Error(event, error) => (event, error),
+                Ok(First::Error(event, error)) => (event, error),
+                Err((error, reason)) => {
+                    lease.close(reason);
+                    return Err(error);
+                }
             };
-            let nested = event.get("error").is_some_and(Value::is_object);
-            if route == Continuation::Continued && error.meaning() == Meaning::PreviousResponseGone
+            if route != Continuation::Continued || error.meaning() != Meaning::PreviousResponseGone
             {
-                // Our own rewrite missed (the upstream no longer has the response, whatever
-                // words it used to say so): resend in full, nothing has reached the client.
-                tracing::info!(upstream_error = %error, "continuation not resolvable upstream; resending the full input");
-                self.metrics
-                    .recovery(RecoveryCause::PreviousResponseNotFound);
-                if let Some(matched) = &matched {
-                    self.pool.forget_stored(credential, &matched.previous);
-                }
-                route = Continuation::Recovered;
-                frame = full_frame.clone();
-                if frame.len() > self.upstream.max_frame_bytes {
-                    lease.release();
-                    return Err(self.fallback(FallbackReason::FrameTooLarge));
-                }
-                continue;
+                let nested = event.get("error").is_some_and(Value::is_object);
+                return Err(self.request_error(lease, &event, error, nested));
             }
-            return Err(self.request_error(lease, &event, error, nested));
+            // Our own rewrite missed (the upstream no longer has the response, whatever words
+            // it used to say so): resend in full, nothing has reached the client.
+            tracing::info!(upstream_error = %error, "continuation not resolvable upstream; resending the full input");
+            self.metrics
+                .recovery(RecoveryCause::PreviousResponseNotFound);
+            if let Some(matched) = &matched {
+                self.pool.forget_stored(credential, &matched.previous);
+            }
+            route = Continuation::Recovered;
+            frame = full_frame.clone();
+            if frame.len() > self.upstream.max_frame_bytes {
+                lease.release();
+                return Err(self.fallback(FallbackReason::FrameTooLarge));
+            }
+        }
+    }
+
+    /// Sends `frame` and waits for the first event. The send and the wait share one deadline:
+    /// an upstream that stops reading (a full TCP window) cannot hang the request either. On
+    /// failure, how the socket must be closed.
+    async fn send(
+        &self,
+        lease: &mut Lease,
+        frame: Utf8Bytes,
+        filter: &mut TurnFilter,
+    ) -> Result<First, (BridgeError, CloseReason)> {
+        self.metrics.frame_sent(frame.len());
+        let timeout = self.upstream.first_event_timeout;
+        match tokio::time::timeout(timeout, self.first_event(lease.socket(), frame, filter)).await {
+            Ok(Ok(first)) => Ok(first),
+            Ok(Err(failure)) => {
+                let reason = match failure {
+                    BridgeError::Protocol(_) => CloseReason::ProtocolError,
+                    _ => CloseReason::ServerClosed,
+                };
+                Err((failure, reason))
+            }
+            Err(_) => Err((
+                BridgeError::FirstEventTimeout(timeout),
+                CloseReason::TurnFailed,
+            )),
         }
     }
 
@@ -363,6 +349,23 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+/// How a turn goes upstream on a socket that holds `matched` (if anything), and its frame:
+/// only the new items after a matched head, else the request as given.
+fn route_and_frame(
+    plan: &Plan<'_>,
+    matched: Option<&Matched>,
+    full_frame: &Utf8Bytes,
+) -> (Continuation, Utf8Bytes) {
+    match (plan.explicit(), matched) {
+        (Some(_), _) => (Continuation::Explicit, full_frame.clone()),
+        (None, Some(matched)) => (
+            Continuation::Continued,
+            Utf8Bytes::from(plan.continuation_frame(matched)),
+        ),
+        (None, None) => (Continuation::Fresh, full_frame.clone()),
     }
 }
 
