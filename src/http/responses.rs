@@ -14,14 +14,14 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 use tracing::Instrument;
 
 use super::App;
 use super::passthrough::{self, X_ACCEL_BUFFERING};
 use crate::engine::{Break, BridgeError, Next, Turn};
-use crate::protocol::{OpenAiError, sse};
+use crate::protocol::{OpenAiError, request, sse};
 
 /// The handler. Its answer gets the request's `x-request-id` from the `observe` middleware
 /// (the upstream socket gives none).
@@ -44,41 +44,15 @@ async fn respond(
         Ok(credential) => credential,
         Err(error) => return error.into_response(),
     };
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return OpenAiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                format!(
-                    "Request body too large: this wsbridge accepts at most {} bytes \
-                     (server.max_body_bytes).",
-                    app.config.server.max_body_bytes
-                ),
-            )
-            .into_response();
-        }
-        Err(rejection) => {
-            return OpenAiError::invalid_request(rejection.body_text()).into_response();
-        }
+    let limit = || {
+        format!(
+            "this wsbridge accepts at most {} bytes (server.max_body_bytes)",
+            app.config.server.max_body_bytes
+        )
     };
-    let request: Map<String, Value> = match serde_json::from_slice(&body) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => {
-            return OpenAiError::invalid_request("The request body must be a JSON object.")
-                .into_response();
-        }
-        Err(_) => return OpenAiError::unparseable_json().into_response(),
-    };
-    let stream = match request.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(stream)) => *stream,
-        Some(_) => {
-            return OpenAiError::invalid_request("Invalid type for 'stream': expected a boolean.")
-                .with_param("stream")
-                .with_code("invalid_type")
-                .into_response();
-        }
+    let (request, stream, body) = match request::read(body, limit) {
+        Ok(read) => (read.fields, read.stream, read.bytes),
+        Err(error) => return error.into_response(),
     };
     if request.contains_key("type") {
         // The REST API has no `type` parameter, and over the WebSocket it names the event.

@@ -10,7 +10,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::Shared;
@@ -18,7 +18,7 @@ use super::faults::FaultConfig;
 use super::stats::{Outcome, Transport};
 use super::turn::{self, Sink};
 use crate::ids;
-use crate::protocol::{OpenAiError, sse};
+use crate::protocol::{OpenAiError, request, sse};
 
 pub(super) async fn create(
     State(shared): State<Arc<Shared>>,
@@ -30,40 +30,10 @@ pub(super) async fn create(
         Ok(key) => key,
         Err(error) => return error.into_response(),
     };
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return OpenAiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                format!(
-                    "Request body too large: the limit is {} bytes.",
-                    shared.config.max_frame_bytes
-                ),
-            )
-            .into_response();
-        }
-        Err(rejection) => {
-            return OpenAiError::invalid_request(rejection.body_text()).into_response();
-        }
-    };
-    let request: Map<String, Value> = match serde_json::from_slice(&body) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => {
-            return OpenAiError::invalid_request("The request body must be a JSON object.")
-                .into_response();
-        }
-        Err(_) => return OpenAiError::unparseable_json().into_response(),
-    };
-    let stream = match request.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(stream)) => *stream,
-        Some(_) => {
-            return OpenAiError::invalid_request("Invalid type for 'stream': expected a boolean.")
-                .with_param("stream")
-                .with_code("invalid_type")
-                .into_response();
-        }
+    let limit = || format!("the limit is {} bytes", shared.config.max_frame_bytes);
+    let (request, stream, body) = match request::read(body, limit) {
+        Ok(read) => (read.fields, read.stream, read.bytes),
+        Err(error) => return error.into_response(),
     };
 
     let mut record = turn::record(Transport::Rest, None, &key, &request, body.len());
