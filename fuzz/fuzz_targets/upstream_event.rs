@@ -37,7 +37,12 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(lines.next(), Some(format!("event: {}", event.kind).as_str()));
         let data = lines.next().and_then(|line| line.strip_prefix("data: ")).expect("data line");
         assert!(lines.next().is_none(), "one data line");
-        let sent: Value = serde_json::from_str(frame).expect("admitted frames are JSON");
+        // Byte for byte, but for line breaks (whitespace in JSON) turned into spaces.
+        assert_eq!(data, frame.replace(['\r', '\n'], " "));
+        // JSON sets no range on numbers, serde_json's Value does (1e999): compare where it can.
+        let Ok(sent) = serde_json::from_str::<Value>(frame) else {
+            continue;
+        };
         let relayed: Value = serde_json::from_str(data).expect("relayed data is JSON");
         assert_eq!(sent, relayed);
         if event.kind == "error" {
