@@ -88,22 +88,7 @@ impl Proxy {
     /// Binds `server.listen`, starts the simulator first in `simulator` mode, pre-warms the
     /// injected credential's sockets, and serves until [`Proxy::shutdown`].
     pub async fn start(mut config: Config) -> Result<Self, StartError> {
-        let simulator = match config.upstream.mode {
-            UpstreamMode::Remote => None,
-            UpstreamMode::Simulator => {
-                let mut simulator_config = config.simulator.clone();
-                simulator_config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-                let handle = Simulator::spawn(simulator_config)
-                    .await
-                    .map_err(StartError::Simulator)?;
-                config.upstream.base_url = handle.base_url();
-                tracing::info!(
-                    "upstream: the in-process simulator at {}",
-                    handle.base_url()
-                );
-                Some(handle)
-            }
-        };
+        let simulator = start_simulator(&mut config).await?;
         let upstream_base: Uri = config.upstream.base_url.parse().map_err(|_| {
             StartError::Config(format!(
                 "bad upstream.base_url {}",
@@ -112,17 +97,7 @@ impl Proxy {
         })?;
         let auth = Auth::from_config(&config.auth).map_err(StartError::Config)?;
         let tls = crate::upstream::tls_config()?;
-        // Nagle off upstream too: a request head and its body (or a small SSE chunk) must not
-        // wait for an ACK.
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new()).build(https);
+        let client = rest_client(&tls);
         let metrics = Arc::new(Metrics::default());
         let connector = Connector::new(
             crate::upstream::websocket_url(&config.upstream.base_url),
@@ -228,6 +203,40 @@ impl Proxy {
             simulator.shutdown().await;
         }
     }
+}
+
+/// In `simulator` mode, starts the in-process simulator on a free loopback port and points
+/// `upstream.base_url` at it.
+async fn start_simulator(config: &mut Config) -> Result<Option<SimulatorHandle>, StartError> {
+    if config.upstream.mode != UpstreamMode::Simulator {
+        return Ok(None);
+    }
+    let mut simulator_config = config.simulator.clone();
+    simulator_config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let handle = Simulator::spawn(simulator_config)
+        .await
+        .map_err(StartError::Simulator)?;
+    config.upstream.base_url = handle.base_url();
+    tracing::info!(
+        "upstream: the in-process simulator at {}",
+        handle.base_url()
+    );
+    Ok(Some(handle))
+}
+
+/// The HTTP client for pass-through and REST fallback (HTTP/1.1 and h2, rustls).
+fn rest_client(tls: &Arc<rustls::ClientConfig>) -> HttpsClient {
+    // Nagle off upstream too: a request head and its body (or a small SSE chunk) must not
+    // wait for an ACK.
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((**tls).clone())
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new()).build(https)
 }
 
 /// After the shutdown grace, how long connections get to write their last events.
