@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::continuation::ReasoningPolicy;
+pub use crate::continuation::ReasoningPolicy;
 use crate::simulator::faults::FaultConfig;
 use crate::simulator::latency::{LatencyModel, LatencyProfile};
 

@@ -16,7 +16,8 @@
 //! - [`continuation`]: canonical item digests, heads, continuation frames;
 //! - [`auth`]: resolving a request's upstream credential (passthrough or injected key);
 //! - [`metrics`]: Prometheus metrics with enum labels;
-//! - [`net`]: socket settings shared by the proxy and the simulator;
+//! - [`net`]: socket settings and TLS shared by the proxy and the simulator;
+//! - [`outcome`]: what can happen to a socket or a turn (the metrics' label enums);
 //! - [`config`]: raw + validated configuration, environment overlay, defaults in one place;
 //! - [`protocol`]: OpenAI error bodies, SSE framing, canonical conversation items;
 //! - [`simulator`]: the upstream simulator (`wsbridge simulate`, and in-process for tests);
@@ -33,6 +34,7 @@ pub mod http;
 pub mod ids;
 pub mod metrics;
 pub mod net;
+pub mod outcome;
 pub mod protocol;
 pub mod shutdown;
 pub mod simulator;

@@ -1,7 +1,7 @@
 //! Prometheus metrics (`GET /metrics`, text format 0.0.4). Every label is an enum or a status
 //! code, never an id, a key or a message, so cardinality is bounded by construction. The
-//! enums belong to the modules whose outcomes they name (socket close reasons, continuation
-//! routes, recovery causes, fallback reasons, dropped events); labels are derived from them here.
+//! enums live in [`crate::outcome`] (and `protocol::event::Dropped`); labels are derived from
+//! them here.
 
 use std::time::Duration;
 
@@ -12,10 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::continuation::Continuation;
-use crate::engine::{FallbackReason, RecoveryCause};
+use crate::outcome::{CloseReason, Continuation, FallbackReason, RecoveryCause};
 use crate::protocol::event::Dropped;
-use crate::upstream::socket::CloseReason;
 
 /// Which surface served a request.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]

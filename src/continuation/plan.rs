@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use serde_json::{Map, Value};
 
 use super::{Digester, Frame, Head, input_items};
+pub use crate::outcome::Continuation;
 
 /// The continuation settings a plan follows (from `[continuation]`).
 #[derive(Debug, Clone, Copy)]
@@ -15,19 +16,6 @@ pub struct Rules {
     pub enabled: bool,
     /// Continue `store: true` turns on any socket (the upstream loads them from its store).
     pub stored_on_any_socket: bool,
-}
-
-/// How a `POST /v1/responses` turn went upstream.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum Continuation {
-    /// Only the new items, with `previous_response_id`, on the socket holding the head.
-    Continued,
-    /// The client's input as given (a new conversation, or no idle head to extend).
-    Fresh,
-    /// The client chained with its own `previous_response_id` (sent as given).
-    Explicit,
-    /// A continuation the upstream could not resolve, resent in full before any output.
-    Recovered,
 }
 
 /// A request's continuation plan, computed once per request.

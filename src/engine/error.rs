@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::outcome::FallbackReason;
+use crate::outcome::FallbackReason;
 use crate::protocol::OpenAiError;
 use crate::protocol::event::InvalidEvent;
 use crate::upstream::socket::ConnectError;

@@ -14,7 +14,6 @@
 //! applies the one end-of-turn rule (head recorded, socket released or closed).
 
 mod error;
-mod outcome;
 mod turn;
 
 use std::sync::Arc;
@@ -23,21 +22,21 @@ use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::outcome::{FallbackReason, RecoveryCause};
 pub use error::{BridgeError, SHUTTING_DOWN};
-pub use outcome::{FallbackReason, RecoveryCause};
 pub use turn::{Break, Event, Next, Turn};
 
 use crate::auth::Credential;
-use crate::config::{ContinuationConfig, UpstreamConfig};
+use crate::config::{Config, UpstreamConfig};
 use crate::continuation::Continuation;
 use crate::continuation::{Digester, Matched, Plan, Rules};
 use crate::metrics::Metrics;
 use crate::protocol::OpenAiError;
 use crate::protocol::error::{Meaning, upstream_error_headers};
 use crate::protocol::event::{Admit, TurnFilter};
-use crate::upstream::pool::{Checkout, CheckoutError, Lease, Pool};
+use crate::upstream::pool::{Census, Checkout, CheckoutError, Lease, Pool};
 use crate::upstream::socket::CloseReason;
-use crate::upstream::socket::{ConnectError, Socket};
+use crate::upstream::socket::{ConnectError, Connector, Socket};
 
 /// What every turn shares.
 #[derive(Debug)]
@@ -52,12 +51,17 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(
-        pool: Pool,
-        metrics: Arc<Metrics>,
-        upstream: UpstreamConfig,
-        continuation: &ContinuationConfig,
-    ) -> Self {
+    /// The engine over a new pool of upstream sockets for `config`'s upstream.
+    pub fn new(config: &Config, tls: Arc<rustls::ClientConfig>, metrics: Arc<Metrics>) -> Self {
+        let upstream = config.upstream.clone();
+        let connector = Connector::new(
+            crate::upstream::websocket_url(&upstream.base_url),
+            tls,
+            upstream.connect_timeout,
+            upstream.max_message_bytes,
+        );
+        let pool = Pool::new(config.pool.clone(), connector, metrics.clone());
+        let continuation = &config.continuation;
         Self {
             pool,
             metrics,
@@ -71,8 +75,24 @@ impl Engine {
         }
     }
 
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// Opens `pool.min_idle` sockets for `credential` now and keeps them warm (the injected key).
+    pub fn prewarm(&self, credential: &Credential) {
+        self.pool.prewarm(credential);
+    }
+
+    /// Upstream sockets by state: idle, busy, connecting.
+    pub fn census(&self) -> Census {
+        self.pool.census()
+    }
+
+    /// Credentials the pool holds state for.
+    pub fn credentials(&self) -> usize {
+        self.pool.credentials()
+    }
+
+    /// Closes the upstream sockets (leased ones when their turn ends), waiting up to `grace`.
+    pub async fn close(&self, grace: std::time::Duration) {
+        self.pool.close(grace).await;
     }
 
     /// Ends every turn now (the shutdown grace ran out): streams break with

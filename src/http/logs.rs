@@ -31,8 +31,8 @@ pub(super) fn log_started(proxy: &Proxy) {
         format!(
             "on (reasoning {}, stored_on_any_socket {})",
             match continuation.reasoning {
-                crate::continuation::ReasoningPolicy::Lenient => "lenient",
-                crate::continuation::ReasoningPolicy::Strict => "strict",
+                crate::config::ReasoningPolicy::Lenient => "lenient",
+                crate::config::ReasoningPolicy::Strict => "strict",
             },
             continuation.stored_on_any_socket
         )

@@ -40,8 +40,6 @@ use crate::engine::Engine;
 use crate::metrics::{Metrics, Route};
 use crate::protocol::OpenAiError;
 use crate::simulator::{Simulator, SimulatorHandle};
-use crate::upstream::pool::Pool;
-use crate::upstream::socket::Connector;
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
@@ -96,18 +94,12 @@ impl Proxy {
             ))
         })?;
         let auth = Auth::from_config(&config.auth).map_err(StartError::Config)?;
-        let tls = crate::upstream::tls_config()?;
+        let tls = crate::net::tls_config()?;
         let client = rest_client(&tls);
         let metrics = Arc::new(Metrics::default());
-        let connector = Connector::new(
-            crate::upstream::websocket_url(&config.upstream.base_url),
-            tls,
-            config.upstream.connect_timeout,
-            config.upstream.max_message_bytes,
-        );
-        let pool = Pool::new(config.pool.clone(), connector, metrics.clone());
+        let engine = Engine::new(&config, tls, metrics.clone());
         if let Some(credential) = auth.fixed() {
-            pool.prewarm(credential);
+            engine.prewarm(credential);
         }
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
@@ -119,12 +111,6 @@ impl Proxy {
             addr: config.server.listen,
             source,
         })?;
-        let engine = Engine::new(
-            pool,
-            metrics.clone(),
-            config.upstream.clone(),
-            &config.continuation,
-        );
         let app = Arc::new(App {
             config,
             auth,
@@ -198,7 +184,7 @@ impl Proxy {
             }
         }
         let _ = self.server.await;
-        self.app.engine.pool().close(Duration::from_secs(2)).await;
+        self.app.engine.close(Duration::from_secs(2)).await;
         if let Some(simulator) = self.simulator {
             simulator.shutdown().await;
         }
@@ -392,7 +378,7 @@ async fn healthz() -> impl IntoResponse {
 
 /// Ready when a pooled socket is idle, else when the upstream answers a TCP connect.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    let [idle, busy, _] = app.engine.pool().census();
+    let [idle, busy, _] = app.engine.census();
     let ready = idle > 0 || upstream_reachable(&app.upstream_base).await;
     let status = if ready {
         StatusCode::OK
@@ -434,7 +420,7 @@ async fn upstream_reachable(base: &Uri) -> bool {
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let text = app
         .metrics
-        .render(app.engine.pool().census(), app.engine.pool().credentials());
+        .render(app.engine.census(), app.engine.credentials());
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }
 

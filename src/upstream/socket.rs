@@ -21,34 +21,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::auth::Credential;
 use crate::continuation::Head;
+pub use crate::outcome::CloseReason;
 
 type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Why an upstream socket was closed.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The upstream closed it (or the connection broke).
-    ServerClosed,
-    /// An unsolicited or answered `websocket_connection_limit_reached`.
-    LimitReached,
-    /// A ping went unanswered.
-    PingTimeout,
-    /// It reached `pool.max_age`.
-    MaxAge,
-    /// Idle beyond `pool.idle_timeout` with more than `pool.min_idle` idle sockets.
-    IdleTimeout,
-    /// The client went away mid-turn (closing stops generation upstream).
-    ClientGone,
-    /// A turn failed or timed out; the socket's state is unknown.
-    TurnFailed,
-    /// The upstream sent something the protocol does not allow (binary frame, bad event).
-    ProtocolError,
-    /// wsbridge is shutting down.
-    Shutdown,
-    /// It received a message larger than [`crate::upstream::socket::LARGE_MESSAGE_BYTES`]:
-    /// closed after its turn so the read buffer that grew for it is freed.
-    LargeMessage,
-}
 
 /// An open upstream WebSocket.
 #[derive(Debug)]
