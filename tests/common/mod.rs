@@ -563,3 +563,40 @@ pub fn answer(id: &str, text: &str) -> Vec<String> {
     .map(Value::to_string)
     .collect()
 }
+
+// Requests the proxy tests share.
+
+/// A plain request, streamed or not.
+pub fn hello(stream: bool) -> Value {
+    serde_json::json!({"model": "gpt-test", "input": "hello", "stream": stream})
+}
+
+/// A streamed request with a simulator fault directive.
+pub fn with_fault(fault: &str) -> Value {
+    serde_json::json!({"model": "gpt-test", "input": "hello", "stream": true, "metadata": {"sim_fault": fault}})
+}
+
+/// Starts a streaming `POST /v1/responses` through the proxy and reads its first chunk, which
+/// must be `response.created`; returns the rest of the body and that chunk's text.
+pub async fn open_stream(bridge: &Bridge, body: &Value) -> (hyper::body::Incoming, String) {
+    let authorization = format!("Bearer {KEY}");
+    let response = send(
+        "POST",
+        &format!("{}/responses", bridge.url()),
+        &[("authorization", &authorization)],
+        Some(body.to_string()),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(PATIENCE, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let first = String::from_utf8_lossy(first.data_ref().unwrap()).into_owned();
+    assert!(first.starts_with("event: response.created"), "{first}");
+    (body, first)
+}
+
+// ---------------------------------------------------------------- the normal path
