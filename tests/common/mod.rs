@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 use wsbridge::Proxy;
 use wsbridge::config::{Config, SimulatorConfig};
+use wsbridge::simulator::latency::LatencyModel;
 use wsbridge::simulator::{Simulator, SimulatorHandle};
 
 pub const KEY: &str = "sk-test-key";
@@ -600,3 +601,26 @@ pub async fn open_stream(bridge: &Bridge, body: &Value) -> (hyper::body::Incomin
 }
 
 // ---------------------------------------------------------------- the normal path
+
+// Requests and configurations the simulator tests share.
+
+/// The simulator tests' plain request.
+pub fn greeting() -> Value {
+    serde_json::json!({"model": "gpt-test", "input": "hello there"})
+}
+
+/// The default simulator with output tokens `ms` apart, so concurrency becomes visible.
+pub fn paced(ms: u64) -> SimulatorConfig {
+    SimulatorConfig {
+        latency: LatencyModel {
+            per_token: Duration::from_millis(ms),
+            ..LatencyModel::NONE
+        },
+        ..SimulatorConfig::default()
+    }
+}
+
+/// One function tool, for the simulator's tool loop.
+pub fn lookup_tools() -> Value {
+    serde_json::json!([{"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}])
+}
