@@ -37,6 +37,7 @@ use crate::protocol::event::{Admit, TurnFilter};
 use crate::upstream::pool::{Census, Checkout, CheckoutError, Lease, Pool};
 use crate::upstream::socket::CloseReason;
 use crate::upstream::socket::{ConnectError, Connector, Socket};
+use turn::Kind;
 
 /// What every turn shares.
 #[derive(Debug)]
@@ -250,13 +251,13 @@ impl Engine {
             }
             let mut filter = TurnFilter::default();
             let (event, error) = match self.send(&mut lease, frame.clone(), &mut filter).await {
-                Ok(First::Event(first)) => {
+                Ok(First::Event(text, kind)) => {
                     lease.refill_pool();
                     // A full resend (fresh or recovered) depends on nothing upstream.
                     let parent_stored = route != Continuation::Continued
                         || matched.as_ref().is_none_or(|m| m.stored);
                     let seed = plan.seed(parent_stored);
-                    return Ok(Turn::new(lease, first, filter, route, seed, self));
+                    return Ok(Turn::new(lease, (text, kind), filter, route, seed, self));
                 }
                 Ok(First::Error(event, error)) => (event, error),
                 Err((error, reason)) => {
@@ -357,7 +358,10 @@ impl Engine {
                     let error = OpenAiError::from_upstream_event(&value);
                     return Ok(First::Error(value, error));
                 }
-                Ok(Admit::Relay(_)) => return Ok(First::Event(text)),
+                Ok(Admit::Relay(event)) => {
+                    let kind = Kind::of(&text, event);
+                    return Ok(First::Event(text, kind));
+                }
                 Ok(Admit::Skip) => {}
                 Ok(Admit::Drop(reason)) => {
                     tracing::debug!(?reason, "dropped an upstream event that is not this turn's");
@@ -391,8 +395,9 @@ fn route_and_frame(
 
 /// How a turn began upstream.
 enum First {
-    /// Its first event (`response.created`), already admitted by the turn's filter.
-    Event(Utf8Bytes),
+    /// Its first event (`response.created`), already admitted by the turn's filter, and
+    /// where its `type` is.
+    Event(Utf8Bytes, turn::Kind),
     /// A request-scoped `error` instead, parsed.
     Error(Value, OpenAiError),
 }

@@ -32,16 +32,17 @@ use crate::upstream::socket::CloseReason;
 #[derive(Debug)]
 pub struct Turn {
     lease: Option<Lease>,
-    /// The first event, already admitted by `filter`, not yet handed out.
-    first: Option<Utf8Bytes>,
+    /// The first event, already admitted by `filter`, not yet handed out, and its `type`.
+    first: Option<(Utf8Bytes, Kind)>,
     filter: TurnFilter,
     route: Continuation,
     seed: HeadSeed,
     metrics: Arc<Metrics>,
     idle_timeout: Duration,
     grace_expired: CancellationToken,
-    /// The `response` object of `response.created`, for a failure a front-end reports itself.
-    created: Option<Value>,
+    /// The turn's `response.created` event as it came (shared bytes, not a copy); parsed only
+    /// when a front-end reports a failure itself.
+    created: Option<Utf8Bytes>,
     /// Upstream silence so far, across quiet ticks.
     silent: Duration,
     /// The socket had carried a turn before this one.
@@ -59,7 +60,7 @@ pub struct Event {
 
 /// Where an event's `type` is: a slice of its text (no escapes, the usual case) or a copy.
 #[derive(Debug)]
-enum Kind {
+pub(super) enum Kind {
     Span(Range<usize>),
     Owned(Box<str>),
 }
@@ -143,7 +144,7 @@ pub enum Next {
 impl Turn {
     pub(super) fn new(
         lease: Lease,
-        first: Utf8Bytes,
+        first: (Utf8Bytes, Kind),
         filter: TurnFilter,
         route: Continuation,
         seed: HeadSeed,
@@ -184,8 +185,10 @@ impl Turn {
     }
 
     /// The `response` object of the turn's `response.created`, once handed out.
-    pub fn created(&self) -> Option<&Value> {
-        self.created.as_ref()
+    pub fn created(&self) -> Option<Value> {
+        let created = self.created.as_ref()?;
+        let mut event = serde_json::from_str::<Value>(created).ok()?;
+        event.get_mut("response").map(Value::take)
     }
 
     /// The sequence number for an event a front-end adds itself (after the last relayed).
@@ -197,8 +200,8 @@ impl Turn {
     /// for that long (the silence still counts towards `upstream.stream_idle_timeout`).
     pub async fn next(&mut self, quiet: Option<Duration>) -> Next {
         loop {
-            if let Some(first) = self.first.take() {
-                return self.admitted(first);
+            if let Some((text, kind)) = self.first.take() {
+                return self.admitted(text, kind);
             }
             let Some(lease) = self.lease.as_mut() else {
                 return Next::Done;
@@ -225,7 +228,10 @@ impl Turn {
             };
             self.silent = Duration::ZERO;
             match self.filter.admit(&text) {
-                Ok(Admit::Relay(_)) => return self.admitted(text),
+                Ok(Admit::Relay(event)) => {
+                    let kind = Kind::of(&text, event);
+                    return self.admitted(text, kind);
+                }
                 Ok(Admit::Skip) => {}
                 Ok(Admit::Drop(reason)) => {
                     tracing::debug!(?reason, "dropped an upstream event that is not this turn's");
@@ -239,14 +245,7 @@ impl Turn {
     }
 
     /// Hands out an admitted event, ending the turn on a terminal one.
-    fn admitted(&mut self, text: Utf8Bytes) -> Next {
-        let kind = match kind_of(&text) {
-            Ok(read) => read,
-            // Admitted events were read once already; this cannot fail, but never panic.
-            Err(invalid) => {
-                return self.broken(Break::Protocol(invalid), CloseReason::ProtocolError);
-            }
-        };
+    fn admitted(&mut self, text: Utf8Bytes, kind: Kind) -> Next {
         let mut event = Event {
             text,
             kind,
@@ -254,9 +253,7 @@ impl Turn {
         };
         match event.kind() {
             "response.created" if self.created.is_none() => {
-                self.created = serde_json::from_str::<Value>(event.text())
-                    .ok()
-                    .and_then(|mut event| event.get_mut("response").map(Value::take));
+                self.created = Some(event.text.clone());
             }
             "response.completed" | "response.incomplete" => {
                 event.terminal = true;
@@ -291,13 +288,15 @@ impl Turn {
     }
 }
 
-/// Where `type` is in `text`.
-fn kind_of(text: &str) -> Result<Kind, InvalidEvent> {
-    Ok(match Envelope::read(text)?.kind {
-        std::borrow::Cow::Borrowed(kind) => {
-            let start = kind.as_ptr() as usize - text.as_ptr() as usize;
-            Kind::Span(start..start + kind.len())
+impl Kind {
+    /// Where `envelope`'s `type` is in `text`, the frame it was read from: no second read.
+    pub(super) fn of(text: &str, envelope: Envelope<'_>) -> Self {
+        match envelope.kind {
+            std::borrow::Cow::Borrowed(kind) => {
+                let start = kind.as_ptr() as usize - text.as_ptr() as usize;
+                Kind::Span(start..start + kind.len())
+            }
+            std::borrow::Cow::Owned(kind) => Kind::Owned(kind.into_boxed_str()),
         }
-        std::borrow::Cow::Owned(kind) => Kind::Owned(kind.into_boxed_str()),
-    })
+    }
 }

@@ -163,7 +163,7 @@ impl Relay {
         let sequence = self.turn.next_sequence();
         match self.turn.created() {
             Some(created) => {
-                let mut response = created.clone();
+                let mut response = created;
                 if let Some(object) = response.as_object_mut() {
                     object.insert("status".into(), Value::from("failed"));
                     object.insert("error".into(), error);
