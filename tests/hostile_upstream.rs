@@ -306,6 +306,12 @@ async fn a_message_over_the_frame_limit_fails_the_turn_instead_of_being_buffered
             "response.failed"
         ]
     );
+    // The oversized message broke the socket: it is closed, never returned to the pool.
+    assert_eq!(events[2]["response"]["error"]["code"], "server_error");
+    assert_eq!(
+        proxy_metric(&proxy, "wsbridge_upstream_sockets{state=\"idle\"}").await,
+        0.0
+    );
 }
 
 #[tokio::test]
