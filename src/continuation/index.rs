@@ -99,12 +99,10 @@ impl HeadIndex {
             .retain(|_, stored| stored.response_id != response_id);
     }
 
-    /// Drops stored heads older than [`STORED_HEAD_TTL`]; true when that emptied the store.
-    pub fn expire_stored(&mut self) -> bool {
-        let before = self.stored.len();
+    /// Drops stored heads older than [`STORED_HEAD_TTL`].
+    pub fn expire_stored(&mut self) {
         self.stored
             .retain(|_, stored| stored.recorded.elapsed() < STORED_HEAD_TTL);
-        before > 0 && self.stored.is_empty()
     }
 
     /// True while stored heads are remembered (the credential's state must stay).
@@ -273,9 +271,10 @@ mod tests {
         let mut index = HeadIndex::default();
         index.remember_stored(&head("r1", 11, true));
         tokio::time::advance(STORED_HEAD_TTL - Duration::from_secs(1)).await;
-        assert!(!index.expire_stored());
+        index.expire_stored();
+        assert!(index.has_stored());
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(index.expire_stored());
+        index.expire_stored();
         assert!(!index.has_stored());
     }
 }

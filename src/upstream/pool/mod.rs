@@ -42,6 +42,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -53,7 +54,6 @@ use crate::auth::Credential;
 use crate::config::PoolConfig;
 use crate::continuation::Matched;
 use crate::metrics::Metrics;
-use tokio::time::Instant;
 
 /// Why no socket could be leased.
 #[derive(Debug)]

@@ -134,19 +134,18 @@ impl Inner {
         for (socket, reason) in closing {
             self.retire(partition, socket, reason);
         }
-        let expired = lock(&partition.state).index.expire_stored();
-        let cooled_down = {
+        {
+            // Old stored heads and an ended REST cool-down are let go; a partition left with
+            // nothing is then forgotten (forget_if_unused checks it under the lock).
             let mut state = lock(&partition.state);
-            let over = state
+            state.index.expire_stored();
+            if state
                 .rest_until
-                .is_some_and(|until| Instant::now() >= until);
-            if over {
+                .is_some_and(|until| Instant::now() >= until)
+            {
                 state.rest_until = None;
             }
-            over
-        };
-        if expired || cooled_down || lock(&partition.state).open == 0 {
-            self.forget_if_unused(partition);
         }
+        self.forget_if_unused(partition);
     }
 }
