@@ -54,7 +54,7 @@ pub enum Inbound {
     /// One JSON event, as the upstream wrote it.
     Event(Utf8Bytes),
     /// A control frame was handled (ping answered, pong seen); nothing for the caller.
-    Control { pong: bool },
+    Control,
     /// The socket is finished.
     Closed(CloseReason),
 }
@@ -104,15 +104,19 @@ impl Socket {
         self.ws.send(Message::Text(frame)).await
     }
 
-    /// Reads the next frame. Pings are answered by tungstenite while reading.
+    /// Reads the next frame. Pings are answered by tungstenite while reading; a pong settles
+    /// the keep-alive ping, whichever reader saw it (the idle watcher or a turn).
     pub async fn read(&mut self) -> Inbound {
         match self.ws.next().await {
             Some(Ok(Message::Text(text))) => {
                 self.largest_message = self.largest_message.max(text.len());
                 Inbound::Event(text)
             }
-            Some(Ok(Message::Pong(_))) => Inbound::Control { pong: true },
-            Some(Ok(Message::Ping(_) | Message::Frame(_))) => Inbound::Control { pong: false },
+            Some(Ok(Message::Pong(_))) => {
+                self.awaiting_pong = false;
+                Inbound::Control
+            }
+            Some(Ok(Message::Ping(_) | Message::Frame(_))) => Inbound::Control,
             Some(Ok(Message::Binary(_))) => Inbound::Closed(CloseReason::ProtocolError),
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                 Inbound::Closed(CloseReason::ServerClosed)
@@ -125,7 +129,7 @@ impl Socket {
         loop {
             match self.read().await {
                 Inbound::Event(text) => return Ok(text),
-                Inbound::Control { .. } => {}
+                Inbound::Control => {}
                 Inbound::Closed(reason) => return Err(reason),
             }
         }
@@ -137,7 +141,7 @@ impl Socket {
     pub fn drain(&mut self) -> Result<(), CloseReason> {
         while let Some(inbound) = self.read().now_or_never() {
             match inbound {
-                Inbound::Control { pong } => self.awaiting_pong &= !pong,
+                Inbound::Control => {}
                 Inbound::Closed(reason) => return Err(reason),
                 Inbound::Event(text) => {
                     if text.contains("websocket_connection_limit_reached") {
@@ -288,5 +292,54 @@ impl Connector {
             }
             Ok(Err(error)) => Err(ConnectError::Failed(error.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A loopback upstream that answers pings (tungstenite does so while reading) and sends
+    /// one event for each text frame it receives.
+    async fn echo_upstream() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/v1/responses", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            while let Some(Ok(message)) = ws.next().await {
+                if message.is_text() {
+                    let event = r#"{"type":"response.completed"}"#;
+                    ws.send(Message::text(event)).await.unwrap();
+                }
+            }
+        });
+        url
+    }
+
+    async fn connect(url: String) -> Socket {
+        let connector = Connector::new(
+            url,
+            crate::net::tls_config().unwrap(),
+            Duration::from_secs(5),
+            1 << 20,
+        );
+        let credential = Credential::bearer("sk-test").unwrap();
+        connector.connect(&credential).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_pong_read_during_a_turn_settles_the_idle_ping() {
+        let mut socket = connect(echo_upstream().await).await;
+        let every = Duration::from_millis(1);
+        socket.keep_alive(every).unwrap();
+        assert!(socket.awaiting_pong, "the ping went out");
+        // Leased before the idle watcher read the pong: the turn reads it before its event.
+        socket.send(Utf8Bytes::from_static("{}")).await.unwrap();
+        let event = socket.next_event().await.unwrap();
+        assert_eq!(event.as_str(), r#"{"type":"response.completed"}"#);
+        tokio::time::sleep(every * 2).await;
+        assert_eq!(socket.keep_alive(every), Ok(()), "back in the pool, the next ping is due");
     }
 }
