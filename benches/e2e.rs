@@ -17,7 +17,8 @@
 //! talking to the simulator directly, concurrency sweep), `capacity` (stall-free concurrent
 //! streams, CPU per 1,000 events), `memory` (RSS idle, per pooled socket, per conversation, peak,
 //! after load), `agent` (a 20-tool-call loop: REST direct vs through wsbridge, calibrated
-//! latency), `passthrough` (REST pass-through added latency; with `--peer NAME=URL` also for
+//! latency), `cpu` (CPU per request against nginx, when nginx is installed), `passthrough`
+//! (REST pass-through added latency; with `--peer NAME=URL` also for
 //! other proxies, see `benches/peers.sh`).
 
 #![allow(
@@ -68,9 +69,16 @@ fn options() -> Options {
         }
     }
     if options.scenarios.is_empty() {
-        options.scenarios = ["latency", "capacity", "memory", "agent", "passthrough"]
-            .map(str::to_owned)
-            .to_vec();
+        options.scenarios = [
+            "latency",
+            "capacity",
+            "memory",
+            "agent",
+            "passthrough",
+            "cpu",
+        ]
+        .map(str::to_owned)
+        .to_vec();
     }
     options
 }
@@ -95,6 +103,7 @@ fn main() {
                 "memory" => memory(&options).await,
                 "agent" => agent_loop(&options).await,
                 "passthrough" => passthrough(&options).await,
+                "cpu" => cpu(&options).await,
                 other => panic!("unknown scenario {other}"),
             }
             println!("_({scenario}: {:.1} s)_\n", started.elapsed().as_secs_f64());
@@ -592,6 +601,90 @@ async fn passthrough(options: &Options) {
         ],
         &rows,
     );
+}
+
+/// CPU per request of the proxy against nginx passing the same answer through, in the same run:
+/// one unpaced answer per request, streamed (`stream: true`) and not, at two concurrencies.
+/// wsbridge bridges it (HTTP in, WebSocket to the simulator, SSE or JSON out); nginx forwards
+/// the simulator's own REST answer. Each request is a new conversation (the pool at its
+/// defaults reuses sockets, evicting old heads once it holds `pool.max_sockets`).
+async fn cpu(options: &Options) {
+    let sim = Process::simulator(&[
+        ("WSBRIDGE_SIMULATOR_LATENCY_PROFILE", "custom".into()),
+        ("WSBRIDGE_SIMULATOR_LATENCY_PER_TOKEN_MS", "0".into()),
+        ("WSBRIDGE_SIMULATOR_ANSWER_WORDS", "10".into()),
+    ]);
+    let proxy = Process::proxy(&sim.base_url(), &[]);
+    let Some(nginx) = load::Nginx::start(&sim.base_url()) else {
+        println!("## f. CPU per request\n\nnginx is not installed: skipped.\n");
+        return;
+    };
+    let per_client_total = if options.quick { 40 } else { 4000 };
+    let mut rows = Vec::new();
+    for stream in [true, false] {
+        for concurrency in [1, 16] {
+            let body =
+                json!({"model": "gpt-bench", "input": "cpu", "stream": stream, "store": false});
+            let per_client = per_client_total / concurrency;
+            let mut measure = async |base: &str, cpu: &dyn Fn() -> Duration| {
+                // Warm-up: connections, and (for wsbridge) a pool past `pool.max_sockets`.
+                run(base, &body, stream, concurrency, 100 / concurrency + 1).await;
+                let before = cpu();
+                let (requests, events) = run(base, &body, stream, concurrency, per_client).await;
+                let spent = cpu() - before;
+                (spent.as_secs_f64() * 1e6 / requests as f64, events)
+            };
+            let (nginx_us, events) = measure(&nginx.base_url(), &|| nginx.cpu_time()).await;
+            let (proxy_us, _) = measure(&proxy.base_url(), &|| proxy.cpu_time()).await;
+            rows.push(vec![
+                if stream {
+                    format!("stream ({events} events)")
+                } else {
+                    "stream: false".into()
+                },
+                concurrency.to_string(),
+                (per_client * concurrency).to_string(),
+                format!("{nginx_us:.0}"),
+                format!("{proxy_us:.0}"),
+                format!("**{:.2}**", proxy_us / nginx_us),
+            ]);
+        }
+    }
+    println!(
+        "## f. CPU per request: wsbridge bridging vs nginx passing the same answer through (µs)\n"
+    );
+    table(
+        &[
+            "request",
+            "concurrency",
+            "requests",
+            "nginx 1 worker (REST pass-through)",
+            "wsbridge (WebSocket bridge)",
+            "wsbridge / nginx",
+        ],
+        &rows,
+    );
+}
+
+/// `per_client` requests from each of `concurrency` clients; returns how many completed and
+/// the events per stream (0 for `stream: false`). Panics on a failure: CPU of failed requests
+/// would not compare.
+async fn run(
+    base: &str,
+    body: &Value,
+    stream: bool,
+    concurrency: usize,
+    per_client: usize,
+) -> (usize, usize) {
+    if stream {
+        let run = load::sse_streams(base, KEY, body, concurrency, per_client).await;
+        assert_eq!(run.failures, 0, "every stream completes");
+        (run.streams, run.events_per_stream())
+    } else {
+        let run = load::posts(base, KEY, body, concurrency, per_client).await;
+        assert_eq!(run.failures, 0, "every request completes");
+        (run.latencies.len(), 0)
+    }
 }
 
 fn us(duration: Duration) -> String {

@@ -584,3 +584,108 @@ pub fn machine() -> String {
         kernel.trim()
     )
 }
+
+/// CPU time (user + system) of `pid` and its children that are still running (nginx's master
+/// and workers), from `/proc`: whole clock ticks.
+fn process_tree_cpu(pid: u32) -> Duration {
+    let mut ticks = 0;
+    let mut pids = vec![pid];
+    while let Some(pid) = pids.pop() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        ticks += fields
+            .get(11)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+            + fields
+                .get(12)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        pids.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+    }
+    Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+}
+
+/// nginx as a plain pass-through in front of `upstream` (`http://HOST:PORT`), one worker,
+/// buffering off (how one would put nginx in front of an SSE API), in its own temporary prefix.
+/// `None` when nginx is not installed.
+pub struct Nginx {
+    child: Child,
+    addr: String,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    pub fn start(upstream: &str) -> Option<Self> {
+        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|path| std::path::Path::new(path).exists())?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let dir = std::env::temp_dir().join(format!("wsbridge-bench-nginx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let upstream = upstream.trim_start_matches("http://");
+        let upstream = upstream.split('/').next().unwrap_or(upstream);
+        let d = dir.display();
+        let config = format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             upstream simulator {{ server {upstream}; keepalive 256; }}\n\
+             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://simulator;\n\
+             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
+             proxy_buffering off;\n      proxy_request_buffering off;\n    }}\n  }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), config).ok()?;
+        let child = Command::new(binary)
+            .args(["-e", "stderr", "-p"])
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Self { child, addr, dir })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// CPU time of the master and its worker.
+    pub fn cpu_time(&self) -> Duration {
+        process_tree_cpu(self.child.id())
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // TERM, not KILL: the master then stops its worker (a killed master leaves it running).
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

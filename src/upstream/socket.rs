@@ -340,6 +340,10 @@ mod tests {
         let event = socket.next_event().await.unwrap();
         assert_eq!(event.as_str(), r#"{"type":"response.completed"}"#);
         tokio::time::sleep(every * 2).await;
-        assert_eq!(socket.keep_alive(every), Ok(()), "back in the pool, the next ping is due");
+        assert_eq!(
+            socket.keep_alive(every),
+            Ok(()),
+            "back in the pool, the next ping is due"
+        );
     }
 }
