@@ -14,7 +14,7 @@ use common::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wsbridge::config::SimulatorConfig;
+use wsbridge::simulator::SimulatorConfig;
 
 /// Sends raw bytes on a new connection and reads until the proxy closes it (or `PATIENCE`).
 async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {

@@ -15,9 +15,9 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 use wsbridge::Proxy;
-use wsbridge::config::{Config, SimulatorConfig};
+use wsbridge::config::Config;
 use wsbridge::simulator::latency::LatencyModel;
-use wsbridge::simulator::{Simulator, SimulatorHandle};
+use wsbridge::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 
 pub const KEY: &str = "sk-test-key";
 /// Long enough for anything these tests do on a loaded 2-core machine; only failures wait it out.
