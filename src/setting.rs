@@ -50,6 +50,14 @@ pub fn within_ten_years(key: &'static str, duration: Duration) -> Result<Duratio
     }
 }
 
+/// How a unit enum variant is spelt in the configuration (its serde name, e.g. `json`).
+pub fn name_of<T: serde::Serialize>(value: &T) -> String {
+    match toml::Value::try_from(value) {
+        Ok(toml::Value::String(name)) => name,
+        _ => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +75,15 @@ mod tests {
         let ten_years = Duration::from_secs(10 * 365 * 24 * 3600);
         assert_eq!(within_ten_years("k", ten_years), Ok(ten_years));
         assert!(within_ten_years("k", ten_years + Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn enum_names_are_their_serde_names() {
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "lowercase")]
+        enum Profile {
+            OpenAi,
+        }
+        assert_eq!(name_of(&Profile::OpenAi), "openai");
     }
 }

@@ -76,7 +76,7 @@ fn find_bad_key(tree: &toml::Table, origin_of: &dyn Fn(&str) -> Origin) -> Optio
                 origin: origin_of(&key),
                 key,
                 value: value.to_string(),
-                expected: expected(default, error.message()),
+                expected: expected(&defaults, &owned, default, error.message()),
             });
         }
     }
@@ -113,7 +113,15 @@ fn known_keys(defaults: &toml::Table, path: &[&str]) -> String {
 }
 
 /// What a key accepts, in words, from its default's type and the deserializer's complaint.
-fn expected(default: &toml::Value, message: &str) -> String {
+fn expected(
+    defaults: &toml::Table,
+    path: &[String],
+    default: &toml::Value,
+    message: &str,
+) -> String {
+    if let Some(names) = variants(message).or_else(|| variants_of(defaults, path, default)) {
+        return names;
+    }
     for (rust, words) in [
         ("u16", "a whole number from 0 to 65535"),
         ("u32", "a whole number from 0 to 4294967295"),
@@ -131,6 +139,26 @@ fn expected(default: &toml::Value, message: &str) -> String {
         toml::Value::String(_) => "a string".to_owned(),
         _ => message.to_owned(),
     }
+}
+
+/// The names an enum key accepts, from serde's "unknown variant `x`, expected `a` or `b`"
+/// (or "expected one of `a`, `b`, `c`").
+fn variants(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("unknown variant ")?;
+    let (_, names) = rest.split_once(", expected ")?;
+    Some(names.trim().to_owned())
+}
+
+/// For a value of the wrong type (`format = 1`) at a string-valued key: if the key is an enum,
+/// its names, found by asking the deserializer about a name no enum has.
+fn variants_of(defaults: &toml::Table, path: &[String], default: &toml::Value) -> Option<String> {
+    if !default.is_str() {
+        return None;
+    }
+    let mut probe = defaults.clone();
+    set_path(&mut probe, path, toml::Value::String(String::new()));
+    let tried: Result<RawConfig, _> = toml::Value::Table(probe).try_into();
+    variants(tried.err()?.message())
 }
 
 #[cfg(test)]
@@ -180,6 +208,55 @@ mod tests {
             error.starts_with("invalid value for `server.listen` (from flag --listen): `nowhere`"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_bad_name_for_an_enum_key_lists_the_names_it_accepts() {
+        let error = load("", &[("WSBRIDGE_LOG_FORMAT", "xml")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "invalid value for `log.format` (from environment variable WSBRIDGE_LOG_FORMAT): \
+             \"xml\" is not `text` or `json`"
+        );
+        let error = load("[simulator.latency]\nprofile = 3\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("`simulator.latency.profile` (from config file ")
+                && error.ends_with("3 is not one of `none`, `openai`, `custom`"),
+            "{error}"
+        );
+        let error = Config::load(Sources {
+            overrides: vec![Override {
+                flag: "--log-format",
+                key: "log.format",
+                value: "JSON".into(),
+            }],
+            ..Sources::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("invalid value for `log.format` (from flag --log-format): \"JSON\""),
+            "{error}"
+        );
+        for (variable, value, accepted) in [
+            ("WSBRIDGE_UPSTREAM_MODE", "local", "`remote` or `simulator`"),
+            ("WSBRIDGE_AUTH_MODE", "forward", "`passthrough` or `inject`"),
+            (
+                "WSBRIDGE_CONTINUATION_REASONING",
+                "loose",
+                "`lenient` or `strict`",
+            ),
+        ] {
+            let error = load("", &[(variable, value)]).unwrap_err().to_string();
+            assert!(
+                error.contains(variable) && error.ends_with(&format!("is not {accepted}")),
+                "{error}"
+            );
+        }
     }
 
     #[test]

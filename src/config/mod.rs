@@ -23,6 +23,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 pub use crate::continuation::ReasoningPolicy;
 use crate::simulator::config::SimulatorConfig;
 pub use error::{ConfigError, Origin};
@@ -97,7 +99,9 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `upstream.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum UpstreamMode {
     Remote,
     Simulator,
@@ -155,6 +159,27 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// `{}` shows a configuration enum as the configuration spells it (`json`, `inject`).
+macro_rules! display_by_name {
+    ($($name:ty),*) => {$(
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&crate::setting::name_of(self))
+            }
+        }
+    )*};
+}
+
+display_by_name!(UpstreamMode, LogFormat, AuthMode, ReasoningPolicy);
+
+/// `auth.mode`; the validated form, with the key and tokens, is [`AuthConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Passthrough,
+    Inject,
+}
+
 #[derive(Debug, Clone)]
 pub enum AuthConfig {
     /// The client's `Authorization`, `OpenAI-Organization` and `OpenAI-Project` go upstream.
@@ -166,7 +191,9 @@ pub enum AuthConfig {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::{AuthMode, LogFormat, ReasoningPolicy, UpstreamMode};
 use crate::simulator::config::RawSimulator;
 
 /// The raw file layout. Unknown keys are errors, so a typo never silently does nothing.
@@ -57,7 +58,7 @@ impl Default for RawServer {
 #[serde(default, deny_unknown_fields)]
 pub struct RawUpstream {
     /// `remote` (talk to `base_url`) or `simulator` (run the simulator in-process).
-    pub mode: String,
+    pub mode: UpstreamMode,
     /// REST base URL; the WebSocket URL is derived from it (`https` → `wss`).
     pub base_url: String,
     /// Connecting and upgrading one WebSocket, in milliseconds.
@@ -81,7 +82,7 @@ pub struct RawUpstream {
 impl Default for RawUpstream {
     fn default() -> Self {
         Self {
-            mode: "remote".into(),
+            mode: UpstreamMode::Remote,
             base_url: "https://api.openai.com/v1".into(),
             connect_timeout_ms: 10_000,
             first_event_timeout_ms: 120_000,
@@ -131,7 +132,7 @@ pub struct RawContinuation {
     /// Turn full-history resends into `previous_response_id` + the new items.
     pub enabled: bool,
     /// `lenient` (a client that dropped reasoning items still continues) or `strict`.
-    pub reasoning: String,
+    pub reasoning: ReasoningPolicy,
     /// Let `store: true` turns continue on any socket (the upstream loads them from its store)
     /// when the socket holding them is busy or gone.
     pub stored_on_any_socket: bool,
@@ -141,7 +142,7 @@ impl Default for RawContinuation {
     fn default() -> Self {
         Self {
             enabled: true,
-            reasoning: "lenient".into(),
+            reasoning: ReasoningPolicy::Lenient,
             stored_on_any_socket: false,
         }
     }
@@ -151,7 +152,7 @@ impl Default for RawContinuation {
 #[serde(default, deny_unknown_fields)]
 pub struct RawAuth {
     /// `passthrough` (clients send their own key) or `inject` (wsbridge adds one).
-    pub mode: String,
+    pub mode: AuthMode,
     /// `inject`: the environment variable holding the upstream API key.
     pub api_key_env: String,
     /// `inject`: bearer tokens clients must present (empty: no client check).
@@ -163,7 +164,7 @@ pub struct RawAuth {
 impl Default for RawAuth {
     fn default() -> Self {
         Self {
-            mode: "passthrough".into(),
+            mode: AuthMode::Passthrough,
             api_key_env: "OPENAI_API_KEY".into(),
             client_tokens: Vec::new(),
             allow_open_relay: false,
@@ -175,7 +176,7 @@ impl Default for RawAuth {
 #[serde(default, deny_unknown_fields)]
 pub struct RawLog {
     /// `text` or `json`.
-    pub format: String,
+    pub format: LogFormat,
     /// A tracing filter, e.g. `info` or `wsbridge=debug`; `RUST_LOG` wins when set.
     pub level: String,
     /// One line per answered request at info (target `wsbridge::access`).
@@ -185,7 +186,7 @@ pub struct RawLog {
 impl Default for RawLog {
     fn default() -> Self {
         Self {
-            format: "text".into(),
+            format: LogFormat::Text,
             level: "info".into(),
             access: true,
         }

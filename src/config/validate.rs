@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::raw::{RawAuth, RawConfig, RawContinuation, RawLog, RawPool, RawServer, RawUpstream};
 use super::{
-    AuthConfig, Config, ConfigSource, ContinuationConfig, LogConfig, LogFormat, PoolConfig,
-    ReasoningPolicy, Secret, ServerConfig, UpstreamConfig, UpstreamMode,
+    AuthConfig, AuthMode, Config, ConfigSource, ContinuationConfig, LogConfig, PoolConfig, Secret,
+    ServerConfig, UpstreamConfig,
 };
 use crate::setting::{Invalid, at_least_one, invalid, parse_addr, within_ten_years};
 
@@ -70,16 +70,6 @@ fn server(raw: RawServer) -> Result<ServerConfig, Invalid> {
 }
 
 fn upstream(raw: RawUpstream) -> Result<UpstreamConfig, Invalid> {
-    let mode = match raw.mode.as_str() {
-        "remote" => UpstreamMode::Remote,
-        "simulator" => UpstreamMode::Simulator,
-        other => {
-            return Err(invalid(
-                "upstream.mode",
-                format!("`{other}` (expected `remote` or `simulator`)"),
-            ));
-        }
-    };
     let base_url = raw.base_url.trim_end_matches('/').to_owned();
     let uri: axum::http::Uri = base_url
         .parse()
@@ -95,7 +85,7 @@ fn upstream(raw: RawUpstream) -> Result<UpstreamConfig, Invalid> {
     }
     let positive_millis = |key, value| millis(key, at_least_one(key, value)?);
     Ok(UpstreamConfig {
-        mode,
+        mode: raw.mode,
         base_url,
         connect_timeout: positive_millis("upstream.connect_timeout_ms", raw.connect_timeout_ms)?,
         first_event_timeout: positive_millis(
@@ -140,45 +130,23 @@ fn pool(raw: RawPool) -> Result<PoolConfig, Invalid> {
 fn continuation(raw: RawContinuation) -> Result<ContinuationConfig, Invalid> {
     Ok(ContinuationConfig {
         enabled: raw.enabled,
-        reasoning: match raw.reasoning.as_str() {
-            "lenient" => ReasoningPolicy::Lenient,
-            "strict" => ReasoningPolicy::Strict,
-            other => {
-                return Err(invalid(
-                    "continuation.reasoning",
-                    format!("`{other}` (expected `lenient` or `strict`)"),
-                ));
-            }
-        },
+        reasoning: raw.reasoning,
         stored_on_any_socket: raw.stored_on_any_socket,
     })
 }
 
 fn log(raw: RawLog) -> Result<LogConfig, Invalid> {
     Ok(LogConfig {
-        format: match raw.format.as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(invalid(
-                    "log.format",
-                    format!("`{other}` (expected `text` or `json`)"),
-                ));
-            }
-        },
+        format: raw.format,
         level: raw.level,
         access: raw.access,
     })
 }
 
 fn auth(raw: RawAuth, listen: SocketAddr, env: &[(String, String)]) -> Result<AuthConfig, Invalid> {
-    match raw.mode.as_str() {
-        "passthrough" => Ok(AuthConfig::Passthrough),
-        "inject" => inject(raw, listen, env),
-        other => Err(invalid(
-            "auth.mode",
-            format!("`{other}` (expected `passthrough` or `inject`)"),
-        )),
+    match raw.mode {
+        AuthMode::Passthrough => Ok(AuthConfig::Passthrough),
+        AuthMode::Inject => inject(raw, listen, env),
     }
 }
 

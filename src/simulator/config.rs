@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::faults::FaultConfig;
 use super::latency::{LatencyModel, LatencyProfile};
-use crate::setting::{Invalid, at_least_one, invalid, parse_addr};
+use crate::setting::{Invalid, at_least_one, invalid, name_of, parse_addr};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -61,7 +61,7 @@ impl Default for RawSimulator {
 #[serde(default, deny_unknown_fields)]
 pub struct RawLatency {
     /// `none` (all zero), `openai` (calibrated, see README) or `custom` (the keys below).
-    pub profile: String,
+    pub profile: LatencyProfile,
     pub ttft_ms: f64,
     pub per_token_ms: f64,
     pub uncached_per_kib_ms: f64,
@@ -71,7 +71,7 @@ pub struct RawLatency {
 impl Default for RawLatency {
     fn default() -> Self {
         Self {
-            profile: "none".into(),
+            profile: LatencyProfile::None,
             ttft_ms: 0.0,
             per_token_ms: 0.0,
             uncached_per_kib_ms: 0.0,
@@ -140,17 +140,7 @@ pub fn validate(raw: RawSimulator) -> Result<SimulatorConfig, Invalid> {
 
 /// `[simulator.latency]`: a profile, and four figures that only count with `custom`.
 fn validate_latency(raw: &RawLatency) -> Result<LatencyModel, Invalid> {
-    let profile = match raw.profile.as_str() {
-        "none" => LatencyProfile::None,
-        "openai" => LatencyProfile::OpenAi,
-        "custom" => LatencyProfile::Custom,
-        other => {
-            return Err(invalid(
-                "simulator.latency.profile",
-                format!("`{other}` (expected `none`, `openai` or `custom`)"),
-            ));
-        }
-    };
+    let profile = raw.profile;
     let figures = [
         ("simulator.latency.ttft_ms", raw.ttft_ms),
         ("simulator.latency.per_token_ms", raw.per_token_ms),
@@ -170,7 +160,7 @@ fn validate_latency(raw: &RawLatency) -> Result<LatencyModel, Invalid> {
             format!(
                 "{value} has no effect with simulator.latency.profile = \"{}\": set the \
                  profile to \"custom\" to use your own figures, or remove the key",
-                raw.profile
+                name_of(&profile)
             ),
         ));
     }
@@ -203,7 +193,7 @@ mod tests {
             "{}",
             error.message
         );
-        raw.latency.profile = "custom".into();
+        raw.latency.profile = LatencyProfile::Custom;
         let config = validate(raw).unwrap();
         assert_eq!(config.latency.per_token, Duration::from_millis(4));
     }
@@ -224,7 +214,7 @@ mod tests {
             "{error:?}"
         );
         let mut raw = RawSimulator::default();
-        raw.latency.profile = "custom".into();
+        raw.latency.profile = LatencyProfile::Custom;
         raw.latency.ttft_ms = -1.0;
         assert_eq!(validate(raw).unwrap_err().key, "simulator.latency.ttft_ms");
     }
