@@ -5,6 +5,7 @@
 //! - `sources`: the file, the variables and the flags merged into one tree that remembers
 //!   where each key came from ([`Origin`]), and every key's variable name ([`env_names`]);
 //! - `diagnose`: unknown keys ("did you mean"), values of the wrong type, unknown variables;
+//! - `url`: `upstream.base_url` as a [`BaseUrl`];
 //! - `validate`: raw sections → the typed sections below (the `[simulator]` section is the
 //!   simulator's own: `simulator::config`).
 //!
@@ -17,6 +18,7 @@ mod diagnose;
 mod error;
 pub mod raw;
 mod sources;
+mod url;
 mod validate;
 
 use std::net::SocketAddr;
@@ -30,6 +32,7 @@ use crate::simulator::config::SimulatorConfig;
 pub use error::{ConfigError, Origin};
 pub use raw::RawConfig;
 pub use sources::env_names;
+pub use url::BaseUrl;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -110,8 +113,8 @@ pub enum UpstreamMode {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub mode: UpstreamMode,
-    /// Validated: `http` or `https`, no query; kept without a trailing `/`.
-    pub base_url: String,
+    /// Parsed and validated once, at load time.
+    pub base_url: BaseUrl,
     pub connect_timeout: Duration,
     pub first_event_timeout: Duration,
     pub stream_idle_timeout: Duration,

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::raw::{RawAuth, RawConfig, RawContinuation, RawLog, RawPool, RawServer, RawUpstream};
 use super::{
-    AuthConfig, AuthMode, Config, ConfigSource, ContinuationConfig, LogConfig, PoolConfig, Secret,
-    ServerConfig, UpstreamConfig,
+    AuthConfig, AuthMode, BaseUrl, Config, ConfigSource, ContinuationConfig, LogConfig, PoolConfig,
+    Secret, ServerConfig, UpstreamConfig,
 };
 use crate::setting::{Invalid, at_least_one, invalid, parse_addr, within_ten_years};
 
@@ -70,19 +70,8 @@ fn server(raw: RawServer) -> Result<ServerConfig, Invalid> {
 }
 
 fn upstream(raw: RawUpstream) -> Result<UpstreamConfig, Invalid> {
-    let base_url = raw.base_url.trim_end_matches('/').to_owned();
-    let uri: axum::http::Uri = base_url
-        .parse()
-        .map_err(|_| invalid("upstream.base_url", format!("`{base_url}` is not a URL")))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-        return Err(invalid(
-            "upstream.base_url",
-            format!("`{base_url}` must be an http:// or https:// URL with a host"),
-        ));
-    }
-    if uri.query().is_some() {
-        return Err(invalid("upstream.base_url", "must not have a query string"));
-    }
+    let base_url =
+        BaseUrl::parse(&raw.base_url).map_err(|why| invalid("upstream.base_url", why))?;
     let positive_millis = |key, value| millis(key, at_least_one(key, value)?);
     Ok(UpstreamConfig {
         mode: raw.mode,
@@ -251,6 +240,44 @@ mod tests {
         assert!(
             error.contains("`server.shutdown_grace_secs` (from config file ")
                 && error.ends_with("must be at most ten years"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_base_url_is_parsed_once_and_refused_with_its_origin() {
+        let config = load(
+            "[upstream]\nbase_url = \"http://10.0.0.1:81/openai/v1/\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.upstream.base_url.websocket_url(),
+            "ws://10.0.0.1:81/openai/v1/responses"
+        );
+        let error = Config::load(Sources {
+            overrides: vec![crate::config::Override {
+                flag: "--upstream",
+                key: "upstream.base_url",
+                value: "wss://api.openai.com/v1".into(),
+            }],
+            ..Sources::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with(
+                "invalid value for `upstream.base_url` (from flag --upstream): \
+                 `wss://api.openai.com/v1` is a WebSocket URL"
+            ),
+            "{error}"
+        );
+        let error = load("", &[("WSBRIDGE_UPSTREAM_BASE_URL", "https://h/v1#x")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error
+                .contains("WSBRIDGE_UPSTREAM_BASE_URL): `https://h/v1#x` must not have a fragment"),
             "{error}"
         );
     }
