@@ -19,6 +19,7 @@
 //! - [`net`]: socket settings and TLS shared by the proxy and the simulator;
 //! - [`outcome`]: what can happen to a socket or a turn (the metrics' label enums);
 //! - [`config`]: raw + validated configuration, environment overlay, defaults in one place;
+//! - [`setting`]: the validation error and checks every configuration section shares;
 //! - [`protocol`]: OpenAI error bodies, SSE framing, canonical conversation items;
 //! - [`simulator`]: the upstream simulator (`wsbridge simulate`, and in-process for tests);
 //! - [`telemetry`]: logging setup;
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod net;
 pub mod outcome;
 pub mod protocol;
+pub mod setting;
 pub mod shutdown;
 pub mod simulator;
 pub mod telemetry;

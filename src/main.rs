@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use wsbridge::config::{Config, Override, Sources};
+use wsbridge::config::{Config, ConfigError, Override, Sources};
 use wsbridge::simulator::Simulator;
 
 #[derive(Debug, Parser)]
@@ -84,50 +84,11 @@ fn main() -> ExitCode {
         upstream: None,
         simulate: false,
     });
-    let flag = |flag, key, value: &Option<String>| {
-        value.clone().map(|value| Override { flag, key, value })
-    };
     let mut overrides: Vec<Override> = flag("--log-format", "log.format", &cli.log_format)
         .into_iter()
         .collect();
-    match &command {
-        Command::Serve {
-            listen,
-            upstream,
-            simulate,
-        } => {
-            overrides.extend(flag("--listen", "server.listen", listen));
-            overrides.extend(flag("--upstream", "upstream.base_url", upstream));
-            if *simulate {
-                overrides.push(Override {
-                    flag: "--simulate",
-                    key: "upstream.mode",
-                    value: "simulator".into(),
-                });
-            }
-        }
-        Command::Simulate {
-            listen,
-            latency_profile,
-        } => {
-            overrides.extend(flag("--listen", "simulator.listen", listen));
-            overrides.extend(flag(
-                "--latency-profile",
-                "simulator.latency.profile",
-                latency_profile,
-            ));
-        }
-        Command::Health { .. } => {}
-    }
-    let default_file = PathBuf::from("config.toml");
-    let file = cli
-        .config
-        .or_else(|| default_file.exists().then_some(default_file));
-    let config = match Config::load(Sources {
-        file,
-        env: std::env::vars().collect(),
-        overrides,
-    }) {
+    overrides.extend(command.overrides());
+    let config = match load(cli.config, overrides) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("wsbridge: {error}");
@@ -144,18 +105,83 @@ fn main() -> ExitCode {
     for warning in &config.source.warnings {
         tracing::warn!("{warning}");
     }
+    match run(command, config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("wsbridge: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+/// The override a flag makes, when it was given.
+fn flag(flag: &'static str, key: &'static str, value: &Option<String>) -> Option<Override> {
+    value.clone().map(|value| Override { flag, key, value })
+}
+
+impl Command {
+    /// The configuration keys this subcommand's flags set.
+    fn overrides(&self) -> Vec<Override> {
+        match self {
+            Command::Serve {
+                listen,
+                upstream,
+                simulate,
+            } => {
+                let simulator = simulate.then(|| Override {
+                    flag: "--simulate",
+                    key: "upstream.mode",
+                    value: "simulator".into(),
+                });
+                [
+                    flag("--listen", "server.listen", listen),
+                    flag("--upstream", "upstream.base_url", upstream),
+                    simulator,
+                ]
+                .into_iter()
+                .flatten()
+                .collect()
+            }
+            Command::Simulate {
+                listen,
+                latency_profile,
+            } => [
+                flag("--listen", "simulator.listen", listen),
+                flag(
+                    "--latency-profile",
+                    "simulator.latency.profile",
+                    latency_profile,
+                ),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            Command::Health { .. } => Vec::new(),
+        }
+    }
+}
+
+/// The configuration: `file` (else `./config.toml` when it exists), the process environment,
+/// then `overrides`.
+fn load(file: Option<PathBuf>, overrides: Vec<Override>) -> Result<Config, ConfigError> {
+    let default_file = PathBuf::from("config.toml");
+    let file = file.or_else(|| default_file.exists().then_some(default_file));
+    Config::load(Sources {
+        file,
+        env: std::env::vars().collect(),
+        overrides,
+    })
+}
+
+/// Runs `serve` or `simulate` until a signal.
+fn run(command: Command, config: Config) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("wsbridge: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
+        .map_err(|error| {
+            std::io::Error::other(format!("cannot start the async runtime: {error}"))
+        })?;
+    runtime.block_on(async move {
         let shutdown = wsbridge::shutdown::on_signal();
         match command {
             Command::Simulate { .. } => {
@@ -171,13 +197,6 @@ fn main() -> ExitCode {
                     .map_err(std::io::Error::other)?;
             }
         }
-        Ok::<(), std::io::Error>(())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("wsbridge: {error}");
-            ExitCode::FAILURE
-        }
-    }
+        Ok(())
+    })
 }

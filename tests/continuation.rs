@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::{PATIENCE, bridge, bridge_with, output_text};
 use serde_json::{Value, json};
-use wsbridge::config::SimulatorConfig;
 use wsbridge::continuation::ReasoningPolicy;
+use wsbridge::simulator::SimulatorConfig;
 use wsbridge::simulator::faults::FaultConfig;
 use wsbridge::simulator::stats::Transport;
 

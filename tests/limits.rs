@@ -14,7 +14,8 @@ use common::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wsbridge::config::SimulatorConfig;
+use wsbridge::config::BaseUrl;
+use wsbridge::simulator::SimulatorConfig;
 
 /// Sends raw bytes on a new connection and reads until the proxy closes it (or `PATIENCE`).
 async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
@@ -270,7 +271,7 @@ async fn keys_whose_upstream_is_unreachable_leave_no_state_behind() {
         listener.local_addr().unwrap()
     };
     let bridge = bridge_with(SimulatorConfig::default(), |config| {
-        config.upstream.base_url = format!("http://{unreachable}/v1");
+        config.upstream.base_url = BaseUrl::parse(&format!("http://{unreachable}/v1")).unwrap();
         config.upstream.max_attempts = 1;
     })
     .await;

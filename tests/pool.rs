@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use wsbridge::config::SimulatorConfig;
+use wsbridge::config::BaseUrl;
+use wsbridge::simulator::SimulatorConfig;
 use wsbridge::simulator::faults::FaultConfig;
 
 #[tokio::test]
@@ -339,7 +340,7 @@ async fn a_request_cancelled_while_connecting_gives_its_socket_slot_back() {
         }
     });
     let bridge = bridge_with(SimulatorConfig::default(), |config| {
-        config.upstream.base_url = format!("http://{hole}/v1");
+        config.upstream.base_url = BaseUrl::parse(&format!("http://{hole}/v1")).unwrap();
         config.pool.max_sockets = 1;
     })
     .await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use wsbridge::config::SimulatorConfig;
+use wsbridge::simulator::SimulatorConfig;
 use wsbridge::simulator::stats::Transport;
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use wsbridge::config::SimulatorConfig;
+use wsbridge::simulator::SimulatorConfig;
 use wsbridge::simulator::faults::FaultConfig;
 use wsbridge::simulator::stats::Transport;
 

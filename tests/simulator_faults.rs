@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use common::*;
 use serde_json::{Value, json};
-use wsbridge::config::SimulatorConfig;
+use wsbridge::simulator::SimulatorConfig;
 use wsbridge::simulator::faults::FaultConfig;
 use wsbridge::simulator::stats::Outcome;
 

@@ -13,7 +13,7 @@ use common::*;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use wsbridge::config::SimulatorConfig;
+use wsbridge::simulator::SimulatorConfig;
 
 #[tokio::test]
 async fn socket_cache_continues_its_latest_response_only() {

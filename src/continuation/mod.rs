@@ -25,8 +25,9 @@ pub mod plan;
 
 pub use plan::{Affinity, Continuation, HeadSeed, Matched, Plan, Rules};
 
-/// Whether reasoning items take part in matching.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether reasoning items take part in matching (`continuation.reasoning`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ReasoningPolicy {
     /// Reasoning items are ignored: a client that dropped them still continues.
     Lenient,

@@ -56,7 +56,7 @@ impl Engine {
     pub fn new(config: &Config, tls: Arc<rustls::ClientConfig>, metrics: Arc<Metrics>) -> Self {
         let upstream = config.upstream.clone();
         let connector = Connector::new(
-            crate::upstream::websocket_url(&upstream.base_url),
+            upstream.base_url.websocket_url(),
             tls,
             upstream.connect_timeout,
             upstream.max_message_bytes,

@@ -18,7 +18,7 @@ pub(super) fn log_started(proxy: &Proxy) {
     let config = &proxy.app.config;
     let upstream = match proxy.simulator() {
         Some(simulator) => format!("in-process simulator at {}", simulator.base_url()),
-        None => without_userinfo(&config.upstream.base_url),
+        None => config.upstream.base_url.to_string(),
     };
     let auth = match &config.auth {
         crate::config::AuthConfig::Passthrough => "passthrough (each client's key)".to_owned(),
@@ -50,20 +50,6 @@ pub(super) fn log_started(proxy: &Proxy) {
         proxy.addr(),
         proxy.base_url()
     );
-}
-
-/// `base_url` without a `user:password@` part, for logs.
-fn without_userinfo(base_url: &str) -> String {
-    match base_url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            let host = authority
-                .rsplit_once('@')
-                .map_or(authority, |(_, host)| host);
-            format!("{scheme}://{host}{path}")
-        }
-        None => base_url.to_owned(),
-    }
 }
 
 /// The id a request is known by: in its span, its `x-request-id` header and its access line.

@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::auth::Auth;
-use crate::config::{Config, UpstreamMode};
+use crate::config::{BaseUrl, Config, UpstreamMode};
 use crate::engine::Engine;
 use crate::metrics::{Metrics, Route};
 use crate::protocol::OpenAiError;
@@ -52,7 +52,6 @@ pub struct App {
     engine: Engine,
     client: HttpsClient,
     metrics: Arc<Metrics>,
-    upstream_base: Uri,
 }
 
 /// Why the proxy could not start.
@@ -87,12 +86,6 @@ impl Proxy {
     /// injected credential's sockets, and serves until [`Proxy::shutdown`].
     pub async fn start(mut config: Config) -> Result<Self, StartError> {
         let simulator = start_simulator(&mut config).await?;
-        let upstream_base: Uri = config.upstream.base_url.parse().map_err(|_| {
-            StartError::Config(format!(
-                "bad upstream.base_url {}",
-                config.upstream.base_url
-            ))
-        })?;
         let auth = Auth::from_config(&config.auth).map_err(StartError::Config)?;
         let tls = crate::net::tls_config()?;
         let client = rest_client(&tls);
@@ -117,7 +110,6 @@ impl Proxy {
             engine,
             client,
             metrics,
-            upstream_base,
         });
         let shutdown = server::Shutdown::default();
         let connections = TaskTracker::new();
@@ -202,7 +194,7 @@ async fn start_simulator(config: &mut Config) -> Result<Option<SimulatorHandle>,
     let handle = Simulator::spawn(simulator_config)
         .await
         .map_err(StartError::Simulator)?;
-    config.upstream.base_url = handle.base_url();
+    config.upstream.base_url = BaseUrl::parse(&handle.base_url()).map_err(StartError::Config)?;
     tracing::info!(
         "upstream: the in-process simulator at {}",
         handle.base_url()
@@ -379,7 +371,7 @@ async fn healthz() -> impl IntoResponse {
 /// Ready when a pooled socket is idle, else when the upstream answers a TCP connect.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let [idle, busy, _] = app.engine.census();
-    let ready = idle > 0 || upstream_reachable(&app.upstream_base).await;
+    let ready = idle > 0 || upstream_reachable(&app.config.upstream.base_url).await;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -398,19 +390,8 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
-async fn upstream_reachable(base: &Uri) -> bool {
-    let Some(host) = base.host() else {
-        return false;
-    };
-    let port = base
-        .port_u16()
-        .unwrap_or(if base.scheme_str() == Some("https") {
-            443
-        } else {
-            80
-        });
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let connect = tokio::net::TcpStream::connect((host, port));
+async fn upstream_reachable(base: &BaseUrl) -> bool {
+    let connect = tokio::net::TcpStream::connect((base.host(), base.port()));
     matches!(
         tokio::time::timeout(Duration::from_secs(2), connect).await,
         Ok(Ok(_))

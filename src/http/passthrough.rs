@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::App;
 use crate::auth::Credential;
+use crate::config::BaseUrl;
 use crate::protocol::OpenAiError;
 
 /// `any /v1/*`: forwards the request upstream.
@@ -44,7 +45,7 @@ pub async fn forward(
     credential: &Credential,
     body: Body,
 ) -> Response {
-    let Some(target) = upstream_uri(&app.upstream_base, uri) else {
+    let Some(target) = upstream_uri(&app.config.upstream.base_url, uri) else {
         return OpenAiError::invalid_request(format!(
             "Invalid URL ({method} {}): wsbridge forwards only paths under /v1 without \
              dot-segments or encoded slashes.",
@@ -113,7 +114,7 @@ pub const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffe
 /// `https://h/v1/models?x=1`. `None` when the path is not under `/v1`, or could resolve
 /// outside the upstream's base: a dot-segment (`.`, `..`, raw or percent-encoded in any case)
 /// or an encoded `/` or `\` (which some servers decode before routing) anywhere in it.
-fn upstream_uri(base: &Uri, uri: &Uri) -> Option<Uri> {
+fn upstream_uri(base: &BaseUrl, uri: &Uri) -> Option<Uri> {
     let path = uri.path();
     let rest = path.strip_prefix("/v1")?;
     if !(rest.is_empty() || rest.starts_with('/')) {
@@ -122,15 +123,10 @@ fn upstream_uri(base: &Uri, uri: &Uri) -> Option<Uri> {
     if rest.split('/').any(leaves_its_directory) {
         return None;
     }
-    let base_path = base.path().trim_end_matches('/');
-    let mut target = format!("{base_path}{rest}");
-    if let Some(query) = uri.query() {
-        target.push('?');
-        target.push_str(query);
+    match uri.query() {
+        Some(query) => base.rest(&format!("{rest}?{query}")),
+        None => base.rest(rest),
     }
-    let mut parts = base.clone().into_parts();
-    parts.path_and_query = Some(target.parse().ok()?);
-    Uri::from_parts(parts).ok()
 }
 
 /// True for a path segment that is `.` or `..` once percent-decoded, or that hides a path
@@ -189,13 +185,13 @@ mod tests {
 
     #[test]
     fn upstream_uri_keeps_the_path_under_the_base_and_the_query() {
-        let base: Uri = "https://api.openai.com/v1".parse().unwrap();
+        let base = BaseUrl::parse("https://api.openai.com/v1").unwrap();
         let uri: Uri = "/v1/models?limit=2".parse().unwrap();
         assert_eq!(
             upstream_uri(&base, &uri).unwrap().to_string(),
             "https://api.openai.com/v1/models?limit=2"
         );
-        let proxied: Uri = "http://10.0.0.1:81/openai/v1/".parse().unwrap();
+        let proxied = BaseUrl::parse("http://10.0.0.1:81/openai/v1/").unwrap();
         let uri: Uri = "/v1/responses/resp_1".parse().unwrap();
         assert_eq!(
             upstream_uri(&proxied, &uri).unwrap().to_string(),
@@ -207,7 +203,7 @@ mod tests {
 
     #[test]
     fn no_path_leaves_the_upstream_base() {
-        let base: Uri = "http://10.0.0.1:81/openai/v1".parse().unwrap();
+        let base = BaseUrl::parse("http://10.0.0.1:81/openai/v1").unwrap();
         for path in [
             "/v1/../admin",
             "/v1/models/../../admin",

@@ -19,8 +19,9 @@
 
 use std::time::Duration;
 
-/// Which latency figures to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which latency figures to use (`simulator.latency.profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LatencyProfile {
     None,
     OpenAi,

@@ -11,6 +11,7 @@
 //!
 //! Tests and benchmarks spawn it in-process on port 0 with [`Simulator::spawn`].
 
+pub mod config;
 pub mod events;
 pub mod faults;
 pub mod latency;
@@ -32,10 +33,10 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use self::config::SimulatorConfig;
 use self::faults::{FaultConfig, Faults};
 use self::stats::{Stats, StatsSnapshot};
 use self::store::Store;
-use crate::config::SimulatorConfig;
 use crate::protocol::OpenAiError;
 
 /// State shared by every connection of one simulator.

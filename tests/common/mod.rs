@@ -15,9 +15,9 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 use wsbridge::Proxy;
-use wsbridge::config::{Config, SimulatorConfig};
+use wsbridge::config::{BaseUrl, Config};
 use wsbridge::simulator::latency::LatencyModel;
-use wsbridge::simulator::{Simulator, SimulatorHandle};
+use wsbridge::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 
 pub const KEY: &str = "sk-test-key";
 /// Long enough for anything these tests do on a loaded 2-core machine; only failures wait it out.
@@ -384,7 +384,7 @@ pub async fn bridge_with(
     let sim = simulator(simulator_config).await;
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.upstream.base_url = sim.base_url();
+    config.upstream.base_url = BaseUrl::parse(&sim.base_url()).unwrap();
     config.pool.min_idle = 0;
     tune(&mut config);
     let proxy = Proxy::start(config).await.unwrap();
@@ -540,7 +540,7 @@ impl Scripted {
 pub async fn proxy_for(upstream: &Scripted, tune: impl FnOnce(&mut Config)) -> Proxy {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.upstream.base_url = upstream.base_url.clone();
+    config.upstream.base_url = BaseUrl::parse(&upstream.base_url).unwrap();
     config.pool.min_idle = 0;
     tune(&mut config);
     Proxy::start(config).await.unwrap()
