@@ -424,6 +424,7 @@ mod tests {
             Settings {
                 answer_words: 6,
                 tool_calls: 0,
+                parallel: 1,
                 refuse: false,
             },
         )

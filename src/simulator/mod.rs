@@ -18,7 +18,9 @@ pub mod model;
 mod rest;
 pub mod stats;
 pub mod store;
+mod structured;
 mod turn;
+mod validate;
 mod ws;
 
 use std::net::SocketAddr;

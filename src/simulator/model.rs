@@ -1,15 +1,19 @@
 //! The deterministic scripted model: from a conversation summary and the request, what to
 //! answer. Pure: no I/O, no clock; ids are the only randomness.
 //!
-//! - With function tools (and `tool_choice` not `none`), it calls the first function tool until
-//!   the conversation holds `tool_calls` `function_call_output` items; `call_id` and arguments
-//!   derive from the conversation, so the same history gives the same call on any transport.
+//! - With function tools (and `tool_choice` not `none`), it calls them until the conversation
+//!   holds `tool_calls` `function_call_output` items: `parallel` calls per turn (one when
+//!   `parallel_tool_calls` is false), the function `tool_choice` names or else the function
+//!   tools in turn from the first; `call_id` and arguments derive from the conversation, so the
+//!   same history gives the same calls on any transport and API.
 //! - Otherwise it answers `You said: <last user text>.`, quotes the last tool output, pads to
 //!   `answer_words` words and ends with the conversation's item count and digest, so an answer
 //!   computed from a wrong context is visibly different.
 //! - `reasoning.effort` (other than `none`) adds a reasoning item first; `reasoning.summary`
 //!   gives it a summary; `include: ["reasoning.encrypted_content"]` gives it encrypted content.
 //! - A refusal replaces the text when the request asks for one (`metadata.sim_refuse`).
+//! - `text.format` `json_schema` / `json_object` makes the text a JSON value instead
+//!   ([`super::structured`]), so structured-output parsers get something to parse.
 
 use serde_json::{Map, Value, json};
 
@@ -21,6 +25,8 @@ use crate::ids;
 pub struct Settings {
     pub answer_words: u32,
     pub tool_calls: u32,
+    /// Function calls per turn when `parallel_tool_calls` allows more than one.
+    pub parallel: u32,
     pub refuse: bool,
 }
 
@@ -189,25 +195,19 @@ pub fn plan(summary: &ContextSummary, request: &Map<String, Value>, settings: Se
     if let Some(reasoning) = reasoning(summary, request, user_text) {
         items.push(reasoning);
     }
-    if let Some(tool) =
-        function_tool(request).filter(|_| summary.tool_outputs < settings.tool_calls as usize)
-    {
-        let step = summary.tool_outputs + 1;
-        let arguments = json!({"step": step, "query": quote(user_text, 12)}).to_string();
-        items.push(PlannedItem {
-            id: ids::new_id("fc"),
-            body: Body::FunctionCall {
-                call_id: format!("call_{}", base62(summary.digest ^ step as u64, 24)),
-                name: tool.to_owned(),
-                chunks: chunk_chars(&arguments, 4),
-            },
-        });
+    let calls = function_calls(summary, request, settings, user_text);
+    if !calls.is_empty() {
+        items.extend(calls);
         return Plan { items };
     }
     let mut chunks: Vec<String> = if settings.refuse {
         words_to_chunks(REFUSAL.split(' ').map(str::to_owned).collect())
     } else {
-        words_to_chunks(answer_words(summary, user_text, settings.answer_words))
+        let words = answer_words(summary, user_text, settings.answer_words);
+        match super::structured::format(request) {
+            Some(format) => chunk_chars(&format.render(&words.join(" "), summary.items), 8),
+            None => words_to_chunks(words),
+        }
     };
     let limit = request
         .get("max_output_tokens")
@@ -229,6 +229,39 @@ pub fn plan(summary: &ContextSummary, request: &Map<String, Value>, settings: Se
         },
     });
     Plan { items }
+}
+
+/// This turn's function calls: none once the conversation holds `settings.tool_calls` outputs.
+fn function_calls(
+    summary: &ContextSummary,
+    request: &Map<String, Value>,
+    settings: Settings,
+    user_text: &str,
+) -> Vec<PlannedItem> {
+    let tools = function_tools(request);
+    let remaining = (settings.tool_calls as usize).saturating_sub(summary.tool_outputs);
+    if tools.is_empty() || remaining == 0 {
+        return Vec::new();
+    }
+    let parallel = if request.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
+        1
+    } else {
+        settings.parallel.max(1) as usize
+    };
+    (0..remaining.min(parallel))
+        .map(|ordinal| {
+            let step = summary.tool_outputs + ordinal + 1;
+            let arguments = json!({"step": step, "query": quote(user_text, 12)}).to_string();
+            PlannedItem {
+                id: ids::new_id("fc"),
+                body: Body::FunctionCall {
+                    call_id: format!("call_{}", base62(summary.digest ^ step as u64, 24)),
+                    name: tools[ordinal % tools.len()].to_owned(),
+                    chunks: chunk_chars(&arguments, 4),
+                },
+            }
+        })
+        .collect()
 }
 
 fn reasoning(
@@ -281,18 +314,26 @@ fn reasoning(
     })
 }
 
-/// The name of the first function tool, when tools may be called.
-fn function_tool(request: &Map<String, Value>) -> Option<&str> {
-    if request.get("tool_choice").and_then(Value::as_str) == Some("none") {
-        return None;
+/// The names of the function tools the model may call, in order: none with `tool_choice`
+/// `none`, only the named one with a function `tool_choice`.
+fn function_tools(request: &Map<String, Value>) -> Vec<&str> {
+    let choice = request.get("tool_choice");
+    if choice.and_then(Value::as_str) == Some("none") {
+        return Vec::new();
     }
-    request
-        .get("tools")?
-        .as_array()?
+    let named = choice
+        .filter(|choice| choice.get("type").and_then(Value::as_str) == Some("function"))
+        .and_then(|choice| choice.get("name"))
+        .and_then(Value::as_str);
+    let Some(tools) = request.get("tools").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    tools
         .iter()
-        .find(|tool| tool.get("type").and_then(Value::as_str) == Some("function"))?
-        .get("name")?
-        .as_str()
+        .filter(|tool| tool.get("type").and_then(Value::as_str) == Some("function"))
+        .filter_map(|tool| tool.get("name").and_then(Value::as_str))
+        .filter(|name| named.is_none_or(|named| named == *name))
+        .collect()
 }
 
 fn answer_words(summary: &ContextSummary, user_text: &str, target: u32) -> Vec<String> {
@@ -374,6 +415,7 @@ mod tests {
     const SETTINGS: Settings = Settings {
         answer_words: 12,
         tool_calls: 2,
+        parallel: 1,
         refuse: false,
     };
 

@@ -16,6 +16,8 @@ use tokio::sync::watch;
 pub enum Transport {
     Ws,
     Rest,
+    /// `POST /v1/chat/completions`.
+    Chat,
 }
 
 /// How a turn ended, as the client saw it.
