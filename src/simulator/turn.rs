@@ -82,6 +82,7 @@ pub fn record(
         outcome: Outcome::Error,
         response_id: None,
         error_code: None,
+        body_fnv1a: None,
     }
 }
 
