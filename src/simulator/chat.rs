@@ -23,7 +23,7 @@ use self::answer::{Chunker, Header};
 use super::Shared;
 use super::events::unix_now;
 use super::rest::{self, BodySender, Discard};
-use super::stats::{Outcome, Transport, TurnRecord};
+use super::stats::{self, Outcome, Transport, TurnRecord};
 use super::turn::{self, Sink};
 use crate::protocol::{OpenAiError, request as body};
 
@@ -49,7 +49,7 @@ pub(super) async fn create(
     };
     // Every request that arrives is recorded with its raw body, bad ones included, so a test
     // can tell what reached the upstream.
-    let mut record = turn::record(Transport::Chat, None, &key, &Map::new(), raw.len());
+    let mut record = stats::record(Transport::Chat, None, &key, &Map::new(), raw.len());
     let fail = |mut record: TurnRecord, error: OpenAiError| {
         record.error_code = error.code.clone();
         shared.stats.chat_turn(record, &raw);

@@ -17,6 +17,7 @@ pub mod events;
 pub mod faults;
 pub mod latency;
 pub mod model;
+mod plan;
 mod rest;
 pub mod stats;
 pub mod store;

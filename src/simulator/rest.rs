@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::Shared;
 use super::faults::FaultConfig;
-use super::stats::{Outcome, Transport};
+use super::stats::{self, Outcome, Transport};
 use super::turn::{self, Played, Prepared, Sink};
 use crate::ids;
 use crate::protocol::{OpenAiError, request, sse};
@@ -36,7 +36,7 @@ pub(super) async fn create(
         Err(error) => return error.into_response(),
     };
 
-    let mut record = turn::record(Transport::Rest, None, &key, &request, body.len());
+    let mut record = stats::record(Transport::Rest, None, &key, &request, body.len());
     let prepared = match turn::prepare(&shared, request, Transport::Rest, |_| None) {
         Ok(prepared) => prepared,
         Err(error) => {

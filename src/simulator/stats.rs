@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 use serde::Serialize;
+use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -78,6 +79,44 @@ pub struct ChatBody {
 pub const CHAT_BODIES_KEPT: usize = 32;
 /// The largest chat body kept as text.
 pub const CHAT_BODY_TEXT_LIMIT: usize = 1 << 20;
+
+/// The stats record for a request, filled in as far as the raw body allows.
+pub fn record(
+    transport: Transport,
+    socket: Option<u64>,
+    key: &str,
+    body: &Map<String, Value>,
+    bytes: usize,
+) -> TurnRecord {
+    TurnRecord {
+        index: 0,
+        transport,
+        socket,
+        key: key.to_owned(),
+        stream_id: body
+            .get("stream_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        model: body.get("model").and_then(Value::as_str).map(str::to_owned),
+        input_items: match body.get("input") {
+            Some(Value::Array(items)) => items.len(),
+            Some(Value::String(_)) => 1,
+            _ => 0,
+        },
+        bytes,
+        previous_response_id: body
+            .get("previous_response_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        continued: false,
+        hydrated: false,
+        warmup: body.get("generate") == Some(&Value::Bool(false)),
+        outcome: Outcome::Error,
+        response_id: None,
+        error_code: None,
+        body_fnv1a: None,
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct KeyStats {

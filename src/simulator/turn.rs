@@ -13,7 +13,7 @@ use super::Shared;
 use super::events::{self, ScriptInput, Step, Terminal};
 use super::faults::Directives;
 use super::model::{self, Settings};
-use super::stats::{Outcome, Transport, TurnRecord};
+use super::stats::{Outcome, Transport};
 use super::store::{ContextSummary, Stored, json_len};
 use super::validate::{self, invalid_type, missing};
 use crate::ids;
@@ -46,44 +46,6 @@ pub struct Prepared {
 /// Receives the events of a turn; `false` means the client is gone.
 pub trait Sink {
     fn send(&mut self, event: String) -> impl Future<Output = bool> + Send;
-}
-
-/// The stats record for a request, filled in as far as the raw body allows.
-pub fn record(
-    transport: Transport,
-    socket: Option<u64>,
-    key: &str,
-    body: &Map<String, Value>,
-    bytes: usize,
-) -> TurnRecord {
-    TurnRecord {
-        index: 0,
-        transport,
-        socket,
-        key: key.to_owned(),
-        stream_id: body
-            .get("stream_id")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        model: body.get("model").and_then(Value::as_str).map(str::to_owned),
-        input_items: match body.get("input") {
-            Some(Value::Array(items)) => items.len(),
-            Some(Value::String(_)) => 1,
-            _ => 0,
-        },
-        bytes,
-        previous_response_id: body
-            .get("previous_response_id")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        continued: false,
-        hydrated: false,
-        warmup: body.get("generate") == Some(&Value::Bool(false)),
-        outcome: Outcome::Error,
-        response_id: None,
-        error_code: None,
-        body_fnv1a: None,
-    }
 }
 
 /// Validates `request` and resolves its parent. `cached` looks an id up in the socket's
