@@ -388,4 +388,71 @@ mod tests {
                 .is_string()
         );
     }
+
+    fn call_names(plan: &Plan) -> Vec<&str> {
+        plan.items
+            .iter()
+            .filter_map(|item| match &item.body {
+                Body::FunctionCall { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parallel_calls_cycle_through_the_tools_unless_parallel_calls_are_off() {
+        let tools = json!([{"type":"function","name":"a"},{"type":"web_search"},{"type":"function","name":"b"}]);
+        let request: Map<String, Value> = serde_json::from_value(json!({"tools": tools})).unwrap();
+        let history = summary(&[json!({"role":"user","content":"go"})]);
+        let settings = Settings {
+            tool_calls: 5,
+            parallel: 3,
+            ..SETTINGS
+        };
+        let plan = plan(&history, &request, settings);
+        assert_eq!(call_names(&plan), ["a", "b", "a"]);
+        let ids: std::collections::HashSet<Value> = plan
+            .items
+            .iter()
+            .map(|i| i.done_item()["call_id"].clone())
+            .collect();
+        assert_eq!(ids.len(), 3, "every call has its own id");
+
+        let mut serial = request.clone();
+        serial.insert("parallel_tool_calls".into(), json!(false));
+        assert_eq!(call_names(&super::plan(&history, &serial, settings)), ["a"]);
+
+        let mut named = request.clone();
+        named.insert(
+            "tool_choice".into(),
+            json!({"type": "function", "name": "b"}),
+        );
+        assert_eq!(
+            call_names(&super::plan(&history, &named, settings)),
+            ["b", "b", "b"]
+        );
+
+        // Only the calls still owed: 5 wanted, 4 answered.
+        let mut answered = history.clone();
+        answered.tool_outputs = 4;
+        assert_eq!(
+            call_names(&super::plan(&answered, &request, settings)),
+            ["a"]
+        );
+    }
+
+    #[test]
+    fn a_json_schema_format_makes_the_answer_json() {
+        let request: Map<String, Value> = serde_json::from_value(json!({"text": {"format": {
+            "type": "json_schema", "name": "A",
+            "schema": {"type": "object", "properties": {"said": {"type": "string"}}}}}}))
+        .unwrap();
+        let answer = text(&plan(
+            &summary(&[json!({"role":"user","content":"hi"})]),
+            &request,
+            SETTINGS,
+        ));
+        let value: Value = serde_json::from_str(&answer).unwrap();
+        assert!(value["said"].as_str().unwrap().starts_with("You said: hi."));
+    }
 }

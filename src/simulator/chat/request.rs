@@ -48,6 +48,9 @@ pub fn read(fields: &Map<String, Value>, stream: bool) -> Result<ChatRequest, Op
         "temperature",
         "top_p",
         "user",
+        "service_tier",
+        "prompt_cache_key",
+        "safety_identifier",
     ] {
         if let Some(value) = fields.get(key) {
             responses.insert(key.into(), value.clone());
