@@ -228,3 +228,22 @@ def test_async_client_streams_n_choices(async_client):
 
     texts = asyncio.run(run())
     assert texts[0] == texts[1] and texts[0].startswith("You said: hello chat.")
+
+
+def test_stats_keep_chat_bodies_with_the_fields_the_simulator_ignores(client, simulator):
+    client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "keep my body"}],
+        logit_bias={"50256": -100},
+        seed=7,
+        extra_body={"x_unknown": {"nested": [1, 2]}},
+    )
+    stats = simulator.sim_stats()
+    turn = next(t for t in reversed(stats["turns"]) if t["transport"] == "chat")
+    kept = next(b for b in stats["chat_bodies"] if b["turn"] == turn["index"])
+    sent = json.loads(kept["text"])
+    assert sent["logit_bias"] == {"50256": -100} and sent["seed"] == 7
+    assert sent["x_unknown"] == {"nested": [1, 2]}
+    assert kept["bytes"] == turn["bytes"] == len(kept["text"].encode())
+    assert turn["body_fnv1a"] == kept["fnv1a"] and turn["input_items"] == 1
+    assert turn["outcome"] == "completed"
