@@ -375,3 +375,30 @@ async fn refusals_n_choices_json_schema_reasoning_and_legacy_functions() {
     assert_eq!(choice["message"]["function_call"]["name"], "lookup");
     assert!(choice["message"].get("tool_calls").is_none());
 }
+
+#[tokio::test]
+async fn tool_choice_decides_whether_and_which_function_is_called() {
+    let sim = default_simulator().await;
+    let mut body = hello_chat(false);
+    body["tools"] = chat_tools(&["lookup", "search"]);
+    let names = |completion: Value| -> Vec<String> {
+        chat_calls(&completion).into_iter().map(|c| c.1).collect()
+    };
+    assert_eq!(
+        names(post_chat(&sim.base_url(), &body).await.json()),
+        ["lookup"]
+    );
+    body["tool_choice"] = json!({"type": "function", "function": {"name": "search"}});
+    assert_eq!(
+        names(post_chat(&sim.base_url(), &body).await.json()),
+        ["search"]
+    );
+    body["tool_choice"] = json!("none");
+    let completion = post_chat(&sim.base_url(), &body).await.json();
+    assert_eq!(completion["choices"][0]["finish_reason"], "stop");
+    assert!(names(completion).is_empty());
+    body["tool_choice"] = json!({"type": "function"});
+    let error = post_chat(&sim.base_url(), &body).await;
+    assert_eq!(error.status, 400);
+    assert_eq!(error.json()["error"]["param"], "tool_choice");
+}
