@@ -374,6 +374,19 @@ async fn refusals_n_choices_json_schema_reasoning_and_legacy_functions() {
     assert_eq!(choice["finish_reason"], "function_call");
     assert_eq!(choice["message"]["function_call"]["name"], "lookup");
     assert!(choice["message"].get("tool_calls").is_none());
+    legacy["metadata"] = json!({"sim_parallel": "3", "sim_tool_calls": "3"});
+    legacy["stream"] = json!(true);
+    let (chunks, done) = parse_chat_sse(&post_chat(&url, &legacy).await.body);
+    assert!(done);
+    let headers = chunks
+        .iter()
+        .filter(|c| c["choices"][0]["delta"]["function_call"]["name"].is_string())
+        .count();
+    assert_eq!(headers, 1, "one legacy call per answer");
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "function_call"
+    );
 }
 
 #[tokio::test]

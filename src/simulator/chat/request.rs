@@ -112,6 +112,10 @@ fn tools(fields: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<bo
             .collect::<Result<Vec<_>, _>>()?;
         out.insert("tools".into(), Value::Array(flat));
     }
+    if legacy {
+        // The legacy form has room for one call per answer.
+        out.insert("parallel_tool_calls".into(), Value::Bool(false));
+    }
     let choice_key = if legacy {
         "function_call"
     } else {
