@@ -626,7 +626,7 @@ async fn cpu(options: &Options) {
             let body =
                 json!({"model": "gpt-bench", "input": "cpu", "stream": stream, "store": false});
             let per_client = per_client_total / concurrency;
-            let mut measure = async |base: &str, cpu: &dyn Fn() -> Duration| {
+            let measure = async |base: &str, cpu: &dyn Fn() -> Duration| {
                 // Warm-up: connections, and (for wsbridge) a pool past `pool.max_sockets`.
                 run(base, &body, stream, concurrency, 100 / concurrency + 1).await;
                 let before = cpu();

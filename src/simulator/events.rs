@@ -7,8 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
+mod output;
+
 use super::faults::Directives;
-use super::model::{Body, Plan, PlannedItem};
+use super::model::{Plan, PlannedItem};
 use crate::ids;
 
 /// One thing a transport does while playing a turn.
@@ -72,32 +74,12 @@ pub fn script(input: &ScriptInput<'_>) -> Script {
         failed: false,
     };
     let directives = input.directives;
-    let output: Vec<Value> = input
-        .plan
-        .items
-        .iter()
-        .map(PlannedItem::done_item)
-        .collect();
-    let response = |status: &str, output: Value, usage: Value| {
-        let mut response = input.template.clone();
-        response.insert("status".into(), status.into());
-        response.insert("output".into(), output);
-        response.insert("usage".into(), usage);
-        response
-    };
-    let closed = |steps| Script {
-        steps,
-        terminal: Terminal::Closed,
-        response: Value::Null,
-        output: Vec::new(),
-    };
-
     out.sleep(directives.stall_before);
     if directives.close_before_created {
         out.steps.push(Step::Close);
-        return closed(out.steps);
+        return out.end(Terminal::Closed, Value::Null, Vec::new());
     }
-    let in_progress = Value::Object(response("in_progress", json!([]), Value::Null));
+    let in_progress = Value::Object(response(input, "in_progress", json!([]), Value::Null));
     out.event("response.created", json!({"response": in_progress}));
     out.event("response.in_progress", json!({"response": in_progress}));
     for _ in 0..directives.keepalives {
@@ -107,7 +89,7 @@ pub fn script(input: &ScriptInput<'_>) -> Script {
     out.sleep(input.first_token_delay);
 
     if directives.response_failed {
-        let mut failed = response("failed", json!([]), Value::Null);
+        let mut failed = response(input, "failed", json!([]), Value::Null);
         failed.insert("completed_at".into(), Value::Null);
         failed.insert(
             "error".into(),
@@ -115,61 +97,36 @@ pub fn script(input: &ScriptInput<'_>) -> Script {
         );
         let failed = Value::Object(failed);
         out.event("response.failed", json!({"response": failed}));
-        return Script {
-            steps: out.steps,
-            terminal: Terminal::Failed,
-            response: failed,
-            output: Vec::new(),
-        };
+        return out.end(Terminal::Failed, failed, Vec::new());
     }
 
     let deltas: u32 = input.plan.items.iter().map(PlannedItem::deltas).sum();
     let close_at = directives.close_mid_stream.then_some((deltas / 2).max(1));
     for (index, item) in input.plan.items.iter().enumerate() {
         if out.item(index, item, directives, close_at) {
-            if out.failed {
-                return Script {
-                    steps: out.steps,
-                    terminal: Terminal::Failed,
-                    response: Value::Null,
-                    output: Vec::new(),
-                };
-            }
-            return closed(out.steps);
+            let terminal = if out.failed {
+                Terminal::Failed
+            } else {
+                Terminal::Closed
+            };
+            return out.end(terminal, Value::Null, Vec::new());
         }
     }
+    out.finish(input)
+}
 
-    let incomplete = input.plan.incomplete();
-    let (status, terminal, event) = if incomplete {
-        ("incomplete", Terminal::Incomplete, "response.incomplete")
-    } else {
-        ("completed", Terminal::Completed, "response.completed")
-    };
-    let mut done = response(status, Value::Array(output.clone()), input.usage.clone());
-    done.insert("completed_at".into(), Value::from(unix_now()));
-    if incomplete {
-        done.insert(
-            "incomplete_details".into(),
-            json!({"reason": "max_output_tokens"}),
-        );
-    }
-    let done = Value::Object(done);
-    out.event(event, json!({"response": done}));
-    if directives.late_event {
-        out.event(
-            "response.output_text.delta",
-            json!({"item_id": "msg_late", "output_index": 0, "content_index": 0, "delta": "LATE"}),
-        );
-        if let Some(Step::Event(late)) = out.steps.pop() {
-            out.steps.push(Step::Late(late));
-        }
-    }
-    Script {
-        steps: out.steps,
-        terminal,
-        response: done,
-        output,
-    }
+/// The turn's Response object with `status`, `output` and `usage` set.
+fn response(
+    input: &ScriptInput<'_>,
+    status: &str,
+    output: Value,
+    usage: Value,
+) -> Map<String, Value> {
+    let mut response = input.template.clone();
+    response.insert("status".into(), status.into());
+    response.insert("output".into(), output);
+    response.insert("usage".into(), usage);
+    response
 }
 
 pub fn unix_now() -> u64 {
@@ -190,6 +147,57 @@ struct Emitter<'a> {
 }
 
 impl Emitter<'_> {
+    fn end(self, terminal: Terminal, response: Value, output: Vec<Value>) -> Script {
+        Script {
+            steps: self.steps,
+            terminal,
+            response,
+            output,
+        }
+    }
+
+    /// The terminal event of a turn that produced all its output (and the `late_event`
+    /// straggler after it).
+    fn finish(mut self, input: &ScriptInput<'_>) -> Script {
+        let output: Vec<Value> = input
+            .plan
+            .items
+            .iter()
+            .map(PlannedItem::done_item)
+            .collect();
+        let incomplete = input.plan.incomplete();
+        let (status, terminal, event) = if incomplete {
+            ("incomplete", Terminal::Incomplete, "response.incomplete")
+        } else {
+            ("completed", Terminal::Completed, "response.completed")
+        };
+        let mut done = response(
+            input,
+            status,
+            Value::Array(output.clone()),
+            input.usage.clone(),
+        );
+        done.insert("completed_at".into(), Value::from(unix_now()));
+        if incomplete {
+            done.insert(
+                "incomplete_details".into(),
+                json!({"reason": "max_output_tokens"}),
+            );
+        }
+        let done = Value::Object(done);
+        self.event(event, json!({"response": done}));
+        if input.directives.late_event {
+            self.event(
+                "response.output_text.delta",
+                json!({"item_id": "msg_late", "output_index": 0, "content_index": 0, "delta": "LATE"}),
+            );
+            if let Some(Step::Event(late)) = self.steps.pop() {
+                self.steps.push(Step::Late(late));
+            }
+        }
+        self.end(terminal, done, output)
+    }
+
     fn event(&mut self, kind: &str, fields: Value) {
         let mut event = Map::with_capacity(8);
         event.insert("type".into(), kind.into());
@@ -256,115 +264,6 @@ impl Emitter<'_> {
         }
         false
     }
-
-    /// All events of one output item; true when the script closed inside it.
-    fn item(
-        &mut self,
-        index: usize,
-        item: &PlannedItem,
-        directives: &Directives,
-        close_at: Option<u32>,
-    ) -> bool {
-        let id = item.id.as_str();
-        self.event(
-            "response.output_item.added",
-            json!({"output_index": index, "item": item.added_item()}),
-        );
-        match &item.body {
-            Body::Reasoning {
-                summary: Some(chunks),
-                ..
-            } => {
-                let part = |text: &str| json!({"type": "summary_text", "text": text});
-                let at = json!({"item_id": id, "output_index": index, "summary_index": 0});
-                self.event(
-                    "response.reasoning_summary_part.added",
-                    merge(&at, json!({"part": part("")})),
-                );
-                for chunk in chunks {
-                    let delta = merge(&at, json!({"delta": chunk}));
-                    if self.token(
-                        "response.reasoning_summary_text.delta",
-                        delta,
-                        directives,
-                        close_at,
-                    ) {
-                        return true;
-                    }
-                }
-                let text = chunks.concat();
-                self.event(
-                    "response.reasoning_summary_text.done",
-                    merge(&at, json!({"text": text})),
-                );
-                self.event(
-                    "response.reasoning_summary_part.done",
-                    merge(&at, json!({"part": part(&text)})),
-                );
-            }
-            Body::Reasoning { summary: None, .. } => {}
-            Body::FunctionCall { name, chunks, .. } => {
-                let at = json!({"item_id": id, "output_index": index});
-                for chunk in chunks {
-                    let delta = merge(&at, json!({"delta": chunk}));
-                    if self.token(
-                        "response.function_call_arguments.delta",
-                        delta,
-                        directives,
-                        close_at,
-                    ) {
-                        return true;
-                    }
-                }
-                let done = json!({"arguments": chunks.concat(), "name": name});
-                self.event("response.function_call_arguments.done", merge(&at, done));
-            }
-            Body::Message {
-                chunks, refusal, ..
-            } => {
-                let at = json!({"item_id": id, "output_index": index, "content_index": 0});
-                let empty = PlannedItem::part(*refusal, "");
-                self.event(
-                    "response.content_part.added",
-                    merge(&at, json!({"part": empty})),
-                );
-                let (delta_kind, done_kind, done_field) = if *refusal {
-                    ("response.refusal.delta", "response.refusal.done", "refusal")
-                } else {
-                    (
-                        "response.output_text.delta",
-                        "response.output_text.done",
-                        "text",
-                    )
-                };
-                for chunk in chunks {
-                    let mut delta = merge(&at, json!({"delta": chunk}));
-                    if !*refusal && let Some(map) = delta.as_object_mut() {
-                        map.insert("logprobs".into(), json!([]));
-                    }
-                    if self.token(delta_kind, delta, directives, close_at) {
-                        return true;
-                    }
-                }
-                let text = chunks.concat();
-                let mut done = merge(&at, json!({ done_field: text }));
-                if !*refusal && let Some(map) = done.as_object_mut() {
-                    map.insert("logprobs".into(), json!([]));
-                }
-                self.event(done_kind, done);
-                let part = PlannedItem::part(*refusal, &text);
-                self.event(
-                    "response.content_part.done",
-                    merge(&at, json!({"part": part})),
-                );
-            }
-        }
-        self.event(
-            "response.output_item.done",
-            json!({"output_index": index, "item": item.done_item()}),
-        );
-        false
-    }
 }
 
 fn merge(base: &Value, extra: Value) -> Value {
@@ -424,6 +323,7 @@ mod tests {
             Settings {
                 answer_words: 6,
                 tool_calls: 0,
+                parallel: 1,
                 refuse: false,
             },
         )

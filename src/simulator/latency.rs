@@ -119,6 +119,7 @@ mod tests {
         let settings = Settings {
             answer_words: 40,
             tool_calls: 20,
+            parallel: 1,
             refuse: false,
         };
         let question = json!({"role": "user", "content": "x".repeat(180)});

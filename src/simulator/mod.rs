@@ -1,25 +1,30 @@
-//! The upstream simulator: OpenAI's Responses API in WebSocket mode and over REST, driven by
-//! one deterministic scripted model, with per-socket response caches, a persisted store,
+//! The upstream simulator: OpenAI's Responses API in WebSocket mode and over REST, and Chat
+//! Completions, driven by one deterministic scripted model, with per-socket response caches, a persisted store,
 //! lanes, the connection age limit, a latency model, fault injection and counters
 //! (docs/architecture.md, "Simulator").
 //!
 //! ```text
-//! GET  /v1/responses   (WebSocket)  ─┐                       ┌─ per-socket cache (ws)
-//! POST /v1/responses   (SSE / JSON) ─┴─ turn::prepare ─ play ─┼─ persisted Store (store=true)
-//! GET  /v1/responses/{id}, /sim/stats, /sim/faults            └─ Stats (turn records)
+//! GET  /v1/responses   (WebSocket)   ─┐                       ┌─ per-socket cache (ws)
+//! POST /v1/responses   (SSE / JSON)  ─┼─ turn::prepare ─ play ─┼─ persisted Store (store=true)
+//! POST /v1/chat/completions (chat) ───┘  (messages → items)    └─ Stats (turn records)
+//! GET  /v1/responses/{id}, /v1/models, /sim/stats, /sim/faults
 //! ```
 //!
 //! Tests and benchmarks spawn it in-process on port 0 with [`Simulator::spawn`].
 
+mod chat;
 pub mod config;
 pub mod events;
 pub mod faults;
 pub mod latency;
 pub mod model;
+mod plan;
 mod rest;
 pub mod stats;
 pub mod store;
+mod structured;
 mod turn;
+mod validate;
 mod ws;
 
 use std::net::SocketAddr;
@@ -29,7 +34,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderMap;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -97,6 +102,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/responses", get(ws::upgrade).post(rest::create))
         .route("/v1/responses/{id}", get(rest::retrieve))
+        .route("/v1/chat/completions", post(chat::create))
         .route("/v1/models", get(rest::models))
         .route("/v1/models/{id}", get(rest::model))
         .route("/sim/stats", get(rest::stats))

@@ -1,18 +1,23 @@
 //! The deterministic scripted model: from a conversation summary and the request, what to
 //! answer. Pure: no I/O, no clock; ids are the only randomness.
 //!
-//! - With function tools (and `tool_choice` not `none`), it calls the first function tool until
-//!   the conversation holds `tool_calls` `function_call_output` items; `call_id` and arguments
-//!   derive from the conversation, so the same history gives the same call on any transport.
+//! - With function tools (and `tool_choice` not `none`), it calls them until the conversation
+//!   holds `tool_calls` `function_call_output` items: `parallel` calls per turn (one when
+//!   `parallel_tool_calls` is false), the function `tool_choice` names or else the function
+//!   tools in turn from the first; `call_id` and arguments derive from the conversation, so the
+//!   same history gives the same calls on any transport and API.
 //! - Otherwise it answers `You said: <last user text>.`, quotes the last tool output, pads to
 //!   `answer_words` words and ends with the conversation's item count and digest, so an answer
 //!   computed from a wrong context is visibly different.
 //! - `reasoning.effort` (other than `none`) adds a reasoning item first; `reasoning.summary`
 //!   gives it a summary; `include: ["reasoning.encrypted_content"]` gives it encrypted content.
 //! - A refusal replaces the text when the request asks for one (`metadata.sim_refuse`).
+//! - `text.format` `json_schema` / `json_object` makes the text a JSON value instead
+//!   ([`super::structured`]), so structured-output parsers get something to parse.
 
 use serde_json::{Map, Value, json};
 
+pub use super::plan::{Body, Plan, PlannedItem};
 use super::store::ContextSummary;
 use crate::ids;
 
@@ -21,158 +26,9 @@ use crate::ids;
 pub struct Settings {
     pub answer_words: u32,
     pub tool_calls: u32,
+    /// Function calls per turn when `parallel_tool_calls` allows more than one.
+    pub parallel: u32,
     pub refuse: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Body {
-    Reasoning {
-        summary: Option<Vec<String>>,
-        encrypted_content: Option<String>,
-        tokens: u32,
-    },
-    FunctionCall {
-        call_id: String,
-        name: String,
-        /// The arguments JSON, cut into stream chunks.
-        chunks: Vec<String>,
-    },
-    Message {
-        chunks: Vec<String>,
-        refusal: bool,
-        /// False when `max_output_tokens` cut the text short.
-        complete: bool,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct PlannedItem {
-    pub id: String,
-    pub body: Body,
-}
-
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Plan {
-    pub items: Vec<PlannedItem>,
-}
-
-impl Plan {
-    /// True when the answer was cut by `max_output_tokens`.
-    pub fn incomplete(&self) -> bool {
-        self.items.iter().any(|item| {
-            matches!(
-                item.body,
-                Body::Message {
-                    complete: false,
-                    ..
-                }
-            )
-        })
-    }
-
-    /// Output tokens: one per streamed chunk, plus hidden reasoning tokens.
-    pub fn output_tokens(&self) -> u32 {
-        self.items.iter().map(|item| item.tokens()).sum()
-    }
-
-    pub fn reasoning_tokens(&self) -> u32 {
-        self.items
-            .iter()
-            .map(|item| match &item.body {
-                Body::Reasoning { tokens, .. } => *tokens,
-                _ => 0,
-            })
-            .sum()
-    }
-}
-
-impl PlannedItem {
-    /// Delta events this item streams (reasoning tokens are hidden).
-    pub fn deltas(&self) -> u32 {
-        let chunks = match &self.body {
-            Body::Reasoning { summary, .. } => summary.as_ref().map_or(0, Vec::len),
-            Body::FunctionCall { chunks, .. } | Body::Message { chunks, .. } => chunks.len(),
-        };
-        chunks as u32
-    }
-
-    /// Output tokens: the streamed deltas plus hidden reasoning tokens.
-    pub fn tokens(&self) -> u32 {
-        match &self.body {
-            Body::Reasoning { tokens, .. } => tokens + self.deltas(),
-            _ => self.deltas(),
-        }
-    }
-
-    /// The item as it appears in `response.output` once done.
-    pub fn done_item(&self) -> Value {
-        match &self.body {
-            Body::Reasoning {
-                summary,
-                encrypted_content,
-                ..
-            } => {
-                let summary: Vec<Value> = summary
-                    .iter()
-                    .map(|chunks| json!({"type": "summary_text", "text": chunks.concat()}))
-                    .collect();
-                let mut item = json!({"id": self.id, "type": "reasoning", "summary": summary});
-                if let (Some(content), Some(map)) = (encrypted_content, item.as_object_mut()) {
-                    map.insert("encrypted_content".into(), Value::from(content.as_str()));
-                }
-                item
-            }
-            Body::FunctionCall {
-                call_id,
-                name,
-                chunks,
-            } => json!({
-                "id": self.id, "type": "function_call", "status": "completed",
-                "arguments": chunks.concat(), "call_id": call_id, "name": name,
-            }),
-            Body::Message {
-                chunks,
-                refusal,
-                complete,
-            } => json!({
-                "id": self.id, "type": "message",
-                "status": if *complete { "completed" } else { "incomplete" },
-                "content": [Self::part(*refusal, &chunks.concat())],
-                "role": "assistant",
-            }),
-        }
-    }
-
-    /// The item as `response.output_item.added` announces it.
-    pub fn added_item(&self) -> Value {
-        match &self.body {
-            Body::Reasoning {
-                encrypted_content, ..
-            } => {
-                let mut item = json!({"id": self.id, "type": "reasoning", "summary": []});
-                if let (Some(content), Some(map)) = (encrypted_content, item.as_object_mut()) {
-                    map.insert("encrypted_content".into(), Value::from(content.as_str()));
-                }
-                item
-            }
-            Body::FunctionCall { call_id, name, .. } => json!({
-                "id": self.id, "type": "function_call", "status": "in_progress",
-                "arguments": "", "call_id": call_id, "name": name,
-            }),
-            Body::Message { .. } => json!({
-                "id": self.id, "type": "message", "status": "in_progress", "content": [], "role": "assistant",
-            }),
-        }
-    }
-
-    /// A message content part holding `text`.
-    pub fn part(refusal: bool, text: &str) -> Value {
-        if refusal {
-            json!({"type": "refusal", "refusal": text})
-        } else {
-            json!({"type": "output_text", "annotations": [], "logprobs": [], "text": text})
-        }
-    }
 }
 
 const FILLER: [&str; 12] = [
@@ -189,25 +45,19 @@ pub fn plan(summary: &ContextSummary, request: &Map<String, Value>, settings: Se
     if let Some(reasoning) = reasoning(summary, request, user_text) {
         items.push(reasoning);
     }
-    if let Some(tool) =
-        function_tool(request).filter(|_| summary.tool_outputs < settings.tool_calls as usize)
-    {
-        let step = summary.tool_outputs + 1;
-        let arguments = json!({"step": step, "query": quote(user_text, 12)}).to_string();
-        items.push(PlannedItem {
-            id: ids::new_id("fc"),
-            body: Body::FunctionCall {
-                call_id: format!("call_{}", base62(summary.digest ^ step as u64, 24)),
-                name: tool.to_owned(),
-                chunks: chunk_chars(&arguments, 4),
-            },
-        });
+    let calls = function_calls(summary, request, settings, user_text);
+    if !calls.is_empty() {
+        items.extend(calls);
         return Plan { items };
     }
     let mut chunks: Vec<String> = if settings.refuse {
         words_to_chunks(REFUSAL.split(' ').map(str::to_owned).collect())
     } else {
-        words_to_chunks(answer_words(summary, user_text, settings.answer_words))
+        let words = answer_words(summary, user_text, settings.answer_words);
+        match super::structured::format(request) {
+            Some(format) => chunk_chars(&format.render(&words.join(" "), summary.items), 8),
+            None => words_to_chunks(words),
+        }
     };
     let limit = request
         .get("max_output_tokens")
@@ -229,6 +79,39 @@ pub fn plan(summary: &ContextSummary, request: &Map<String, Value>, settings: Se
         },
     });
     Plan { items }
+}
+
+/// This turn's function calls: none once the conversation holds `settings.tool_calls` outputs.
+fn function_calls(
+    summary: &ContextSummary,
+    request: &Map<String, Value>,
+    settings: Settings,
+    user_text: &str,
+) -> Vec<PlannedItem> {
+    let tools = function_tools(request);
+    let remaining = (settings.tool_calls as usize).saturating_sub(summary.tool_outputs);
+    if tools.is_empty() || remaining == 0 {
+        return Vec::new();
+    }
+    let parallel = if request.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
+        1
+    } else {
+        settings.parallel.max(1) as usize
+    };
+    (0..remaining.min(parallel))
+        .map(|ordinal| {
+            let step = summary.tool_outputs + ordinal + 1;
+            let arguments = json!({"step": step, "query": quote(user_text, 12)}).to_string();
+            PlannedItem {
+                id: ids::new_id("fc"),
+                body: Body::FunctionCall {
+                    call_id: format!("call_{}", base62(summary.digest ^ step as u64, 24)),
+                    name: tools[ordinal % tools.len()].to_owned(),
+                    chunks: chunk_chars(&arguments, 4),
+                },
+            }
+        })
+        .collect()
 }
 
 fn reasoning(
@@ -281,18 +164,26 @@ fn reasoning(
     })
 }
 
-/// The name of the first function tool, when tools may be called.
-fn function_tool(request: &Map<String, Value>) -> Option<&str> {
-    if request.get("tool_choice").and_then(Value::as_str) == Some("none") {
-        return None;
+/// The names of the function tools the model may call, in order: none with `tool_choice`
+/// `none`, only the named one with a function `tool_choice`.
+fn function_tools(request: &Map<String, Value>) -> Vec<&str> {
+    let choice = request.get("tool_choice");
+    if choice.and_then(Value::as_str) == Some("none") {
+        return Vec::new();
     }
-    request
-        .get("tools")?
-        .as_array()?
+    let named = choice
+        .filter(|choice| choice.get("type").and_then(Value::as_str) == Some("function"))
+        .and_then(|choice| choice.get("name"))
+        .and_then(Value::as_str);
+    let Some(tools) = request.get("tools").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    tools
         .iter()
-        .find(|tool| tool.get("type").and_then(Value::as_str) == Some("function"))?
-        .get("name")?
-        .as_str()
+        .filter(|tool| tool.get("type").and_then(Value::as_str) == Some("function"))
+        .filter_map(|tool| tool.get("name").and_then(Value::as_str))
+        .filter(|name| named.is_none_or(|named| named == *name))
+        .collect()
 }
 
 fn answer_words(summary: &ContextSummary, user_text: &str, target: u32) -> Vec<String> {
@@ -374,6 +265,7 @@ mod tests {
     const SETTINGS: Settings = Settings {
         answer_words: 12,
         tool_calls: 2,
+        parallel: 1,
         refuse: false,
     };
 
@@ -495,5 +387,72 @@ mod tests {
             plan(&history, &with_include, SETTINGS).items[0].done_item()["encrypted_content"]
                 .is_string()
         );
+    }
+
+    fn call_names(plan: &Plan) -> Vec<&str> {
+        plan.items
+            .iter()
+            .filter_map(|item| match &item.body {
+                Body::FunctionCall { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parallel_calls_cycle_through_the_tools_unless_parallel_calls_are_off() {
+        let tools = json!([{"type":"function","name":"a"},{"type":"web_search"},{"type":"function","name":"b"}]);
+        let request: Map<String, Value> = serde_json::from_value(json!({"tools": tools})).unwrap();
+        let history = summary(&[json!({"role":"user","content":"go"})]);
+        let settings = Settings {
+            tool_calls: 5,
+            parallel: 3,
+            ..SETTINGS
+        };
+        let plan = plan(&history, &request, settings);
+        assert_eq!(call_names(&plan), ["a", "b", "a"]);
+        let ids: std::collections::HashSet<Value> = plan
+            .items
+            .iter()
+            .map(|i| i.done_item()["call_id"].clone())
+            .collect();
+        assert_eq!(ids.len(), 3, "every call has its own id");
+
+        let mut serial = request.clone();
+        serial.insert("parallel_tool_calls".into(), json!(false));
+        assert_eq!(call_names(&super::plan(&history, &serial, settings)), ["a"]);
+
+        let mut named = request.clone();
+        named.insert(
+            "tool_choice".into(),
+            json!({"type": "function", "name": "b"}),
+        );
+        assert_eq!(
+            call_names(&super::plan(&history, &named, settings)),
+            ["b", "b", "b"]
+        );
+
+        // Only the calls still owed: 5 wanted, 4 answered.
+        let mut answered = history.clone();
+        answered.tool_outputs = 4;
+        assert_eq!(
+            call_names(&super::plan(&answered, &request, settings)),
+            ["a"]
+        );
+    }
+
+    #[test]
+    fn a_json_schema_format_makes_the_answer_json() {
+        let request: Map<String, Value> = serde_json::from_value(json!({"text": {"format": {
+            "type": "json_schema", "name": "A",
+            "schema": {"type": "object", "properties": {"said": {"type": "string"}}}}}}))
+        .unwrap();
+        let answer = text(&plan(
+            &summary(&[json!({"role":"user","content":"hi"})]),
+            &request,
+            SETTINGS,
+        ));
+        let value: Value = serde_json::from_str(&answer).unwrap();
+        assert!(value["said"].as_str().unwrap().starts_with("You said: hi."));
     }
 }

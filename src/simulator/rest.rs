@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 
 use super::Shared;
 use super::faults::FaultConfig;
-use super::stats::{Outcome, Transport};
-use super::turn::{self, Sink};
+use super::stats::{self, Outcome, Transport};
+use super::turn::{self, Played, Prepared, Sink};
 use crate::ids;
 use crate::protocol::{OpenAiError, request, sse};
 
@@ -36,7 +36,7 @@ pub(super) async fn create(
         Err(error) => return error.into_response(),
     };
 
-    let mut record = turn::record(Transport::Rest, None, &key, &request, body.len());
+    let mut record = stats::record(Transport::Rest, None, &key, &request, body.len());
     let prepared = match turn::prepare(&shared, request, Transport::Rest, |_| None) {
         Ok(prepared) => prepared,
         Err(error) => {
@@ -52,54 +52,77 @@ pub(super) async fn create(
         shared.stats.turn(record);
         return OpenAiError::for_status(*status, code).into_response();
     }
-
     if stream {
-        let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-        let task_shared = shared.clone();
-        shared.tasks.spawn(async move {
-            let mut sink = SseSink(tx.clone());
-            let played =
-                turn::play(&task_shared, &prepared, &mut sink, &task_shared.shutdown).await;
-            if played.outcome == Outcome::Closed {
-                drop_connection(&tx).await;
-            }
-            record.outcome = played.outcome;
-            task_shared.stats.turn(record);
+        return stream_turn(&shared, prepared, SseSink, move |shared, outcome| {
+            record.outcome = outcome;
+            shared.stats.turn(record);
         });
-        let body = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
-        return (
-            [
-                (header::CONTENT_TYPE, "text/event-stream; charset=utf-8"),
-                (header::CACHE_CONTROL, "no-cache"),
-            ],
-            Body::from_stream(body),
-        )
-            .into_response();
     }
-
     let played = turn::play(&shared, &prepared, &mut Discard, &shared.shutdown).await;
     record.outcome = played.outcome;
     shared.stats.turn(record);
-    let mut response = match played.outcome {
+    let response = match played.outcome {
         Outcome::Completed | Outcome::Incomplete => json(StatusCode::OK, &played.response),
-        Outcome::Failed => {
-            let error = &played.response["error"];
-            let code = error["code"].as_str().unwrap_or("server_error");
-            let mut failure = OpenAiError::for_status(StatusCode::INTERNAL_SERVER_ERROR, code);
-            if let Some(message) = error["message"].as_str() {
-                failure.message = message.to_owned();
-            }
-            failure.into_response()
-        }
-        Outcome::Closed | Outcome::Error => {
-            let dropped = futures_util::stream::once(async {
-                Err::<Bytes, _>(std::io::Error::other("simulated connection drop"))
-            });
-            Body::from_stream(dropped).into_response()
-        }
+        _ => unfinished(&played),
     };
+    with_processing_time(response, started)
+}
+
+/// The queue a streaming turn's SSE body is read from.
+pub(super) type BodySender = mpsc::Sender<Result<Bytes, std::io::Error>>;
+
+/// Plays `prepared` in a tracked task into the sink `sink` makes from the body's queue, and
+/// answers at once with that SSE body; `done` gets the turn's outcome when it is over. A turn
+/// that closes breaks the body off.
+pub(super) fn stream_turn<S: Sink + Send + 'static>(
+    shared: &Arc<Shared>,
+    prepared: Prepared,
+    sink: impl FnOnce(BodySender) -> S,
+    done: impl FnOnce(&Shared, Outcome) + Send + 'static,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let mut sink = sink(tx.clone());
+    let task_shared = shared.clone();
+    shared.tasks.spawn(async move {
+        let played = turn::play(&task_shared, &prepared, &mut sink, &task_shared.shutdown).await;
+        if played.outcome == Outcome::Closed {
+            drop_connection(&tx).await;
+        }
+        done(&task_shared, played.outcome);
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// The answer to a non-streaming turn that did not finish: `response.failed` as a 500 with
+/// its code and message, a closed turn as a body that breaks off.
+pub(super) fn unfinished(played: &Played) -> Response {
+    if played.outcome == Outcome::Failed {
+        let error = &played.response["error"];
+        let code = error["code"].as_str().unwrap_or("server_error");
+        let mut failure = OpenAiError::for_status(StatusCode::INTERNAL_SERVER_ERROR, code);
+        if let Some(message) = error["message"].as_str() {
+            failure.message = message.to_owned();
+        }
+        return failure.into_response();
+    }
+    let dropped = futures_util::stream::once(async {
+        Err::<Bytes, _>(std::io::Error::other("simulated connection drop"))
+    });
+    Body::from_stream(dropped).into_response()
+}
+
+/// Adds `openai-processing-ms`, as OpenAI's non-streaming answers carry it.
+pub(super) fn with_processing_time(mut response: Response, started: Instant) -> Response {
     if let Ok(value) = HeaderValue::from_str(&started.elapsed().as_millis().to_string()) {
         response.headers_mut().insert("openai-processing-ms", value);
     }
@@ -112,7 +135,7 @@ pub(super) async fn create(
 /// it has taken every queued event and had a moment to flush them; a real connection drop
 /// loses nothing that was already on the wire either.
 /// A client that has stopped reading never drains the queue; give up waiting after a second.
-async fn drop_connection(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>) {
+async fn drop_connection(tx: &BodySender) {
     let drained = async {
         while tx.capacity() < tx.max_capacity() && !tx.is_closed() {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
@@ -125,7 +148,7 @@ async fn drop_connection(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>) {
         .await;
 }
 
-struct SseSink(mpsc::Sender<Result<Bytes, std::io::Error>>);
+struct SseSink(BodySender);
 
 impl Sink for SseSink {
     async fn send(&mut self, event: String) -> bool {
@@ -135,7 +158,7 @@ impl Sink for SseSink {
 }
 
 /// Plays a non-streaming turn: the events are not sent anywhere, only timed.
-struct Discard;
+pub(super) struct Discard;
 
 impl Sink for Discard {
     async fn send(&mut self, _event: String) -> bool {
@@ -238,7 +261,7 @@ pub(super) async fn common_headers(mut response: Response) -> Response {
     response
 }
 
-fn json(status: StatusCode, value: &impl serde::Serialize) -> Response {
+pub(super) fn json(status: StatusCode, value: &impl serde::Serialize) -> Response {
     match serde_json::to_string(value) {
         Ok(text) => (status, [(header::CONTENT_TYPE, "application/json")], text).into_response(),
         Err(error) => OpenAiError::new(

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 use serde::Serialize;
+use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -16,6 +17,8 @@ use tokio::sync::watch;
 pub enum Transport {
     Ws,
     Rest,
+    /// `POST /v1/chat/completions`.
+    Chat,
 }
 
 /// How a turn ended, as the client saw it.
@@ -56,6 +59,63 @@ pub struct TurnRecord {
     pub outcome: Outcome,
     pub response_id: Option<String>,
     pub error_code: Option<String>,
+    /// FNV-1a 64 of the raw request body, as 16 hex digits (chat requests only), so a test
+    /// can tell that a body reached the upstream byte for byte.
+    pub body_fnv1a: Option<String>,
+}
+
+/// The raw body of a recent chat request (`StatsSnapshot::chat_bodies`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChatBody {
+    /// The [`TurnRecord::index`] of its turn.
+    pub turn: u64,
+    pub bytes: usize,
+    pub fnv1a: String,
+    /// The body as sent (`None` past [`CHAT_BODY_TEXT_LIMIT`] bytes; the digest still holds).
+    pub text: Option<String>,
+}
+
+/// How many recent chat bodies the stats keep.
+pub const CHAT_BODIES_KEPT: usize = 32;
+/// The largest chat body kept as text.
+pub const CHAT_BODY_TEXT_LIMIT: usize = 1 << 20;
+
+/// The stats record for a request, filled in as far as the raw body allows.
+pub fn record(
+    transport: Transport,
+    socket: Option<u64>,
+    key: &str,
+    body: &Map<String, Value>,
+    bytes: usize,
+) -> TurnRecord {
+    TurnRecord {
+        index: 0,
+        transport,
+        socket,
+        key: key.to_owned(),
+        stream_id: body
+            .get("stream_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        model: body.get("model").and_then(Value::as_str).map(str::to_owned),
+        input_items: match body.get("input") {
+            Some(Value::Array(items)) => items.len(),
+            Some(Value::String(_)) => 1,
+            _ => 0,
+        },
+        bytes,
+        previous_response_id: body
+            .get("previous_response_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        continued: false,
+        hydrated: false,
+        warmup: body.get("generate") == Some(&Value::Bool(false)),
+        outcome: Outcome::Error,
+        response_id: None,
+        error_code: None,
+        body_fnv1a: None,
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -79,6 +139,9 @@ pub struct StatsSnapshot {
     pub keys: BTreeMap<String, KeyStats>,
     /// The most recent turns (up to `stats_turn_capacity`), oldest first.
     pub turns: Vec<TurnRecord>,
+    /// The raw bodies of the most recent chat requests (up to [`CHAT_BODIES_KEPT`]), oldest
+    /// first, unknown and ignored fields included.
+    pub chat_bodies: Vec<ChatBody>,
 }
 
 impl StatsSnapshot {
@@ -110,6 +173,7 @@ pub struct Stats {
 struct Inner {
     totals: StatsSnapshot,
     turns: VecDeque<TurnRecord>,
+    chat_bodies: VecDeque<ChatBody>,
     next_socket: u64,
 }
 
@@ -159,10 +223,35 @@ impl Stats {
         self.update(|inner| inner.totals.pings_received += 1);
     }
 
+    /// Records a finished chat turn and keeps its raw body.
+    pub fn chat_turn(&self, mut record: TurnRecord, body: &[u8]) {
+        let fnv1a = format!("{:016x}", fnv1a(body));
+        record.body_fnv1a = Some(fnv1a.clone());
+        let text = (body.len() <= CHAT_BODY_TEXT_LIMIT)
+            .then(|| String::from_utf8_lossy(body).into_owned());
+        let bytes = body.len();
+        self.record(record, move |inner, turn| {
+            if inner.chat_bodies.len() == CHAT_BODIES_KEPT {
+                inner.chat_bodies.pop_front();
+            }
+            inner.chat_bodies.push_back(ChatBody {
+                turn,
+                bytes,
+                fnv1a,
+                text,
+            });
+        });
+    }
+
     /// Records a finished turn; `record.index` is assigned here.
-    pub fn turn(&self, mut record: TurnRecord) {
+    pub fn turn(&self, record: TurnRecord) {
+        self.record(record, |_, _| {});
+    }
+
+    fn record(&self, mut record: TurnRecord, also: impl FnOnce(&mut Inner, u64)) {
         self.update(|inner| {
             record.index = inner.totals.turns_total;
+            also(inner, record.index);
             inner.totals.turns_total += 1;
             inner.totals.bytes_received_total += record.bytes as u64;
             inner
@@ -184,6 +273,7 @@ impl Stats {
         let inner = self.lock();
         StatsSnapshot {
             turns: inner.turns.iter().cloned().collect(),
+            chat_bodies: inner.chat_bodies.iter().cloned().collect(),
             ..inner.totals.clone()
         }
     }
@@ -203,4 +293,11 @@ impl Stats {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// FNV-1a 64 over `bytes`.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }

@@ -9,6 +9,8 @@
 //! response cache (the latest response per lane) sits behind a mutex that is never held
 //! across an await.
 
+mod lanes;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -23,8 +25,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use self::lanes::Lanes;
 use super::Shared;
-use super::stats::{Outcome, Transport};
+use super::stats::{self, Outcome, Transport};
 use super::store::Stored;
 use super::turn::{self, ParentSource, Sink};
 use crate::protocol::OpenAiError;
@@ -125,16 +128,13 @@ impl Connection {
         let (mut sink, mut stream) = socket.split();
         let (tx, mut rx) = mpsc::channel::<Outgoing>(256);
         let cancel = self.shared.shutdown.child_token();
-        let permits = Arc::new(Semaphore::new(config.max_in_flight));
-        let mut lanes: HashMap<Lane, mpsc::UnboundedSender<Job>> = HashMap::new();
-        let text = |text: String| Message::Text(text.into());
-        let close = |code: u16, reason: &str| {
-            Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            }))
+        let mut lanes = Lanes {
+            senders: HashMap::new(),
+            pending: 0,
+            tx,
+            permits: Arc::new(Semaphore::new(config.max_in_flight)),
+            cancel: cancel.clone(),
         };
-        let mut pending = 0usize;
         let expiry = tokio::time::sleep(config.max_connection_age);
         tokio::pin!(expiry);
         // Past the age limit: no new turn starts; the socket closes once idle.
@@ -146,83 +146,74 @@ impl Connection {
         };
 
         loop {
-            if expired && pending == 0 {
+            if expired && lanes.pending == 0 {
                 if !limit_sent {
                     let _ = sink.send(limit_reached()).await;
                 }
                 let _ = sink.send(close(1000, "connection limit reached")).await;
                 break;
             }
-            tokio::select! {
+            let reply = tokio::select! {
                 () = cancel.cancelled() => {
                     let _ = sink.send(close(1001, "server shutting down")).await;
                     break;
                 }
-                () = &mut expiry, if !expired => expired = true,
+                () = &mut expiry, if !expired => {
+                    expired = true;
+                    None
+                }
                 incoming = stream.next() => match incoming {
-                    Some(Ok(Message::Text(frame))) => {
-                        if expired {
-                            limit_sent = true;
-                            if sink.send(limit_reached()).await.is_err() { break; }
-                            continue;
-                        }
-                        let (lane, job) = match accept(frame.as_str()) {
-                            Ok(accepted) => accepted,
-                            Err(error) => {
-                                if sink.send(text(error)).await.is_err() { break; }
-                                continue;
-                            }
-                        };
-                        let sender = match lanes.get(&lane) {
-                            Some(sender) => sender.clone(),
-                            None => {
-                                let named = lanes.keys().filter(|lane| lane.is_some()).count();
-                                if lane.is_some() && named >= config.max_named_lanes {
-                                    let error = stream_limit(config.max_named_lanes).ws_event(lane.as_deref());
-                                    if sink.send(text(error)).await.is_err() { break; }
-                                    continue;
-                                }
-                                let (sender, jobs) = mpsc::unbounded_channel();
-                                let lane_task = self.clone().lane(lane.clone(), jobs, tx.clone(), permits.clone(), cancel.clone());
-                                self.shared.tasks.spawn(lane_task);
-                                lanes.insert(lane, sender.clone());
-                                sender
-                            }
-                        };
-                        pending += 1;
-                        let _ = sender.send(job);
+                    Some(Ok(Message::Text(_))) if expired => {
+                        limit_sent = true;
+                        Some(limit_reached())
                     }
+                    Some(Ok(Message::Text(frame))) => lanes.submit(self, frame.as_str()).map(text),
                     Some(Ok(Message::Binary(_))) => {
                         let error = OpenAiError::invalid_request("Binary frames are not supported; send response.create as a text frame.");
-                        if sink.send(text(error.ws_event(None))).await.is_err() { break; }
+                        Some(text(error.ws_event(None)))
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                     Some(Ok(Message::Ping(_))) => {
-                        self.shared.stats.ping_received();
-                        if self.shared.faults.config().ignore_pings {
-                            // Hung: read and write nothing (the queued pong goes out only on the
-                            // next read or write), then drop the connection. Not reading, it
-                            // cannot see the peer close, so the hang is bounded.
-                            tokio::select! {
-                                () = cancel.cancelled() => {}
-                                () = tokio::time::sleep(HUNG_SOCKET_LIFETIME) => {}
-                            }
+                        if self.pinged(&cancel).await {
                             break;
                         }
-                        // Otherwise the WebSocket layer answers it on the next read.
+                        None
                     }
-                    Some(Ok(Message::Pong(_))) => {}
+                    Some(Ok(Message::Pong(_))) => None,
                 },
                 Some(outgoing) = rx.recv() => match outgoing {
-                    Outgoing::Frame(frame) => {
-                        if sink.send(text(frame)).await.is_err() { break; }
-                    }
+                    Outgoing::Frame(frame) => Some(text(frame)),
                     Outgoing::Abort => break,
-                    Outgoing::TurnDone => pending = pending.saturating_sub(1),
+                    Outgoing::TurnDone => {
+                        lanes.pending = lanes.pending.saturating_sub(1);
+                        None
+                    }
                 },
+            };
+            if let Some(reply) = reply
+                && sink.send(reply).await.is_err()
+            {
+                break;
             }
         }
         cancel.cancel();
+    }
+
+    /// Counts a ping; true when the `ignore_pings` fault hangs the socket, which then must be
+    /// dropped. Otherwise the WebSocket layer answers the ping on the next read.
+    async fn pinged(&self, cancel: &CancellationToken) -> bool {
+        self.shared.stats.ping_received();
+        if !self.shared.faults.config().ignore_pings {
+            return false;
+        }
+        // Hung: read and write nothing (the queued pong goes out only on the next read or
+        // write), then drop the connection. Not reading, it cannot see the peer close, so the
+        // hang is bounded.
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = tokio::time::sleep(HUNG_SOCKET_LIFETIME) => {}
+        }
+        true
     }
 
     /// Runs one lane's turns in order, each holding an in-flight permit.
@@ -260,7 +251,7 @@ impl Connection {
         cancel: &CancellationToken,
     ) {
         let shared = &self.shared;
-        let mut record = turn::record(
+        let mut record = stats::record(
             Transport::Ws,
             Some(self.id),
             &self.key,
@@ -353,74 +344,13 @@ impl Sink for WsSink {
     }
 }
 
-/// Parses a client frame into a `response.create` job for a lane, or the error event to send.
-fn accept(frame: &str) -> Result<(Lane, Job), String> {
-    let value: Value = serde_json::from_str(frame).map_err(|error| {
-        OpenAiError::invalid_request(format!("Invalid JSON in WebSocket message: {error}."))
-            .with_code("invalid_json")
-            .ws_event(None)
-    })?;
-    let Value::Object(mut body) = value else {
-        return Err(
-            OpenAiError::invalid_request("WebSocket messages must be JSON objects.")
-                .with_code("invalid_json")
-                .ws_event(None),
-        );
-    };
-    match body.remove("type") {
-        Some(Value::String(kind)) if kind == "response.create" => {}
-        Some(Value::String(kind)) => {
-            return Err(OpenAiError::invalid_request(format!(
-                "Invalid value: '{kind}'. Supported values are: 'response.create'."
-            ))
-            .with_param("type")
-            .with_code("invalid_value")
-            .ws_event(None));
-        }
-        _ => {
-            return Err(
-                OpenAiError::invalid_request("Missing required parameter: 'type'.")
-                    .with_param("type")
-                    .with_code("missing_required_parameter")
-                    .ws_event(None),
-            );
-        }
-    }
-    // `stream` is implicit on a socket; clients (Codex, the agents SDK) send it anyway.
-    body.remove("stream");
-    let lane = match body.get("stream_id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(id)) if valid_stream_id(id) => Some(id.clone()),
-        Some(_) => {
-            return Err(OpenAiError::invalid_request(
-                "Invalid 'stream_id': expected 1 to 256 characters of letters, digits, '_', '-' or '.'.",
-            )
-            .with_param("stream_id")
-            .with_code("invalid_stream_id")
-            .ws_event(None));
-        }
-    };
-    Ok((
-        lane,
-        Job {
-            body,
-            bytes: frame.len(),
-        },
-    ))
+fn text(text: String) -> Message {
+    Message::Text(text.into())
 }
 
-fn valid_stream_id(id: &str) -> bool {
-    (1..=256).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-}
-
-fn stream_limit(max: usize) -> OpenAiError {
-    OpenAiError::invalid_request(format!(
-        "This WebSocket connection has reached its maximum number of distinct stream IDs ({max}). Reuse an \
-         existing stream_id or open a new WebSocket connection."
-    ))
-    .with_param("stream_id")
-    .with_code("websocket_stream_limit_reached")
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
 }
