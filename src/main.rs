@@ -175,7 +175,11 @@ fn load(file: Option<PathBuf>, overrides: Vec<Override>) -> Result<Config, Confi
 
 /// Runs `serve` or `simulate` until a signal.
 fn run(command: Command, config: Config) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.server.worker_threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|error| {

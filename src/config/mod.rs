@@ -100,6 +100,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    /// `None`: one per CPU core (tokio's default).
+    pub worker_threads: Option<usize>,
 }
 
 /// `upstream.mode`.

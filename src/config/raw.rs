@@ -38,6 +38,8 @@ pub struct RawServer {
     pub header_read_timeout_secs: u64,
     /// Largest request header block, in bytes (larger: 431).
     pub max_header_bytes: u64,
+    /// Threads that run connections and turns; 0: one per CPU core.
+    pub worker_threads: u64,
 }
 
 impl Default for RawServer {
@@ -50,6 +52,7 @@ impl Default for RawServer {
             max_connections: 4096,
             header_read_timeout_secs: 30,
             max_header_bytes: 32 << 10,
+            worker_threads: 0,
         }
     }
 }

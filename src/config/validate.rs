@@ -66,6 +66,16 @@ fn server(raw: RawServer) -> Result<ServerConfig, Invalid> {
             )?,
         )?,
         max_header_bytes: bytes as usize,
+        worker_threads: match raw.worker_threads {
+            0 => None,
+            1..=1024 => Some(raw.worker_threads as usize),
+            _ => {
+                return Err(invalid(
+                    "server.worker_threads",
+                    "must be between 0 (one per CPU core) and 1024",
+                ));
+            }
+        },
     })
 }
 
@@ -200,6 +210,17 @@ mod tests {
             Duration::from_secs(3600)
         );
         assert_eq!(SimulatorConfig::default().listen.port(), 0);
+    }
+
+    #[test]
+    fn worker_threads_zero_means_one_per_core_and_a_count_is_kept() {
+        assert_eq!(load("", &[]).unwrap().server.worker_threads, None);
+        let one = load("", &[("WSBRIDGE_SERVER_WORKER_THREADS", "1")]).unwrap();
+        assert_eq!(one.server.worker_threads, Some(1));
+        let error = load("[server]\nworker_threads = 5000\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`server.worker_threads`"), "{error}");
     }
 
     #[test]
