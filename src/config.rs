@@ -87,6 +87,7 @@ pub struct RawConfig {
     pub pool: RawPool,
     pub auth: RawAuth,
     pub continuation: RawContinuation,
+    pub chat: RawChat,
     pub log: RawLog,
     pub simulator: RawSimulator,
 }
@@ -221,6 +222,23 @@ impl Default for RawContinuation {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct RawChat {
+    /// `bridge` (Chat Completions requests become Responses turns over the pooled sockets when
+    /// every field has a faithful equivalent) or `passthrough` (all go to the upstream's
+    /// `/v1/chat/completions` as they came).
+    pub mode: String,
+}
+
+impl Default for RawChat {
+    fn default() -> Self {
+        Self {
+            mode: "bridge".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RawAuth {
     /// `passthrough` (clients send their own key) or `inject` (wsbridge adds one).
     pub mode: String,
@@ -340,6 +358,7 @@ pub struct Config {
     pub pool: PoolConfig,
     pub auth: AuthConfig,
     pub continuation: ContinuationConfig,
+    pub chat: ChatConfig,
     pub log: LogConfig,
     pub simulator: SimulatorConfig,
     /// Where this configuration came from, and what was ignored on the way.
@@ -425,6 +444,20 @@ pub struct ContinuationConfig {
     pub enabled: bool,
     pub reasoning: ReasoningPolicy,
     pub stored_on_any_socket: bool,
+}
+
+/// How `POST /v1/chat/completions` is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatMode {
+    /// Translated into Responses turns when it can be done faithfully, else passed through.
+    Bridge,
+    /// Always passed through to the upstream's `/v1/chat/completions`.
+    Passthrough,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    pub mode: ChatMode,
 }
 
 #[derive(Debug, Clone)]
@@ -951,6 +984,18 @@ fn validate_fields(raw: RawConfig, env: &[(String, String)]) -> Result<Config, C
             },
             stored_on_any_socket: raw.continuation.stored_on_any_socket,
         },
+        chat: ChatConfig {
+            mode: match raw.chat.mode.as_str() {
+                "bridge" => ChatMode::Bridge,
+                "passthrough" => ChatMode::Passthrough,
+                other => {
+                    return Err(invalid(
+                        "chat.mode",
+                        format!("`{other}` (expected `bridge` or `passthrough`)"),
+                    ));
+                }
+            },
+        },
         log: LogConfig {
             format: match raw.log.format.as_str() {
                 "text" => LogFormat::Text,
@@ -1203,6 +1248,18 @@ mod tests {
         assert_eq!(config.simulator.accepted_keys, ["sk-a", "sk-b"]);
         assert_eq!(config.server.listen.to_string(), "0.0.0.0:9");
         assert_eq!(config.simulator.latency.ttft, Duration::from_micros(12_500));
+    }
+
+    #[test]
+    fn chat_mode_is_bridge_by_default_and_names_what_it_accepts() {
+        assert_eq!(Config::default().chat.mode, ChatMode::Bridge);
+        let config = load("[chat]\nmode = \"passthrough\"\n", &[]).unwrap();
+        assert_eq!(config.chat.mode, ChatMode::Passthrough);
+        let error = load("", &[("WSBRIDGE_CHAT_MODE", "relay")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("chat.mode"), "{error}");
+        assert!(error.contains("`bridge` or `passthrough`"), "{error}");
     }
 
     #[test]
