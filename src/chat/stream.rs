@@ -51,6 +51,22 @@ impl Encoder {
         }
     }
 
+    /// True for the event types that can give a chunk (the others need not be parsed).
+    pub fn reads(kind: &str) -> bool {
+        matches!(
+            kind,
+            "response.created"
+                | "response.output_text.delta"
+                | "response.refusal.delta"
+                | "response.output_item.added"
+                | "response.function_call_arguments.delta"
+                | "response.completed"
+                | "response.incomplete"
+                | "response.failed"
+                | "error"
+        )
+    }
+
     /// The chunks for one upstream event (`kind` is its `type`).
     pub fn event(&mut self, kind: &str, event: &Value) -> Step {
         let delta = match kind {
