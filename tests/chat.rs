@@ -2,80 +2,17 @@
 //! and completion shapes, tool call indexes, finish reasons, usage, errors before and after
 //! the first chunk), what the upstream receives (continued turns with only the new items,
 //! nothing for a bad request, the original bytes on the pass-through path).
-//!
-//! The loops take a base URL, so the same loop can run straight against any chat endpoint.
+//! The loops live in `common::chat` and take a base URL, so the same loop can run straight
+//! against any chat endpoint.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
+use common::chat::*;
 use common::*;
 use serde_json::{Value, json};
-use wsbridge::config::{ChatMode, SimulatorConfig};
-use wsbridge::simulator::stats::Transport;
-
-/// `POST {base}/chat/completions` with [`KEY`].
-async fn chat(base_url: &str, body: &Value) -> Reply {
-    request(
-        "POST",
-        &format!("{base_url}/chat/completions"),
-        Some(KEY),
-        Some(body.to_string()),
-    )
-    .await
-}
-
-/// A streamed chat body: its chunks, and whether it ended with `data: [DONE]`. Asserts the
-/// framing: data-only events, one JSON line each, `[DONE]` only last.
-fn sse_chunks(body: &str) -> (Vec<Value>, bool) {
-    assert!(body.ends_with("\n\n"), "ends with a blank line: {body:?}");
-    let mut out = Vec::new();
-    let mut done = false;
-    for block in body
-        .split("\n\n")
-        .filter(|b| !b.is_empty() && !b.starts_with(':'))
-    {
-        assert!(!done, "nothing after [DONE]: {body}");
-        let data = block
-            .strip_prefix("data: ")
-            .unwrap_or_else(|| panic!("data-only SSE: {block:?}"));
-        assert!(!data.contains('\n'), "one line per event: {block:?}");
-        if data == "[DONE]" {
-            done = true;
-        } else {
-            out.push(serde_json::from_str(data).unwrap());
-        }
-    }
-    (out, done)
-}
-
-fn header<'a>(reply: &'a Reply, name: &str) -> &'a str {
-    reply
-        .headers
-        .get(name)
-        .map_or("", |value| value.to_str().unwrap())
-}
-
-fn hi(stream: bool) -> Value {
-    json!({"model": "gpt-test", "stream": stream, "messages": [{"role": "user", "content": "hello there"}]})
-}
-
-/// The text of a stream's content deltas.
-fn content(chunks: &[Value]) -> String {
-    chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect()
-}
-
-fn finish_reason(chunks: &[Value]) -> Vec<&str> {
-    chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
-        .collect()
-}
+use wsbridge::config::ChatMode;
 
 #[tokio::test]
 async fn a_stream_is_chunks_with_one_id_a_role_delta_a_finish_a_usage_chunk_and_done() {
@@ -204,55 +141,12 @@ async fn max_tokens_reached_is_length_with_usage_and_a_refusal_is_a_refusal() {
     assert_eq!(refusal, message["refusal"].as_str().unwrap());
 }
 
-/// Scripted events of one response with `n` function calls one after another (parallel calls).
-fn parallel_calls(id: &str, n: usize) -> Vec<String> {
-    let call = |i: usize, status: &str, arguments: &str| {
-        json!({"id": format!("fc_{i}"), "type": "function_call", "status": status,
-               "arguments": arguments, "call_id": format!("call_{i}"), "name": format!("tool_{i}")})
-    };
-    let response = |status: &str, output: Value| {
-        json!({"id": id, "object": "response", "created_at": 1_700_000_000,
-        "status": status, "model": "gpt-sim", "output": output,
-        "usage": {"input_tokens": 9, "output_tokens": 6, "total_tokens": 15}})
-    };
-    let mut events = vec![
-        json!({"type": "response.created", "response": response("in_progress", json!([]))}),
-        json!({"type": "response.in_progress", "response": response("in_progress", json!([]))}),
-    ];
-    for i in 0..n {
-        events.push(json!({"type": "response.output_item.added", "output_index": i, "item": call(i, "in_progress", "")}));
-        for part in ["{\"n\":", &i.to_string(), "}"] {
-            events.push(json!({"type": "response.function_call_arguments.delta", "item_id": format!("fc_{i}"), "output_index": i, "delta": part}));
-        }
-        events.push(json!({"type": "response.output_item.done", "output_index": i, "item": call(i, "completed", &format!("{{\"n\":{i}}}"))}));
-    }
-    let output: Vec<Value> = (0..n)
-        .map(|i| call(i, "completed", &format!("{{\"n\":{i}}}")))
-        .collect();
-    events.push(
-        json!({"type": "response.completed", "response": response("completed", json!(output))}),
-    );
-    events
-        .into_iter()
-        .enumerate()
-        .map(|(seq, mut event)| {
-            event["sequence_number"] = json!(seq);
-            event.to_string()
-        })
-        .collect()
-}
-
-fn tools() -> Value {
-    json!([{"type": "function", "function": {"name": "lookup", "description": "Look it up.",
-            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}])
-}
-
 #[tokio::test]
 async fn parallel_tool_calls_get_indexes_0_1_2_and_finish_with_tool_calls() {
     let upstream = scripted(|_, _| parallel_calls("resp_p", 3)).await;
     let proxy = proxy_for(&upstream, |_| {}).await;
     let mut body = hi(true);
-    body["tools"] = tools();
+    body["tools"] = chat_tools();
     let (chunks_, done) = sse_chunks(&chat(&proxy.base_url(), &body).await.body);
     assert!(done);
     let calls: Vec<&Value> = chunks_
@@ -445,31 +339,6 @@ async fn bad_requests_are_400s_naming_the_field_and_send_nothing_upstream() {
     );
 }
 
-/// A chat upstream that records every request (method, path, body bytes) and answers 200.
-async fn recording_upstream() -> (String, Arc<Mutex<Vec<(String, String, Vec<u8>)>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let record = seen.clone();
-    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
-        let record = record.clone();
-        async move {
-            let method = request.method().to_string();
-            let path = request.uri().path().to_owned();
-            let body = axum::body::to_bytes(request.into_body(), usize::MAX)
-                .await
-                .unwrap();
-            record.lock().unwrap().push((method, path, body.to_vec()));
-            (
-                [("content-type", "application/json")],
-                r#"{"object":"chat.completion","choices":[]}"#,
-            )
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}/v1"), seen)
-}
-
 #[tokio::test]
 async fn fields_without_a_faithful_equivalent_reach_the_chat_endpoint_byte_for_byte() {
     let (base_url, seen) = recording_upstream().await;
@@ -579,167 +448,4 @@ async fn passthrough_mode_and_an_oversized_frame_pass_plain_requests_through() {
         );
         proxy.shutdown().await;
     }
-}
-
-/// What one chat tool loop saw.
-#[derive(Debug)]
-struct Run {
-    answer: String,
-    routes: Vec<String>,
-    calls: usize,
-}
-
-/// The usual chat agent loop: the whole `messages` history every turn (assistant message as
-/// answered, then one `tool` message per call), until the model answers.
-async fn chat_loop(base_url: &str, calls: u32, stream: bool) -> Run {
-    let mut messages = vec![
-        json!({"role": "system", "content": "You are terse."}),
-        json!({"role": "user", "content": "What is the answer?"}),
-    ];
-    let mut routes = Vec::new();
-    let mut seen = 0;
-    loop {
-        let body = json!({"model": "gpt-test", "messages": messages, "tools": tools(), "stream": stream,
-                          "metadata": {"sim_tool_calls": calls.to_string()}});
-        let reply = chat(base_url, &body).await;
-        assert_eq!(
-            reply.status,
-            200,
-            "turn {}: {}",
-            routes.len() + 1,
-            reply.body
-        );
-        routes.push(header(&reply, "x-wsbridge-continuation").to_owned());
-        let message = if stream {
-            assemble(&reply.body)
-        } else {
-            reply.json()["choices"][0]["message"].clone()
-        };
-        let tool_calls = message["tool_calls"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        messages.push(message.clone());
-        if tool_calls.is_empty() {
-            return Run {
-                answer: message["content"].as_str().unwrap().to_owned(),
-                routes,
-                calls: seen,
-            };
-        }
-        for call in tool_calls {
-            seen += 1;
-            messages.push(json!({"role": "tool", "tool_call_id": call["id"],
-                                 "content": format!("result {seen} for {}", call["id"].as_str().unwrap())}));
-        }
-    }
-}
-
-/// The assistant message a client builds from a stream's chunks.
-fn assemble(body: &str) -> Value {
-    let (chunks_, done) = sse_chunks(body);
-    assert!(done);
-    let mut calls: Vec<Value> = Vec::new();
-    for chunk in &chunks_ {
-        for call in chunk["choices"][0]["delta"]["tool_calls"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            let index = call["index"].as_u64().unwrap() as usize;
-            if index == calls.len() {
-                calls.push(json!({"id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}}));
-            }
-            let arguments = calls[index]["function"]["arguments"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-                + call["function"]["arguments"].as_str().unwrap_or("");
-            calls[index]["function"]["arguments"] = json!(arguments);
-        }
-    }
-    let text = content(&chunks_);
-    let mut message = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { json!(text) }});
-    if !calls.is_empty() {
-        message["tool_calls"] = json!(calls);
-    }
-    message
-}
-
-#[tokio::test]
-async fn a_20_call_chat_loop_resending_everything_sends_only_new_messages_upstream() {
-    let bridge = bridge().await;
-    let through = chat_loop(&bridge.url(), 20, true).await;
-    assert_eq!(through.calls, 20);
-    assert_eq!(through.routes.len(), 21);
-    assert_eq!(through.routes[0], "fresh");
-    assert!(
-        through.routes[1..].iter().all(|r| r == "continued"),
-        "{:?}",
-        through.routes
-    );
-    let stats = bridge.sim.stats();
-    let turns: Vec<_> = stats
-        .turns
-        .iter()
-        .filter(|t| t.transport == Transport::Ws)
-        .collect();
-    assert_eq!(turns.len(), 21);
-    assert_eq!(turns[0].input_items, 2);
-    for (turn, previous) in turns[1..].iter().zip(&turns) {
-        assert!(turn.continued, "{turn:?}");
-        assert_eq!(turn.previous_response_id, previous.response_id);
-        assert_eq!(turn.input_items, 1, "only the tool message: {turn:?}");
-    }
-    assert_eq!(stats.sockets_for(KEY).len(), 1, "one upstream socket");
-
-    // The same loop resent in full every turn (continuations off) gets the same answer.
-    let full = bridge_with(SimulatorConfig::default(), |config| {
-        config.continuation.enabled = false
-    })
-    .await;
-    let resent = chat_loop(&full.url(), 20, false).await;
-    assert_eq!(resent.answer, through.answer);
-    assert!(resent.routes.iter().all(|r| r == "fresh"));
-    let sent: Vec<usize> = full
-        .sim
-        .stats()
-        .turns
-        .iter()
-        .map(|t| t.input_items)
-        .collect();
-    assert_eq!(
-        sent.last(),
-        Some(&(2 + 2 * 20)),
-        "full resends carry everything: {sent:?}"
-    );
-}
-
-#[tokio::test]
-async fn reasoning_in_the_output_does_not_stop_a_chat_from_continuing_even_in_strict_mode() {
-    let bridge = bridge_with(SimulatorConfig::default(), |config| {
-        config.continuation.reasoning = wsbridge::continuation::ReasoningPolicy::Strict;
-    })
-    .await;
-    let mut body = hi(false);
-    body["reasoning_effort"] = json!("low");
-    let first = chat(&bridge.url(), &body).await;
-    assert_eq!(first.status, 200, "{}", first.body);
-    let completion = first.json();
-    assert!(
-        completion["usage"]["completion_tokens_details"]["reasoning_tokens"]
-            .as_u64()
-            .unwrap()
-            > 0
-    );
-    let mut message = completion["choices"][0]["message"].clone();
-    message.as_object_mut().unwrap().remove("annotations");
-    body["messages"]
-        .as_array_mut()
-        .unwrap()
-        .extend([message, json!({"role": "user", "content": "and then?"})]);
-    let second = chat(&bridge.url(), &body).await;
-    assert_eq!(second.status, 200, "{}", second.body);
-    assert_eq!(header(&second, "x-wsbridge-continuation"), "continued");
-    assert_eq!(bridge.sim.stats().turns.last().unwrap().input_items, 1);
 }

@@ -16,6 +16,8 @@ use crate::outcome::{
     ChatFinish, ChatPassthrough, ChatRoute, CloseReason, Continuation, FallbackReason,
     RecoveryCause,
 };
+
+mod chat;
 use crate::protocol::event::Dropped;
 
 /// Which surface served a request.
@@ -71,21 +73,6 @@ struct DroppedLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ChatRouteLabels {
-    route: ChatRoute,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ChatPassthroughLabels {
-    reason: ChatPassthrough,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ChatFinishLabels {
-    finish: ChatFinish,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FallbackLabels {
     reason: FallbackReason,
 }
@@ -102,9 +89,7 @@ pub struct Metrics {
     recoveries: Family<CauseLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
     continuations: Family<ContinuationLabels, Counter>,
-    chat_routes: Family<ChatRouteLabels, Counter>,
-    chat_passthroughs: Family<ChatPassthroughLabels, Counter>,
-    chat_finishes: Family<ChatFinishLabels, Counter>,
+    chat: chat::ChatMetrics,
     head_evictions: Counter,
     upstream_bytes: Counter,
     request_bytes: Counter,
@@ -170,24 +155,7 @@ impl Default for Metrics {
             "Bridged turns (POST /v1/responses and /v1/chat/completions) by how they went upstream",
             continuations.clone(),
         );
-        let chat_routes = Family::<ChatRouteLabels, Counter>::default();
-        registry.register(
-            "chat_requests",
-            "POST /v1/chat/completions by the path it took (bridged, passthrough)",
-            chat_routes.clone(),
-        );
-        let chat_passthroughs = Family::<ChatPassthroughLabels, Counter>::default();
-        registry.register(
-            "chat_passthroughs",
-            "Chat requests passed through to the upstream's chat endpoint, by reason",
-            chat_passthroughs.clone(),
-        );
-        let chat_finishes = Family::<ChatFinishLabels, Counter>::default();
-        registry.register(
-            "chat_finishes",
-            "Bridged chat turns by finish_reason, or failed",
-            chat_finishes.clone(),
-        );
+        let chat = chat::ChatMetrics::register(&mut registry);
         let head_evictions = Counter::default();
         registry.register(
             "head_evictions",
@@ -225,9 +193,7 @@ impl Default for Metrics {
             credentials,
             requests,
             continuations,
-            chat_routes,
-            chat_passthroughs,
-            chat_finishes,
+            chat,
             head_evictions,
             upstream_bytes,
             request_bytes,
@@ -274,21 +240,7 @@ impl Metrics {
         for reason in Dropped::ALL {
             drop(self.dropped_events.get_or_create(&DroppedLabels { reason }));
         }
-        for route in ChatRoute::ALL {
-            drop(self.chat_routes.get_or_create(&ChatRouteLabels { route }));
-        }
-        for reason in ChatPassthrough::ALL {
-            drop(
-                self.chat_passthroughs
-                    .get_or_create(&ChatPassthroughLabels { reason }),
-            );
-        }
-        for finish in ChatFinish::ALL {
-            drop(
-                self.chat_finishes
-                    .get_or_create(&ChatFinishLabels { finish }),
-            );
-        }
+        self.chat.zero();
     }
 
     pub fn request(&self, route: Route, status: u16) {
@@ -326,27 +278,6 @@ impl Metrics {
     pub fn continuation(&self, outcome: Continuation) {
         self.continuations
             .get_or_create(&ContinuationLabels { outcome })
-            .inc();
-    }
-
-    /// A chat request took `route`.
-    pub fn chat_route(&self, route: ChatRoute) {
-        self.chat_routes
-            .get_or_create(&ChatRouteLabels { route })
-            .inc();
-    }
-
-    /// A chat request was passed through, for `reason`.
-    pub fn chat_passthrough(&self, reason: ChatPassthrough) {
-        self.chat_passthroughs
-            .get_or_create(&ChatPassthroughLabels { reason })
-            .inc();
-    }
-
-    /// A bridged chat turn ended.
-    pub fn chat_finish(&self, finish: ChatFinish) {
-        self.chat_finishes
-            .get_or_create(&ChatFinishLabels { finish })
             .inc();
     }
 
@@ -406,40 +337,6 @@ impl Route {
         Self::Chat,
         Self::Passthrough,
         Self::Operations,
-    ];
-}
-
-impl ChatRoute {
-    pub const ALL: [Self; 2] = [Self::Bridged, Self::Passthrough];
-}
-
-impl ChatPassthrough {
-    pub const ALL: [Self; 15] = [
-        Self::Mode,
-        Self::Fallback,
-        Self::Choices,
-        Self::Logprobs,
-        Self::Stop,
-        Self::LogitBias,
-        Self::Penalties,
-        Self::Seed,
-        Self::Audio,
-        Self::Prediction,
-        Self::WebSearch,
-        Self::LegacyFunctions,
-        Self::Content,
-        Self::Tools,
-        Self::Field,
-    ];
-}
-
-impl ChatFinish {
-    pub const ALL: [Self; 5] = [
-        Self::Stop,
-        Self::ToolCalls,
-        Self::Length,
-        Self::ContentFilter,
-        Self::Failed,
     ];
 }
 
@@ -548,16 +445,5 @@ mod tests {
             text.contains("wsbridge_upstream_sockets{state=\"idle\"} 2"),
             "{text}"
         );
-        for series in [
-            "wsbridge_chat_requests_total{route=\"passthrough\"} 0",
-            "wsbridge_chat_passthroughs_total{reason=\"logit_bias\"} 0",
-            "wsbridge_chat_finishes_total{finish=\"tool_calls\"} 0",
-            "wsbridge_requests_total{route=\"chat\",status=\"200\"} 0",
-        ] {
-            assert!(
-                text.contains(series),
-                "{series} from the first scrape: {text}"
-            );
-        }
     }
 }
