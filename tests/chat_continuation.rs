@@ -89,3 +89,39 @@ async fn reasoning_in_the_output_does_not_stop_a_chat_from_continuing_even_in_st
     assert_eq!(header(&second, "x-wsbridge-continuation"), "continued");
     assert_eq!(bridge.sim.stats().turns.last().unwrap().input_items, 1);
 }
+
+/// LangChain rebuilds each tool call's arguments with Python's `json.dumps` (`{"a": 1}` for the
+/// model's `{"a":1}`), and sends `content: ""` beside tool calls: the same calls all the same.
+#[tokio::test]
+async fn a_framework_that_reserialises_tool_arguments_still_continues() {
+    let bridge = bridge().await;
+    let run = chat_loop_with(&bridge.url(), 4, false, |message| {
+        if message["tool_calls"].is_array() {
+            message["content"] = json!("");
+        }
+        if let Some(calls) = message["tool_calls"].as_array_mut() {
+            for call in calls {
+                let arguments: serde_json::Value =
+                    serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+                let spaced = arguments
+                    .to_string()
+                    .replace("\":", "\": ")
+                    .replace(",\"", ", \"");
+                assert_ne!(spaced, call["function"]["arguments"].as_str().unwrap());
+                call["function"]["arguments"] = json!(spaced);
+            }
+        }
+    })
+    .await;
+    assert_eq!(run.calls, 4);
+    assert!(
+        run.routes[1..].iter().all(|r| r == "continued"),
+        "{:?}",
+        run.routes
+    );
+    let turns = bridge.sim.stats().turns;
+    assert!(
+        turns[1..].iter().all(|t| t.continued && t.input_items == 1),
+        "{turns:?}"
+    );
+}

@@ -8,7 +8,10 @@
 //!   `output_text` parts compare by text, and adjacent text parts by their joined text (a Chat
 //!   Completions client gets one string for a message the upstream wrote in several parts);
 //!   `id`, `status`, `annotations`, `logprobs`, `phase` and an absent `type` are ignored;
-//! - `function_call`: `call_id`, `name`, `arguments`; `function_call_output`: `call_id`, `output`;
+//! - `function_call`: `call_id`, `name`, `arguments`, the arguments as the JSON they hold when
+//!   they parse (a client that parsed and re-serialised them, as LangChain does with
+//!   `{"a": 1}` for the model's `{"a":1}`, sends the same call); `function_call_output`:
+//!   `call_id`, `output`;
 //! - `reasoning`: `id`, else `encrypted_content`;
 //! - anything else: its JSON without `id`/`status`, keys sorted.
 
@@ -53,9 +56,10 @@ pub fn write_canonical(item: &Value, out: &mut Vec<u8>) -> ItemKind {
         }
         ItemKind::FunctionCall => {
             out.push(b'f');
-            for key in ["call_id", "name", "arguments"] {
+            for key in ["call_id", "name"] {
                 write_value(out, field(key));
             }
+            write_arguments(out, field("arguments"));
         }
         ItemKind::FunctionCallOutput => {
             out.push(b'o');
@@ -92,6 +96,18 @@ pub fn message_text(item: &Value) -> Option<String> {
             .join(""),
         _ => String::new(),
     })
+}
+
+/// Function call arguments: the JSON they hold (keys sorted), else the value as it is.
+fn write_arguments(out: &mut Vec<u8>, arguments: &Value) {
+    if let Some(text) = arguments.as_str()
+        && let Ok(parsed) = serde_json::from_str::<Value>(text)
+    {
+        out.push(b'J');
+        write_sorted_json(out, &parsed);
+        return;
+    }
+    write_value(out, arguments);
 }
 
 /// The text of a text part (`input_text`, `output_text`, `text`), `None` for other parts.
@@ -261,6 +277,22 @@ mod tests {
             canon(json!({"type":"function_call","call_id":"c","name":"f","arguments":args}))
         };
         assert_ne!(call("{}"), call("{\"a\":1}"));
+    }
+
+    #[test]
+    fn call_arguments_compare_as_the_json_they_hold() {
+        let call = |args: &str| {
+            canon(json!({"type":"function_call","call_id":"c","name":"f","arguments":args}))
+        };
+        assert_eq!(
+            call(r#"{"q":"é","n":[1,2]}"#),
+            call(r#"{"n": [1, 2], "q": "\u00e9"}"#)
+        );
+        assert_ne!(call(r#"{"n":1}"#), call(r#"{"n":2}"#));
+        // Arguments that are not JSON compare as text, never equal to a JSON string.
+        assert_eq!(call("{oops"), call("{oops"));
+        assert_ne!(call("{oops"), call("{oops "));
+        assert_ne!(call(r#""x""#), call("x"));
     }
 
     #[test]

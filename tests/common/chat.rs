@@ -148,6 +148,17 @@ pub struct Run {
 /// The usual chat agent loop: the whole `messages` history every turn (assistant message as
 /// answered, then one `tool` message per call), until the model answers.
 pub async fn chat_loop(base_url: &str, calls: u32, stream: bool) -> Run {
+    chat_loop_with(base_url, calls, stream, |_| {}).await
+}
+
+/// [`chat_loop`], with `echo` rewriting each assistant message before the client appends it
+/// (the way a framework rebuilds it from its own types).
+pub async fn chat_loop_with(
+    base_url: &str,
+    calls: u32,
+    stream: bool,
+    echo: impl Fn(&mut Value),
+) -> Run {
     let mut messages = vec![
         json!({"role": "system", "content": "You are terse."}),
         json!({"role": "user", "content": "What is the answer?"}),
@@ -175,7 +186,9 @@ pub async fn chat_loop(base_url: &str, calls: u32, stream: bool) -> Run {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        messages.push(message.clone());
+        let mut echoed = message.clone();
+        echo(&mut echoed);
+        messages.push(echoed);
         if tool_calls.is_empty() {
             return Run {
                 answer: message["content"].as_str().unwrap().to_owned(),
