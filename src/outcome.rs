@@ -106,7 +106,7 @@ pub enum ChatPassthrough {
     Audio,
     Prediction,
     WebSearch,
-    /// `functions`, `function_call`, the `function` role.
+    /// Legacy `functions` beside `tools`, or a `function` message that answers no call.
     LegacyFunctions,
     /// A content part kind with no Responses equivalent (`input_audio`, …).
     Content,
@@ -121,6 +121,8 @@ pub enum ChatPassthrough {
 pub enum ChatFinish {
     Stop,
     ToolCalls,
+    /// A legacy `functions` request's call.
+    FunctionCall,
     Length,
     ContentFilter,
     /// The turn failed or broke: an error answer or an error chunk.
@@ -133,6 +135,7 @@ impl ChatFinish {
         match self {
             Self::Stop => Some("stop"),
             Self::ToolCalls => Some("tool_calls"),
+            Self::FunctionCall => Some("function_call"),
             Self::Length => Some("length"),
             Self::ContentFilter => Some("content_filter"),
             Self::Failed => None,

@@ -125,3 +125,50 @@ async fn a_framework_that_reserialises_tool_arguments_still_continues() {
         "{turns:?}"
     );
 }
+
+/// Legacy function calling (`functions`, `message.function_call`, the `function` role): answered
+/// in that form, streamed or not, one call per turn; a legacy call has no id, so each turn goes
+/// in full.
+#[tokio::test]
+async fn a_legacy_function_calling_loop_is_answered_in_its_own_form() {
+    let bridge = bridge().await;
+    let functions = json!([{"name": "lookup", "parameters": {"type": "object", "properties": {}}}]);
+    let mut messages = vec![json!({"role": "user", "content": "What is the answer?"})];
+    for turn in 0..=3 {
+        let mut body = json!({"model": "gpt-test", "messages": messages, "functions": functions,
+                              "metadata": {"sim_tool_calls": "3"}});
+        let reply = chat(&bridge.url(), &body).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(header(&reply, "x-wsbridge-route"), "chat-bridged");
+        assert_eq!(header(&reply, "x-wsbridge-continuation"), "fresh");
+        let choice = reply.json()["choices"][0].clone();
+        let message = choice["message"].clone();
+        assert!(message.get("tool_calls").is_none(), "{message}");
+        body["stream"] = json!(true);
+        let (chunks, done) = sse_chunks(&chat(&bridge.url(), &body).await.body);
+        assert!(done);
+        assert_eq!(
+            finish_reason(&chunks),
+            [choice["finish_reason"].as_str().unwrap()]
+        );
+        if turn == 3 {
+            assert_eq!(choice["finish_reason"], "stop");
+            assert!(
+                message["content"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Tool said: result 3"),
+                "{message}"
+            );
+            return;
+        }
+        assert_eq!(choice["finish_reason"], "function_call");
+        assert_eq!(message["function_call"]["name"], "lookup");
+        assert_eq!(
+            chunks[1]["choices"][0]["delta"]["function_call"]["name"],
+            "lookup"
+        );
+        messages.push(message);
+        messages.push(json!({"role": "function", "name": "lookup", "content": format!("result {}", turn + 1)}));
+    }
+}

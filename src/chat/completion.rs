@@ -26,6 +26,15 @@ pub fn finish(response: &Value) -> ChatFinish {
     }
 }
 
+/// [`finish`] for a request in the legacy function-calling form (`function_call`, not
+/// `tool_calls`).
+pub fn finish_for(response: &Value, legacy: bool) -> ChatFinish {
+    match finish(response) {
+        ChatFinish::ToolCalls if legacy => ChatFinish::FunctionCall,
+        finish => finish,
+    }
+}
+
 /// A Responses `usage` as Chat Completions reports it (`null` when there is none).
 pub fn usage(usage: &Value) -> Value {
     if !usage.is_object() {
@@ -56,8 +65,9 @@ pub fn created(response: &Value) -> u64 {
     response["created_at"].as_u64().unwrap_or(0)
 }
 
-/// The `chat.completion` object for a final Response object; `id` is the `chatcmpl-…` id.
-pub fn completion(id: &str, response: &Value) -> Value {
+/// The `chat.completion` object for a final Response object; `id` is the `chatcmpl-…` id;
+/// `legacy`: the request used `functions`, so the (one) call is `message.function_call`.
+pub fn completion(id: &str, response: &Value, legacy: bool) -> Value {
     let mut text: Option<String> = None;
     let mut refusal: Option<String> = None;
     let mut annotations = Vec::new();
@@ -99,8 +109,14 @@ pub fn completion(id: &str, response: &Value) -> Value {
     message.insert("content".into(), text.map_or(Value::Null, Value::from));
     message.insert("refusal".into(), refusal.map_or(Value::Null, Value::from));
     message.insert("annotations".into(), Value::Array(annotations));
-    if !tool_calls.is_empty() {
-        message.insert("tool_calls".into(), Value::Array(tool_calls));
+    match tool_calls.first() {
+        Some(call) if legacy => {
+            message.insert("function_call".into(), call["function"].clone());
+        }
+        Some(_) => {
+            message.insert("tool_calls".into(), Value::Array(tool_calls));
+        }
+        None => {}
     }
     json!({
         "id": id,
@@ -111,7 +127,7 @@ pub fn completion(id: &str, response: &Value) -> Value {
             "index": 0,
             "message": message,
             "logprobs": null,
-            "finish_reason": finish(response).reason(),
+            "finish_reason": finish_for(response, legacy).reason(),
         }],
         "usage": usage(&response["usage"]),
         "service_tier": response.get("service_tier").cloned().unwrap_or(Value::Null),
@@ -161,7 +177,7 @@ mod tests {
             {"id": "fc_1", "type": "function_call", "call_id": "call_a", "name": "f", "arguments": "{}"},
             {"id": "fc_2", "type": "function_call", "call_id": "call_b", "name": "g", "arguments": "{\"x\":1}"},
         ]);
-        let chat = completion("chatcmpl-1", &response("completed", output));
+        let chat = completion("chatcmpl-1", &response("completed", output.clone()), false);
         assert_eq!(chat["object"], "chat.completion");
         assert_eq!(chat["created"], 1_700_000_000);
         let choice = &chat["choices"][0];
@@ -184,6 +200,14 @@ mod tests {
             chat["usage"]["completion_tokens_details"]["reasoning_tokens"],
             3
         );
+        let legacy = completion("chatcmpl-1", &response("completed", output), true);
+        let message = &legacy["choices"][0]["message"];
+        assert_eq!(
+            message["function_call"],
+            json!({"name": "f", "arguments": "{}"})
+        );
+        assert!(message.get("tool_calls").is_none());
+        assert_eq!(legacy["choices"][0]["finish_reason"], "function_call");
     }
 
     #[test]
@@ -200,7 +224,7 @@ mod tests {
         assert_eq!(finish(&cut), ChatFinish::ContentFilter);
         let refusal =
             json!([{"type": "message", "content": [{"type": "refusal", "refusal": "No."}]}]);
-        let chat = completion("c", &response("completed", refusal));
+        let chat = completion("c", &response("completed", refusal), false);
         assert_eq!(chat["choices"][0]["message"]["refusal"], "No.");
         assert_eq!(chat["choices"][0]["message"]["content"], Value::Null);
         assert!(chat["choices"][0]["message"].get("tool_calls").is_none());

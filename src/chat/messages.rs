@@ -14,6 +14,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::legacy;
 use super::request::{Verdict, bad, expect_str};
 use crate::outcome::ChatPassthrough as Unsupported;
 use crate::protocol::OpenAiError;
@@ -22,6 +23,8 @@ use crate::protocol::OpenAiError;
 pub fn items(messages: &[Value]) -> Result<Verdict<Vec<Value>>, OpenAiError> {
     let mut items = Vec::with_capacity(messages.len());
     let mut unsupported = None;
+    // Legacy `function_call`s so far (see `legacy`).
+    let mut legacy_calls = 0;
     for (index, message) in messages.iter().enumerate() {
         let at = format!("messages[{index}]");
         let Some(message) = message.as_object() else {
@@ -30,7 +33,7 @@ pub fn items(messages: &[Value]) -> Result<Verdict<Vec<Value>>, OpenAiError> {
                 &at,
             ));
         };
-        match one(message, &at, &mut items)? {
+        match one(message, &at, &mut items, &mut legacy_calls)? {
             Verdict::Bridge(()) => {}
             Verdict::Passthrough(why) => {
                 unsupported.get_or_insert(why);
@@ -49,6 +52,7 @@ fn one(
     message: &Map<String, Value>,
     at: &str,
     items: &mut Vec<Value>,
+    legacy_calls: &mut usize,
 ) -> Result<Verdict<()>, OpenAiError> {
     let role_at = format!("{at}.role");
     let role = match message.get("role") {
@@ -69,7 +73,7 @@ fn one(
             Verdict::Bridge(())
         }
         "user" => user(message, at, items)?,
-        "assistant" => assistant(message, at, items)?,
+        "assistant" => assistant(message, at, items, legacy_calls)?,
         "tool" => {
             let id_at = format!("{at}.tool_call_id");
             let call_id = match message.get("tool_call_id") {
@@ -87,8 +91,17 @@ fn one(
             );
             Verdict::Bridge(())
         }
-        // The legacy `function` role: answers to `function_call`, which has no call id.
-        "function" => Verdict::Passthrough(Unsupported::LegacyFunctions),
+        // The legacy `function` role: its `name` is the function's, not a participant's.
+        "function" => {
+            let output = text_content(message, at, true)?;
+            return Ok(match legacy::output_item(output, *legacy_calls) {
+                Verdict::Bridge(item) => {
+                    items.push(item);
+                    Verdict::Bridge(())
+                }
+                Verdict::Passthrough(why) => Verdict::Passthrough(why),
+            });
+        }
         other => {
             return Err(bad(
                 format!(
@@ -238,11 +251,9 @@ fn assistant(
     message: &Map<String, Value>,
     at: &str,
     items: &mut Vec<Value>,
+    legacy_calls: &mut usize,
 ) -> Result<Verdict<()>, OpenAiError> {
     let present = |key: &str| message.get(key).is_some_and(|value| !value.is_null());
-    if present("function_call") {
-        return Ok(Verdict::Passthrough(Unsupported::LegacyFunctions));
-    }
     if present("audio") {
         return Ok(Verdict::Passthrough(Unsupported::Audio));
     }
@@ -264,7 +275,8 @@ fn assistant(
     match message.get("content") {
         None | Some(Value::Null) => {}
         // Empty text beside tool calls is how many clients write "no text".
-        Some(Value::String(text)) if text.is_empty() && !calls.is_empty() => {}
+        Some(Value::String(text))
+            if text.is_empty() && (!calls.is_empty() || present("function_call")) => {}
         Some(Value::String(text)) => plain = Some(text.clone()),
         Some(Value::Array(list)) => {
             for (index, part) in list.iter().enumerate() {
@@ -303,6 +315,14 @@ fn assistant(
             items.push(json!({"type": "message", "role": "assistant", "content": parts}));
         }
         (None, true) => {}
+    }
+    if let Some(call) = message.get("function_call").filter(|call| !call.is_null()) {
+        items.push(legacy::call_item(
+            call,
+            &format!("{at}.function_call"),
+            *legacy_calls,
+        )?);
+        *legacy_calls += 1;
     }
     for (index, call) in calls.iter().enumerate() {
         match tool_call(call, &format!("{at}.tool_calls[{index}]"))? {

@@ -4,6 +4,7 @@
 //! `chat.completion` ([`completion`]). Pure translation, no I/O: `http::chat` drives it.
 
 pub mod completion;
+pub mod legacy;
 pub mod messages;
 pub mod request;
 pub mod stream;

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::messages;
+use super::{legacy, messages};
 use crate::outcome::ChatPassthrough as Unsupported;
 use crate::protocol::OpenAiError;
 
@@ -23,6 +23,9 @@ pub struct Bridged {
     pub stream: bool,
     /// `stream_options.include_usage`: one usage chunk before `[DONE]`.
     pub include_usage: bool,
+    /// The request uses legacy function calling: answers carry `function_call`, not
+    /// `tool_calls` ([`legacy`]).
+    pub legacy: bool,
 }
 
 /// A 400 `invalid_request_error` naming `param`.
@@ -59,7 +62,9 @@ const SAME: [&str; 8] = [
 ];
 
 /// Fields read by the translation itself.
-const TRANSLATED: [&str; 14] = [
+const TRANSLATED: [&str; 16] = [
+    "functions",
+    "function_call",
     "model",
     "messages",
     "stream",
@@ -129,7 +134,13 @@ pub fn translate(request: &Map<String, Value>) -> Result<Verdict<Bridged>, OpenA
     let mut body = Map::new();
     body.insert("model".into(), Value::from(model));
     body.insert("input".into(), Value::Array(items));
-    let tools = match tools(request)? {
+    let legacy = legacy::is_legacy(request);
+    let tools = if legacy {
+        legacy::tools(request)?
+    } else {
+        tools(request)?
+    };
+    let tools = match tools {
         Verdict::Bridge(tools) => tools,
         Verdict::Passthrough(why) => return Ok(Verdict::Passthrough(why)),
     };
@@ -151,6 +162,7 @@ pub fn translate(request: &Map<String, Value>) -> Result<Verdict<Bridged>, OpenA
         body,
         stream,
         include_usage,
+        legacy,
     }))
 }
 
@@ -175,7 +187,6 @@ fn unfaithful(request: &Map<String, Value>) -> Option<Unsupported> {
             "audio" => Unsupported::Audio,
             "prediction" => Unsupported::Prediction,
             "web_search_options" => Unsupported::WebSearch,
-            "functions" | "function_call" => Unsupported::LegacyFunctions,
             _ => Unsupported::Field,
         };
         return Some(why);

@@ -34,19 +34,23 @@ pub struct Encoder {
     created: u64,
     model: Value,
     include_usage: bool,
+    /// Legacy function calling: the first call streams as `function_call`, no `tool_calls`.
+    legacy: bool,
     /// `output_index` of each function call item seen, in order: a call's position here is its
     /// `tool_calls[].index`.
     calls: Vec<u64>,
 }
 
 impl Encoder {
-    /// `model` is the request's, until `response.created` names the upstream's.
-    pub fn new(id: String, model: &str, include_usage: bool) -> Self {
+    /// `model` is the request's, until `response.created` names the upstream's; `legacy`: the
+    /// request used `functions`.
+    pub fn new(id: String, model: &str, include_usage: bool, legacy: bool) -> Self {
         Self {
             id,
             created: 0,
             model: Value::from(model),
             include_usage,
+            legacy,
             calls: Vec::new(),
         }
     }
@@ -85,17 +89,27 @@ impl Encoder {
                 self.calls
                     .push(event["output_index"].as_u64().unwrap_or(u64::MAX));
                 let item = &event["item"];
-                json!({"tool_calls": [{
-                    "index": index, "id": item["call_id"], "type": "function",
-                    "function": {"name": item["name"], "arguments": ""},
-                }]})
+                match (self.legacy, index) {
+                    (false, _) => json!({"tool_calls": [{
+                        "index": index, "id": item["call_id"], "type": "function",
+                        "function": {"name": item["name"], "arguments": ""},
+                    }]}),
+                    (true, 0) => json!({"function_call": {"name": item["name"], "arguments": ""}}),
+                    (true, _) => return Step::default(),
+                }
             }
             "response.function_call_arguments.delta" => {
                 let output_index = event["output_index"].as_u64().unwrap_or(u64::MAX);
                 let Some(index) = self.calls.iter().position(|&i| i == output_index) else {
                     return Step::default();
                 };
-                json!({"tool_calls": [{"index": index, "function": {"arguments": event["delta"]}}]})
+                match (self.legacy, index) {
+                    (false, _) => {
+                        json!({"tool_calls": [{"index": index, "function": {"arguments": event["delta"]}}]})
+                    }
+                    (true, 0) => json!({"function_call": {"arguments": event["delta"]}}),
+                    (true, _) => return Step::default(),
+                }
             }
             "response.completed" | "response.incomplete" => return self.finish(&event["response"]),
             "response.failed" => return self.failed(OpenAiError::from_failed_response(event)),
@@ -117,7 +131,7 @@ impl Encoder {
     }
 
     fn finish(&self, response: &Value) -> Step {
-        let finish = completion::finish(response);
+        let finish = completion::finish_for(response, self.legacy);
         let mut chunks = vec![self.chunk(json!({}), finish.reason())];
         if self.include_usage {
             let mut usage = self.chunk(Value::Null, None);
@@ -182,7 +196,7 @@ mod tests {
     /// A recorded-shape sequence: reasoning first, then three parallel calls.
     #[test]
     fn parallel_calls_get_their_ordinal_as_index_and_finish_with_tool_calls() {
-        let mut encoder = Encoder::new("chatcmpl-1".into(), "gpt-req", false);
+        let mut encoder = Encoder::new("chatcmpl-1".into(), "gpt-req", false, false);
         let completed = json!({"type": "response.completed", "response": {
             "status": "completed", "output": [{"type": "reasoning"}, {"type": "function_call"}, {"type": "function_call"}, {"type": "function_call"}]}});
         let (chunks, end) = run(
@@ -238,8 +252,27 @@ mod tests {
     }
 
     #[test]
+    fn legacy_requests_stream_their_first_call_as_function_call() {
+        let mut encoder = Encoder::new("chatcmpl-4".into(), "gpt-req", false, true);
+        let completed = json!({"type": "response.completed", "response": {
+            "status": "completed", "output": [{"type": "function_call"}]}});
+        let (chunks, end) = run(
+            &mut encoder,
+            &[created(), call_added(0, "call_a"), args(0, "{}"), completed],
+        );
+        assert_eq!(end, Some(End::Done(ChatFinish::FunctionCall)));
+        let deltas: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["delta"]).collect();
+        assert_eq!(
+            deltas[1],
+            &json!({"function_call": {"name": "lookup", "arguments": ""}})
+        );
+        assert_eq!(deltas[2], &json!({"function_call": {"arguments": "{}"}}));
+        assert_eq!(chunks[3]["choices"][0]["finish_reason"], "function_call");
+    }
+
+    #[test]
     fn text_refusal_and_usage_chunk() {
-        let mut encoder = Encoder::new("chatcmpl-2".into(), "gpt-req", true);
+        let mut encoder = Encoder::new("chatcmpl-2".into(), "gpt-req", true, false);
         let completed = json!({"type": "response.incomplete", "response": {
             "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"},
             "output": [], "usage": {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7}}});
@@ -266,7 +299,7 @@ mod tests {
 
     #[test]
     fn a_failure_is_an_error_chunk_and_no_done() {
-        let mut encoder = Encoder::new("chatcmpl-3".into(), "m", false);
+        let mut encoder = Encoder::new("chatcmpl-3".into(), "m", false, false);
         let (chunks, end) = run(
             &mut encoder,
             &[

@@ -191,10 +191,6 @@ fn fields_without_a_faithful_equivalent_pass_through() {
             json!({"web_search_options": {}}),
             ChatPassthrough::WebSearch,
         ),
-        (
-            json!({"functions": [{"name": "f"}]}),
-            ChatPassthrough::LegacyFunctions,
-        ),
         (json!({"brand_new_field": 1}), ChatPassthrough::Field),
         (
             json!({"tools": [{"type": "custom", "custom": {"name": "x"}}]}),
@@ -207,10 +203,6 @@ fn fields_without_a_faithful_equivalent_pass_through() {
         (
             json!({"messages": [{"role": "user", "name": "ann", "content": "x"}]}),
             ChatPassthrough::Field,
-        ),
-        (
-            json!({"messages": [{"role": "function", "name": "f", "content": "x"}]}),
-            ChatPassthrough::LegacyFunctions,
         ),
     ];
     for (extra, why) in cases {
@@ -226,11 +218,58 @@ fn fields_without_a_faithful_equivalent_pass_through() {
     }
 }
 
+#[test]
+fn legacy_function_calling_maps_to_function_tools_with_named_calls() {
+    let out = bridged(json!({"model": "m",
+    "functions": [{"name": "f", "parameters": {"type": "object"}}],
+    "function_call": {"name": "f"},
+    "messages": [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": "", "function_call": {"name": "f", "arguments": "{}"}},
+        {"role": "function", "name": "f", "content": "1"},
+        {"role": "assistant", "content": null, "function_call": {"name": "f", "arguments": "{\"a\":2}"}},
+        {"role": "function", "name": "f", "content": "2"},
+    ]}));
+    assert!(out.legacy);
+    assert_eq!(
+        out.body["tools"],
+        json!([{"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": false}])
+    );
+    assert_eq!(
+        out.body["tool_choice"],
+        json!({"type": "function", "name": "f"})
+    );
+    assert_eq!(out.body["parallel_tool_calls"], false);
+    let items = input(&out);
+    assert_eq!(
+        items[1],
+        json!({"type": "function_call", "call_id": "call_legacy_0", "name": "f", "arguments": "{}"})
+    );
+    assert_eq!(
+        items[2],
+        json!({"type": "function_call_output", "call_id": "call_legacy_0", "output": "1"})
+    );
+    assert_eq!(items[3]["call_id"], "call_legacy_1");
+    assert_eq!(items[4]["call_id"], "call_legacy_1");
+    assert!(!bridged(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]})).legacy);
+    // A function message answering nothing, or both forms at once: the upstream decides.
+    let orphan =
+        json!({"model": "m", "messages": [{"role": "function", "name": "f", "content": "x"}]});
+    let mixed = json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                       "functions": [{"name": "f"}], "tools": [{"type": "function", "function": {"name": "g"}}]});
+    for request in [orphan, mixed] {
+        assert_eq!(
+            translate(&body(request)).unwrap(),
+            Verdict::Passthrough(ChatPassthrough::LegacyFunctions)
+        );
+    }
+}
+
 /// A turn's upstream output, and the assistant message a chat client appends for it (from the
 /// `chat.completion` wsbridge answered).
 fn answered(output: Value) -> Value {
     let response = json!({"status": "completed", "model": "m", "output": output});
-    let mut message = completion("chatcmpl-x", &response)["choices"][0]["message"].clone();
+    let mut message = completion("chatcmpl-x", &response, false)["choices"][0]["message"].clone();
     // What SDKs send back: the message without `annotations`.
     message.as_object_mut().unwrap().remove("annotations");
     message

@@ -126,10 +126,10 @@ impl Request<'_> {
         let id = chat::new_id();
         let model = bridged.body["model"].as_str().unwrap_or_default();
         let mut response = if bridged.stream {
-            let encoder = Encoder::new(id, model, bridged.include_usage);
+            let encoder = Encoder::new(id, model, bridged.include_usage, bridged.legacy);
             stream_chunks(app, turn, encoder)
         } else {
-            collect_completion(app, turn, &id).await
+            collect_completion(app, turn, &id, bridged.legacy).await
         };
         with_route(app, &mut response, ChatRoute::Bridged);
         response
@@ -242,7 +242,7 @@ fn broken(cause: &Break) -> OpenAiError {
 }
 
 /// `stream: false`: reads the turn to its end and answers with one `chat.completion`.
-async fn collect_completion(app: &App, mut turn: Turn, id: &str) -> Response {
+async fn collect_completion(app: &App, mut turn: Turn, id: &str, legacy: bool) -> Response {
     let (response, finish) = loop {
         let event = match turn.next(None).await {
             Next::Event(event) => event,
@@ -278,14 +278,14 @@ async fn collect_completion(app: &App, mut turn: Turn, id: &str) -> Response {
             ),
             _ => {
                 let response = &value["response"];
-                let body = completion::completion(id, response);
+                let body = completion::completion(id, response, legacy);
                 (
                     (
                         [(header::CONTENT_TYPE, "application/json")],
                         body.to_string(),
                     )
                         .into_response(),
-                    completion::finish(response),
+                    completion::finish_for(response, legacy),
                 )
             }
         };

@@ -119,9 +119,10 @@ impl ChatPassthrough {
 }
 
 impl ChatFinish {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Stop,
         Self::ToolCalls,
+        Self::FunctionCall,
         Self::Length,
         Self::ContentFilter,
         Self::Failed,
