@@ -280,24 +280,10 @@ fn assistant(
         Some(Value::String(text)) => plain = Some(text.clone()),
         Some(Value::Array(list)) => {
             for (index, part) in list.iter().enumerate() {
-                let part_at = format!("{content_at}[{index}]");
-                parts.push(match part.get("type").and_then(Value::as_str) {
-                    Some("text") => {
-                        let text = expect_str(
-                            part.get("text").unwrap_or(&Value::Null),
-                            &format!("{part_at}.text"),
-                        )?;
-                        json!({"type": "output_text", "text": text, "annotations": []})
-                    }
-                    Some("refusal") => {
-                        let refusal = expect_str(
-                            part.get("refusal").unwrap_or(&Value::Null),
-                            &format!("{part_at}.refusal"),
-                        )?;
-                        json!({"type": "refusal", "refusal": refusal})
-                    }
-                    _ => return Ok(Verdict::Passthrough(Unsupported::Content)),
-                });
+                match assistant_part(part, &format!("{content_at}[{index}]"))? {
+                    Some(part) => parts.push(part),
+                    None => return Ok(Verdict::Passthrough(Unsupported::Content)),
+                }
             }
         }
         Some(_) => return Err(invalid_content(&content_at)),
@@ -331,6 +317,22 @@ fn assistant(
         }
     }
     Ok(Verdict::Bridge(()))
+}
+
+/// One assistant content part as an output part; `None` for a kind with no equivalent.
+fn assistant_part(part: &Value, at: &str) -> Result<Option<Value>, OpenAiError> {
+    let field = |key: &str| part.get(key).unwrap_or(&Value::Null);
+    Ok(match part.get("type").and_then(Value::as_str) {
+        Some("text") => {
+            let text = expect_str(field("text"), &format!("{at}.text"))?;
+            Some(json!({"type": "output_text", "text": text, "annotations": []}))
+        }
+        Some("refusal") => {
+            let refusal = expect_str(field("refusal"), &format!("{at}.refusal"))?;
+            Some(json!({"type": "refusal", "refusal": refusal}))
+        }
+        _ => None,
+    })
 }
 
 /// One `tool_calls` entry as a `function_call` item; `None` for a kind other than `function`.

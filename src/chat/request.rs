@@ -83,6 +83,52 @@ const TRANSLATED: [&str; 16] = [
 
 /// Translates a chat body (a JSON object). Errors are the 400s OpenAI would answer.
 pub fn translate(request: &Map<String, Value>) -> Result<Verdict<Bridged>, OpenAiError> {
+    let (model, messages, stream) = required(request)?;
+    let items = match messages::items(messages)? {
+        Verdict::Bridge(items) => items,
+        Verdict::Passthrough(why) => return Ok(Verdict::Passthrough(why)),
+    };
+    if let Some(why) = unfaithful(request) {
+        return Ok(Verdict::Passthrough(why));
+    }
+    let mut body = Map::new();
+    body.insert("model".into(), Value::from(model));
+    body.insert("input".into(), Value::Array(items));
+    let legacy = legacy::is_legacy(request);
+    let tools = if legacy {
+        legacy::tools(request)?
+    } else {
+        tools(request)?
+    };
+    let tools = match tools {
+        Verdict::Bridge(tools) => tools,
+        Verdict::Passthrough(why) => return Ok(Verdict::Passthrough(why)),
+    };
+    for (key, value) in tools.into_iter().chain(settings(request)?) {
+        body.insert(key, value);
+    }
+    // Chat's `store` defaults to false, the Responses API's to true: always say which.
+    let store = request
+        .get("store")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    body.insert("store".into(), Value::Bool(store));
+    let include_usage = request
+        .get("stream_options")
+        .and_then(|options| options.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Ok(Verdict::Bridge(Bridged {
+        body,
+        stream,
+        include_usage,
+        legacy,
+    }))
+}
+
+/// The fields every chat request needs: `model`, a non-empty `messages` array, and `stream`
+/// (a boolean when present).
+fn required(request: &Map<String, Value>) -> Result<(&str, &[Value], bool), OpenAiError> {
     let model = match request.get("model") {
         None | Some(Value::Null) => {
             return Err(bad("you must provide a model parameter".into(), "model")
@@ -124,46 +170,7 @@ pub fn translate(request: &Map<String, Value>) -> Result<Verdict<Bridged>, OpenA
             .with_code("invalid_type"));
         }
     };
-    let items = match messages::items(messages)? {
-        Verdict::Bridge(items) => items,
-        Verdict::Passthrough(why) => return Ok(Verdict::Passthrough(why)),
-    };
-    if let Some(why) = unfaithful(request) {
-        return Ok(Verdict::Passthrough(why));
-    }
-    let mut body = Map::new();
-    body.insert("model".into(), Value::from(model));
-    body.insert("input".into(), Value::Array(items));
-    let legacy = legacy::is_legacy(request);
-    let tools = if legacy {
-        legacy::tools(request)?
-    } else {
-        tools(request)?
-    };
-    let tools = match tools {
-        Verdict::Bridge(tools) => tools,
-        Verdict::Passthrough(why) => return Ok(Verdict::Passthrough(why)),
-    };
-    for (key, value) in tools.into_iter().chain(settings(request)?) {
-        body.insert(key, value);
-    }
-    // Chat's `store` defaults to false, the Responses API's to true: always say which.
-    let store = request
-        .get("store")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    body.insert("store".into(), Value::Bool(store));
-    let include_usage = request
-        .get("stream_options")
-        .and_then(|options| options.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    Ok(Verdict::Bridge(Bridged {
-        body,
-        stream,
-        include_usage,
-        legacy,
-    }))
+    Ok((model, messages, stream))
 }
 
 /// The first field that has no faithful Responses equivalent, if any.
