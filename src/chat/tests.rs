@@ -332,3 +332,46 @@ fn a_resent_conversation_continues_the_previous_turn_under_the_canonical_form() 
         );
     }
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn message() -> impl Strategy<Value = Value> {
+        let text = "[a-c ]{0,4}";
+        prop_oneof![
+            (prop_oneof![Just("system"), Just("developer"), Just("user")], text)
+                .prop_map(|(role, t)| json!({"role": role, "content": t})),
+            (text, text).prop_map(|(a, b)| json!({"role": "user", "content": [
+                {"type": "text", "text": a}, {"type": "image_url", "image_url": {"url": b}}]})),
+            (proptest::option::of(text), proptest::collection::vec("[a-c]{1,3}", 0..3)).prop_map(
+                |(content, ids)| {
+                    let calls: Vec<Value> = ids
+                        .iter()
+                        .map(|id| json!({"id": id, "type": "function", "function": {"name": "f", "arguments": "{}"}}))
+                        .collect();
+                    json!({"role": "assistant", "content": content, "tool_calls": calls})
+                }
+            ),
+            text.prop_map(|r| json!({"role": "assistant", "content": null, "refusal": r})),
+            ("[a-c]{1,3}", text).prop_map(|(id, out)| json!({"role": "tool", "tool_call_id": id, "content": out})),
+        ]
+    }
+
+    proptest! {
+        /// The continuation property: a conversation's items start with the items of every
+        /// earlier turn of it, and the translation is the same every time.
+        #[test]
+        fn a_longer_conversation_extends_the_items_of_a_shorter_one(
+            messages in proptest::collection::vec(message(), 1..10),
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            let request = |messages: &[Value]| json!({"model": "m", "messages": messages});
+            let all = input(&bridged(request(&messages)));
+            prop_assert_eq!(&all, &input(&bridged(request(&messages))));
+            let k = cut.index(messages.len()) + 1;
+            let shorter = input(&bridged(request(&messages[..k])));
+            prop_assert_eq!(&all[..shorter.len()], &shorter[..]);
+        }
+    }
+}

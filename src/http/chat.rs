@@ -124,7 +124,11 @@ impl Request<'_> {
             opened: turn.socket_opened(),
         };
         let id = chat::new_id();
-        let model = bridged.body["model"].as_str().unwrap_or_default();
+        let model = bridged
+            .body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let mut response = if bridged.stream {
             let encoder = Encoder::new(id, model, bridged.include_usage, bridged.legacy);
             stream_chunks(app, turn, encoder)
