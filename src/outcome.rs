@@ -102,6 +102,8 @@ pub enum ChatPassthrough {
     /// `frequency_penalty` / `presence_penalty` other than 0.
     Penalties,
     Seed,
+    /// `store: true` (stored chat completions are the chat API's own).
+    Store,
     /// `audio`, audio `modalities`, an assistant message's `audio`.
     Audio,
     Prediction,

@@ -62,14 +62,13 @@ const SAME: [&str; 8] = [
 ];
 
 /// Fields read by the translation itself.
-const TRANSLATED: [&str; 16] = [
+const TRANSLATED: [&str; 15] = [
     "functions",
     "function_call",
     "model",
     "messages",
     "stream",
     "stream_options",
-    "store",
     "tools",
     "tool_choice",
     "parallel_tool_calls",
@@ -107,12 +106,9 @@ pub fn translate(request: &Map<String, Value>) -> Result<Verdict<Bridged>, OpenA
     for (key, value) in tools.into_iter().chain(settings(request)?) {
         body.insert(key, value);
     }
-    // Chat's `store` defaults to false, the Responses API's to true: always say which.
-    let store = request
-        .get("store")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    body.insert("store".into(), Value::Bool(store));
+    // Chat's `store` defaults to false, the Responses API's to true: always say which (a
+    // stored chat completion passed through above).
+    body.insert("store".into(), Value::Bool(false));
     let include_usage = request
         .get("stream_options")
         .and_then(|options| options.get("include_usage"))
@@ -182,6 +178,10 @@ fn unfaithful(request: &Map<String, Value>) -> Option<Unsupported> {
         }
         let why = match key {
             "n" if value.as_u64() == Some(1) => continue,
+            // A stored chat completion is listed and retrieved by its `chatcmpl-…` id through
+            // the chat API; a Responses turn is stored as a response instead.
+            "store" if value == &Value::Bool(false) => continue,
+            "store" => Unsupported::Store,
             "n" => Unsupported::Choices,
             "logprobs" if value == &Value::Bool(false) => continue,
             "logprobs" | "top_logprobs" => Unsupported::Logprobs,

@@ -178,6 +178,7 @@ fn fields_without_a_faithful_equivalent_pass_through() {
         ),
         (json!({"presence_penalty": 0.5}), ChatPassthrough::Penalties),
         (json!({"seed": 7}), ChatPassthrough::Seed),
+        (json!({"store": true}), ChatPassthrough::Store),
         (
             json!({"modalities": ["text", "audio"]}),
             ChatPassthrough::Audio,

@@ -99,7 +99,7 @@ impl ChatRoute {
 }
 
 impl ChatPassthrough {
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::Mode,
         Self::Fallback,
         Self::Choices,
@@ -108,6 +108,7 @@ impl ChatPassthrough {
         Self::LogitBias,
         Self::Penalties,
         Self::Seed,
+        Self::Store,
         Self::Audio,
         Self::Prediction,
         Self::WebSearch,
