@@ -514,6 +514,7 @@ async fn the_start_up_line_says_what_is_in_force_without_secrets() {
         " auth=passthrough ",
         " pool.min_idle=1 pool.max_sockets=5 ",
         " continuation=on (reasoning lenient, stored_on_any_socket false) ",
+        " chat=bridge ",
         " + WSBRIDGE_POOL_MAX_SOCKETS + --listen + --upstream",
     ] {
         assert!(line.contains(shown), "{shown:?} not in {line}");

@@ -13,7 +13,7 @@ use super::Proxy;
 use crate::metrics::Route;
 
 /// The start-up line: where it listens and what is in force (upstream without secrets, auth
-/// mode, pool limits, continuation policy, where the configuration came from).
+/// mode, pool limits, continuation policy, chat mode, where the configuration came from).
 pub(super) fn log_started(proxy: &Proxy) {
     let config = &proxy.app.config;
     let upstream = match proxy.simulator() {
@@ -39,12 +39,17 @@ pub(super) fn log_started(proxy: &Proxy) {
     } else {
         "off".to_owned()
     };
+    let chat = match config.chat.mode {
+        crate::config::ChatMode::Bridge => "bridge",
+        crate::config::ChatMode::Passthrough => "passthrough",
+    };
     tracing::info!(
         upstream = %upstream,
         auth = %auth,
         pool.min_idle = config.pool.min_idle,
         pool.max_sockets = config.pool.max_sockets,
         continuation = %continuation_policy,
+        chat = %chat,
         config = %config.source,
         "proxy listening on http://{} (OpenAI base URL {})",
         proxy.addr(),
