@@ -27,6 +27,7 @@
 //! - [`shutdown`]: turning process signals into a cancellation token.
 
 pub mod auth;
+pub mod chat;
 pub mod config;
 pub mod continuation;
 pub mod engine;

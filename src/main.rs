@@ -179,12 +179,9 @@ fn run(command: Command, config: Config) -> std::io::Result<()> {
     if let Some(threads) = config.server.worker_threads {
         builder.worker_threads(threads);
     }
-    let runtime = builder
-        .enable_all()
-        .build()
-        .map_err(|error| {
-            std::io::Error::other(format!("cannot start the async runtime: {error}"))
-        })?;
+    let runtime = builder.enable_all().build().map_err(|error| {
+        std::io::Error::other(format!("cannot start the async runtime: {error}"))
+    })?;
     runtime.block_on(async move {
         let shutdown = wsbridge::shutdown::on_signal();
         match command {

@@ -64,3 +64,83 @@ pub enum FallbackReason {
     /// The upstream refused the upgrade with 426, 404 or 405 (now or within the cool-down).
     UpgradeRefused,
 }
+
+/// Which path a `POST /v1/chat/completions` took (the `x-wsbridge-route` header).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum ChatRoute {
+    /// Translated into a Responses turn over a pooled socket.
+    Bridged,
+    /// Sent to the upstream's `/v1/chat/completions` as it came.
+    Passthrough,
+}
+
+impl ChatRoute {
+    /// The `x-wsbridge-route` header value.
+    pub fn header_value(self) -> &'static str {
+        match self {
+            Self::Bridged => "chat-bridged",
+            Self::Passthrough => "chat-passthrough",
+        }
+    }
+}
+
+/// Why a chat request was passed through instead of bridged: the configuration, the engine's
+/// REST fallback, or the first thing in it without a faithful Responses equivalent.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum ChatPassthrough {
+    /// `chat.mode = "passthrough"`.
+    Mode,
+    /// The turn engine chose REST (frame too large, upgrade refused).
+    Fallback,
+    /// `n` > 1.
+    Choices,
+    /// `logprobs` / `top_logprobs`.
+    Logprobs,
+    /// `stop` sequences.
+    Stop,
+    LogitBias,
+    /// `frequency_penalty` / `presence_penalty` other than 0.
+    Penalties,
+    Seed,
+    /// `store: true` (stored chat completions are the chat API's own).
+    Store,
+    /// `audio`, audio `modalities`, an assistant message's `audio`.
+    Audio,
+    Prediction,
+    WebSearch,
+    /// Legacy `functions` beside `tools`, or a `function` message that answers no call.
+    LegacyFunctions,
+    /// A content part kind with no Responses equivalent (`input_audio`, …).
+    Content,
+    /// A tool or tool choice other than a function.
+    Tools,
+    /// An unknown field, or a known one without an equivalent (a message `name`).
+    Field,
+}
+
+/// How a bridged chat turn ended, as its `finish_reason` (or a failure).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum ChatFinish {
+    Stop,
+    ToolCalls,
+    /// A legacy `functions` request's call.
+    FunctionCall,
+    Length,
+    ContentFilter,
+    /// The turn failed or broke: an error answer or an error chunk.
+    Failed,
+}
+
+impl ChatFinish {
+    /// The `finish_reason` value (`None` for a failure).
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            Self::Stop => Some("stop"),
+            Self::ToolCalls => Some("tool_calls"),
+            Self::FunctionCall => Some("function_call"),
+            Self::Length => Some("length"),
+            Self::ContentFilter => Some("content_filter"),
+            Self::Failed => None,
+        }
+    }
+}

@@ -514,6 +514,7 @@ async fn the_start_up_line_says_what_is_in_force_without_secrets() {
         " auth=passthrough ",
         " pool.min_idle=1 pool.max_sockets=5 ",
         " continuation=on (reasoning lenient, stored_on_any_socket false) ",
+        " chat=bridge ",
         " + WSBRIDGE_POOL_MAX_SOCKETS + --listen + --upstream",
     ] {
         assert!(line.contains(shown), "{shown:?} not in {line}");
@@ -546,6 +547,14 @@ async fn every_request_gets_an_access_line_with_its_request_id() {
     )
     .await;
     assert_eq!(second.headers["x-wsbridge-continuation"], "continued");
+    let chat_url = format!("{url}/chat/completions");
+    let chat = |body: serde_json::Value| {
+        common::request("POST", &chat_url, Some(common::KEY), Some(body.to_string()))
+    };
+    let messages = serde_json::json!([{"role": "user", "content": "hi"}]);
+    let bridged = chat(serde_json::json!({"model": "m", "messages": messages})).await;
+    let passed = chat(serde_json::json!({"model": "m", "messages": messages, "n": 2})).await;
+    let refused = chat(serde_json::json!({"model": "m", "messages": []})).await;
     let health = common::request("GET", &format!("http://{addr}/healthz"), None, None).await;
     let models = common::request("GET", &format!("{url}/models"), Some(common::KEY), None).await;
     let line_of = |reply: &common::Reply| {
@@ -574,6 +583,17 @@ async fn every_request_gets_an_access_line_with_its_request_id() {
     assert_eq!(fields["bytes"], second.body.len() as u64);
     assert_eq!(fields["complete"], true);
     assert!(fields["ttfb_ms"].as_u64().unwrap() <= fields["duration_ms"].as_u64().unwrap());
+    // Chat requests: the path each took.
+    for (reply, route) in [
+        (&bridged, "chat-bridged"),
+        (&passed, "chat-passthrough"),
+        (&refused, "chat"),
+    ] {
+        let fields = line_of(reply).1["fields"].clone();
+        assert_eq!(fields["message"], "POST /v1/chat/completions");
+        assert_eq!(fields["route"], route, "{}", reply.body);
+    }
+    assert_eq!(access(&bridged)["continuation"], "fresh");
     let fields = access(&health);
     assert_eq!(fields["message"], "GET /healthz");
     assert_eq!(fields["route"], "operations");

@@ -42,6 +42,7 @@ pub struct Config {
     pub pool: PoolConfig,
     pub auth: AuthConfig,
     pub continuation: ContinuationConfig,
+    pub chat: ChatConfig,
     pub log: LogConfig,
     pub simulator: SimulatorConfig,
     /// Where this configuration came from, and what was ignored on the way.
@@ -133,6 +134,22 @@ pub struct ContinuationConfig {
     pub stored_on_any_socket: bool,
 }
 
+/// `chat.mode`: how `POST /v1/chat/completions` is served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatMode {
+    /// Translated into Responses turns when it can be done faithfully, else passed through.
+    #[default]
+    Bridge,
+    /// Always passed through to the upstream's `/v1/chat/completions`.
+    Passthrough,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    pub mode: ChatMode,
+}
+
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub min_idle: usize,
@@ -175,7 +192,7 @@ macro_rules! display_by_name {
     )*};
 }
 
-display_by_name!(UpstreamMode, LogFormat, AuthMode, ReasoningPolicy);
+display_by_name!(UpstreamMode, LogFormat, AuthMode, ReasoningPolicy, ChatMode);
 
 /// `auth.mode`; the validated form, with the key and tokens, is [`AuthConfig`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{AuthMode, LogFormat, ReasoningPolicy, UpstreamMode};
+use super::{AuthMode, ChatMode, LogFormat, ReasoningPolicy, UpstreamMode};
 use crate::simulator::config::RawSimulator;
 
 /// The raw file layout. Unknown keys are errors, so a typo never silently does nothing.
@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub pool: RawPool,
     pub auth: RawAuth,
     pub continuation: RawContinuation,
+    pub chat: RawChat,
     pub log: RawLog,
     pub simulator: RawSimulator,
 }
@@ -149,6 +150,15 @@ impl Default for RawContinuation {
             stored_on_any_socket: false,
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawChat {
+    /// `bridge` (Chat Completions requests become Responses turns over the pooled sockets when
+    /// every field has a faithful equivalent) or `passthrough` (all go to the upstream's
+    /// `/v1/chat/completions` as they came).
+    pub mode: ChatMode,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

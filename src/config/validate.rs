@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::raw::{RawAuth, RawConfig, RawContinuation, RawLog, RawPool, RawServer, RawUpstream};
 use super::{
-    AuthConfig, AuthMode, BaseUrl, Config, ConfigSource, ContinuationConfig, LogConfig, PoolConfig,
-    Secret, ServerConfig, UpstreamConfig,
+    AuthConfig, AuthMode, BaseUrl, ChatConfig, Config, ConfigSource, ContinuationConfig, LogConfig,
+    PoolConfig, Secret, ServerConfig, UpstreamConfig,
 };
 use crate::setting::{Invalid, at_least_one, invalid, parse_addr, within_ten_years};
 
@@ -23,6 +23,9 @@ pub(super) fn validate(raw: RawConfig, env: &[(String, String)]) -> Result<Confi
         upstream,
         pool,
         continuation: continuation(raw.continuation)?,
+        chat: ChatConfig {
+            mode: raw.chat.mode,
+        },
         log: log(raw.log)?,
         simulator: crate::simulator::config::validate(raw.simulator)?,
         source: ConfigSource::default(),
@@ -198,7 +201,7 @@ mod tests {
     use std::time::Duration;
 
     use crate::config::testing::load;
-    use crate::config::{AuthConfig, Config, Sources};
+    use crate::config::{AuthConfig, ChatMode, Config, Sources};
     use crate::simulator::config::SimulatorConfig;
 
     #[test]
@@ -210,6 +213,18 @@ mod tests {
             Duration::from_secs(3600)
         );
         assert_eq!(SimulatorConfig::default().listen.port(), 0);
+    }
+
+    #[test]
+    fn chat_mode_is_bridge_by_default_and_names_what_it_accepts() {
+        assert_eq!(Config::default().chat.mode, ChatMode::Bridge);
+        let config = load("[chat]\nmode = \"passthrough\"\n", &[]).unwrap();
+        assert_eq!(config.chat.mode, ChatMode::Passthrough);
+        let error = load("", &[("WSBRIDGE_CHAT_MODE", "relay")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("chat.mode"), "{error}");
+        assert!(error.contains("`bridge` or `passthrough`"), "{error}");
     }
 
     #[test]

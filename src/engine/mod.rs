@@ -29,7 +29,7 @@ pub use turn::{Break, Event, Next, Turn};
 use crate::auth::Credential;
 use crate::config::{Config, UpstreamConfig};
 use crate::continuation::Continuation;
-use crate::continuation::{Digester, Matched, Plan, Rules};
+use crate::continuation::{Digester, Matched, Plan, ReasoningPolicy, Rules};
 use crate::metrics::Metrics;
 use crate::protocol::OpenAiError;
 use crate::protocol::error::{Meaning, upstream_error_headers};
@@ -47,6 +47,9 @@ pub struct Engine {
     upstream: UpstreamConfig,
     rules: Rules,
     digester: Digester,
+    /// Matches leaving reasoning items out whatever `continuation.reasoning` says: what Chat
+    /// Completions requests use ([`Engine::chat_plan`]).
+    lenient: Digester,
     /// Cancelled when the shutdown grace runs out: turns end at once.
     grace_expired: CancellationToken,
 }
@@ -63,6 +66,11 @@ impl Engine {
         );
         let pool = Pool::new(config.pool.clone(), connector, metrics.clone());
         let continuation = &config.continuation;
+        let digester = Digester::new(continuation.reasoning);
+        let lenient = match continuation.reasoning {
+            ReasoningPolicy::Lenient => digester.clone(),
+            ReasoningPolicy::Strict => Digester::new(ReasoningPolicy::Lenient),
+        };
         Self {
             pool,
             metrics,
@@ -71,7 +79,8 @@ impl Engine {
                 enabled: continuation.enabled,
                 stored_on_any_socket: continuation.stored_on_any_socket,
             },
-            digester: Digester::new(continuation.reasoning),
+            digester,
+            lenient,
             grace_expired: CancellationToken::new(),
         }
     }
@@ -105,6 +114,15 @@ impl Engine {
     /// The continuation plan of a request body.
     pub fn plan<'a>(&'a self, request: &'a Map<String, Value>) -> Plan<'a> {
         Plan::new(self.rules, &self.digester, request)
+    }
+
+    /// The continuation plan of a Chat Completions request translated into a Responses body:
+    /// reasoning items never take part in matching, since a chat client can never send them
+    /// back (strict matching would never continue a reasoning model's chat). The upstream still
+    /// holds them, so a continued chat turn keeps the model's reasoning (docs/architecture.md,
+    /// "Chat Completions").
+    pub fn chat_plan<'a>(&'a self, request: &'a Map<String, Value>) -> Plan<'a> {
+        Plan::new(self.rules, &self.lenient, request)
     }
 
     /// Starts a turn for `plan`: leases a socket, sends the frame and waits for the first

@@ -13,7 +13,7 @@ use super::Proxy;
 use crate::metrics::Route;
 
 /// The start-up line: where it listens and what is in force (upstream without secrets, auth
-/// mode, pool limits, continuation policy, where the configuration came from).
+/// mode, pool limits, continuation policy, chat mode, where the configuration came from).
 pub(super) fn log_started(proxy: &Proxy) {
     let config = &proxy.app.config;
     let upstream = match proxy.simulator() {
@@ -39,12 +39,17 @@ pub(super) fn log_started(proxy: &Proxy) {
     } else {
         "off".to_owned()
     };
+    let chat = match config.chat.mode {
+        crate::config::ChatMode::Bridge => "bridge",
+        crate::config::ChatMode::Passthrough => "passthrough",
+    };
     tracing::info!(
         upstream = %upstream,
         auth = %auth,
         pool.min_idle = config.pool.min_idle,
         pool.max_sockets = config.pool.max_sockets,
         continuation = %continuation_policy,
+        chat = %chat,
         config = %config.source,
         "proxy listening on http://{} (OpenAI base URL {})",
         proxy.addr(),
@@ -67,13 +72,31 @@ pub struct SocketUse {
 
 pub(super) const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
+/// The access line's `route`: the metrics route, and for a chat request the path it took
+/// (`chat-bridged`, `chat-passthrough`; `chat` when it took none, e.g. a 400).
+pub(super) fn route_name(route: Route, headers: &axum::http::HeaderMap) -> &'static str {
+    match route {
+        Route::Responses => "responses",
+        Route::Passthrough => "passthrough",
+        Route::Operations => "operations",
+        Route::Chat => match headers
+            .get(super::chat::X_WSBRIDGE_ROUTE)
+            .map(axum::http::HeaderValue::as_bytes)
+        {
+            Some(b"chat-bridged") => "chat-bridged",
+            Some(b"chat-passthrough") => "chat-passthrough",
+            _ => "chat",
+        },
+    }
+}
+
 /// What the access line says about one request, filled in as its body is sent.
 #[derive(Debug)]
 pub(super) struct AccessLine {
     pub(super) span: tracing::Span,
     pub(super) method: axum::http::Method,
     pub(super) path: String,
-    pub(super) route: Route,
+    pub(super) route: &'static str,
     pub(super) status: u16,
     pub(super) continuation: Option<String>,
     pub(super) socket: Option<SocketUse>,
@@ -95,14 +118,9 @@ impl AccessLine {
             Some(_) => "opened",
             None => "-",
         };
-        let route = match self.route {
-            Route::Responses => "responses",
-            Route::Passthrough => "passthrough",
-            Route::Operations => "operations",
-        };
         tracing::info!(
             target: "wsbridge::access",
-            route = %route,
+            route = %self.route,
             status = self.status,
             continuation = %self.continuation.as_deref().unwrap_or("-"),
             socket = %socket,

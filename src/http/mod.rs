@@ -2,11 +2,14 @@
 //!
 //! ```text
 //! POST /v1/responses ─▶ responses::create ─▶ pool lease ─▶ SSE / JSON   (REST fallback: passthrough)
+//! POST /v1/chat/completions ─▶ chat::create ─▶ the same turn engine ─▶ chunks / chat.completion
+//!                                               (or the upstream's chat endpoint: passthrough)
 //! GET  /v1/responses + Upgrade ─▶ 426 (WebSocket clients fall back to HTTP at once)
 //! any  /v1/*        ─▶ passthrough::handle (streamed both ways)
 //! /healthz /readyz /metrics
 //! ```
 
+pub mod chat;
 mod logs;
 pub mod passthrough;
 pub mod responses;
@@ -243,6 +246,12 @@ fn router(app: Arc<App>) -> Router {
                 .get(responses_get)
                 .fallback(passthrough::handle),
         )
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post(chat::create)
+                .layer(DefaultBodyLimit::max(body_limit))
+                .fallback(passthrough::handle),
+        )
         .route("/v1", any(passthrough::handle))
         .route("/v1/{*rest}", any(passthrough::handle))
         .fallback(not_found)
@@ -283,8 +292,11 @@ async fn limit_headers(State(app): State<Arc<App>>, request: Request, next: Next
 async fn observe(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
-    let route = if path == "/v1/responses" && method == axum::http::Method::POST {
+    let post = method == axum::http::Method::POST;
+    let route = if path == "/v1/responses" && post {
         Route::Responses
+    } else if path == "/v1/chat/completions" && post {
+        Route::Chat
     } else if path == "/v1" || path.starts_with("/v1/") {
         Route::Passthrough
     } else {
@@ -325,7 +337,7 @@ async fn observe(State(app): State<Arc<App>>, mut request: Request, next: Next) 
         span,
         method,
         path,
-        route,
+        route: logs::route_name(route, response.headers()),
         status: response.status().as_u16(),
         continuation: response
             .headers()

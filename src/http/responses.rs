@@ -233,7 +233,7 @@ async fn collect_response(mut turn: Turn) -> Response {
 }
 
 /// The answer to a `stream: false` request whose turn broke before its end.
-fn broken_response(cause: &Break) -> Response {
+pub(super) fn broken_response(cause: &Break) -> Response {
     let (status, code) = match cause {
         Break::Closed => (StatusCode::BAD_GATEWAY, "upstream_closed"),
         Break::Silent => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),

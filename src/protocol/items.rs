@@ -5,9 +5,13 @@
 //! callers hash it with whatever hasher they need (the simulator a fixed one, the continuation
 //! index a keyed one). Rules:
 //! - message: role + content parts; a string `content` equals one text part; `input_text` and
-//!   `output_text` parts compare by text; `id`, `status`, `annotations`, `logprobs`, `phase`
-//!   and an absent `type` are ignored;
-//! - `function_call`: `call_id`, `name`, `arguments`; `function_call_output`: `call_id`, `output`;
+//!   `output_text` parts compare by text, and adjacent text parts by their joined text (a Chat
+//!   Completions client gets one string for a message the upstream wrote in several parts);
+//!   `id`, `status`, `annotations`, `logprobs`, `phase` and an absent `type` are ignored;
+//! - `function_call`: `call_id`, `name`, `arguments`, the arguments as the JSON they hold when
+//!   they parse (a client that parsed and re-serialised them, as LangChain does with
+//!   `{"a": 1}` for the model's `{"a":1}`, sends the same call); `function_call_output`:
+//!   `call_id`, `output`;
 //! - `reasoning`: `id`, else `encrypted_content`;
 //! - anything else: its JSON without `id`/`status`, keys sorted.
 
@@ -45,20 +49,17 @@ pub fn write_canonical(item: &Value, out: &mut Vec<u8>) -> ItemKind {
             write_str(out, field("role").as_str().unwrap_or(""));
             match field("content") {
                 Value::String(text) => write_text_part(out, text),
-                Value::Array(parts) => {
-                    for part in parts {
-                        write_part(out, part);
-                    }
-                }
+                Value::Array(parts) => write_parts(out, parts),
                 other => write_sorted_json(out, other),
             }
             out.push(b'.');
         }
         ItemKind::FunctionCall => {
             out.push(b'f');
-            for key in ["call_id", "name", "arguments"] {
+            for key in ["call_id", "name"] {
                 write_value(out, field(key));
             }
+            write_arguments(out, field("arguments"));
         }
         ItemKind::FunctionCallOutput => {
             out.push(b'o');
@@ -97,11 +98,54 @@ pub fn message_text(item: &Value) -> Option<String> {
     })
 }
 
-fn write_part(out: &mut Vec<u8>, part: &Value) {
+/// Function call arguments: the JSON they hold (keys sorted), else the value as it is.
+fn write_arguments(out: &mut Vec<u8>, arguments: &Value) {
+    if let Some(text) = arguments.as_str()
+        && let Ok(parsed) = serde_json::from_str::<Value>(text)
+    {
+        out.push(b'J');
+        write_sorted_json(out, &parsed);
+        return;
+    }
+    write_value(out, arguments);
+}
+
+/// The text of a text part (`input_text`, `output_text`, `text`), `None` for other parts.
+fn part_text(part: &Value) -> Option<&str> {
     match part.get("type").and_then(Value::as_str) {
         Some("input_text" | "output_text" | "text") => {
-            write_text_part(out, part.get("text").and_then(Value::as_str).unwrap_or(""));
+            Some(part.get("text").and_then(Value::as_str).unwrap_or(""))
         }
+        _ => None,
+    }
+}
+
+/// Content parts, each run of adjacent text parts written as one text part.
+fn write_parts(out: &mut Vec<u8>, parts: &[Value]) {
+    let mut i = 0;
+    while i < parts.len() {
+        let Some(first) = part_text(&parts[i]) else {
+            write_part(out, &parts[i]);
+            i += 1;
+            continue;
+        };
+        let run = parts[i + 1..]
+            .iter()
+            .take_while(|part| part_text(part).is_some())
+            .count();
+        if run == 0 {
+            write_text_part(out, first);
+        } else {
+            let joined: String = parts[i..=i + run].iter().filter_map(part_text).collect();
+            write_text_part(out, &joined);
+        }
+        i += run + 1;
+    }
+}
+
+/// A part that is not text.
+fn write_part(out: &mut Vec<u8>, part: &Value) {
+    match part.get("type").and_then(Value::as_str) {
         Some("refusal") => {
             out.push(b'R');
             write_value(out, part.get("refusal").unwrap_or(&Value::Null));
@@ -207,6 +251,19 @@ mod tests {
     }
 
     #[test]
+    fn adjacent_text_parts_equal_their_joined_text() {
+        let parts = canon(json!({"role":"assistant","content":[
+            {"type":"output_text","text":"Hel"},{"type":"output_text","text":"lo"}]}));
+        assert_eq!(parts, canon(json!({"role":"assistant","content":"Hello"})));
+        // Not across a part of another kind.
+        let split = canon(json!({"role":"assistant","content":[
+            {"type":"output_text","text":"a"},{"type":"refusal","refusal":"r"},{"type":"output_text","text":"b"}]}));
+        let moved = canon(json!({"role":"assistant","content":[
+            {"type":"output_text","text":"ab"},{"type":"refusal","refusal":"r"}]}));
+        assert_ne!(split, moved);
+    }
+
+    #[test]
     fn role_text_and_arguments_are_significant() {
         assert_ne!(
             canon(json!({"role":"user","content":"hi"})),
@@ -220,6 +277,22 @@ mod tests {
             canon(json!({"type":"function_call","call_id":"c","name":"f","arguments":args}))
         };
         assert_ne!(call("{}"), call("{\"a\":1}"));
+    }
+
+    #[test]
+    fn call_arguments_compare_as_the_json_they_hold() {
+        let call = |args: &str| {
+            canon(json!({"type":"function_call","call_id":"c","name":"f","arguments":args}))
+        };
+        assert_eq!(
+            call(r#"{"q":"é","n":[1,2]}"#),
+            call(r#"{"n": [1, 2], "q": "\u00e9"}"#)
+        );
+        assert_ne!(call(r#"{"n":1}"#), call(r#"{"n":2}"#));
+        // Arguments that are not JSON compare as text, never equal to a JSON string.
+        assert_eq!(call("{oops"), call("{oops"));
+        assert_ne!(call("{oops"), call("{oops "));
+        assert_ne!(call(r#""x""#), call("x"));
     }
 
     #[test]

@@ -5,6 +5,8 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
+pub mod chat;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};

@@ -12,7 +12,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::outcome::{CloseReason, Continuation, FallbackReason, RecoveryCause};
+use crate::outcome::{
+    ChatFinish, ChatPassthrough, ChatRoute, CloseReason, Continuation, FallbackReason,
+    RecoveryCause,
+};
+
+mod chat;
 use crate::protocol::event::Dropped;
 
 /// Which surface served a request.
@@ -20,6 +25,8 @@ use crate::protocol::event::Dropped;
 pub enum Route {
     /// `POST /v1/responses`, bridged over a WebSocket or its REST fallback.
     Responses,
+    /// `POST /v1/chat/completions`, bridged or passed through.
+    Chat,
     /// Any other `/v1/*` request, proxied as it is.
     Passthrough,
     /// `/healthz`, `/readyz`, `/metrics`, unknown paths.
@@ -82,6 +89,7 @@ pub struct Metrics {
     recoveries: Family<CauseLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
     continuations: Family<ContinuationLabels, Counter>,
+    chat: chat::ChatMetrics,
     head_evictions: Counter,
     upstream_bytes: Counter,
     request_bytes: Counter,
@@ -144,9 +152,10 @@ impl Default for Metrics {
         let continuations = Family::<ContinuationLabels, Counter>::default();
         registry.register(
             "continuations",
-            "POST /v1/responses turns by how they went upstream",
+            "Bridged turns (POST /v1/responses and /v1/chat/completions) by how they went upstream",
             continuations.clone(),
         );
+        let chat = chat::ChatMetrics::register(&mut registry);
         let head_evictions = Counter::default();
         registry.register(
             "head_evictions",
@@ -184,6 +193,7 @@ impl Default for Metrics {
             credentials,
             requests,
             continuations,
+            chat,
             head_evictions,
             upstream_bytes,
             request_bytes,
@@ -230,6 +240,7 @@ impl Metrics {
         for reason in Dropped::ALL {
             drop(self.dropped_events.get_or_create(&DroppedLabels { reason }));
         }
+        self.chat.zero();
     }
 
     pub fn request(&self, route: Route, status: u16) {
@@ -321,7 +332,12 @@ impl Metrics {
 
 /// Every variant of the labelled enums, to create their series at zero.
 impl Route {
-    pub const ALL: [Self; 3] = [Self::Responses, Self::Passthrough, Self::Operations];
+    pub const ALL: [Self; 4] = [
+        Self::Responses,
+        Self::Chat,
+        Self::Passthrough,
+        Self::Operations,
+    ];
 }
 
 impl CloseReason {
@@ -394,7 +410,10 @@ snake_case_labels!(
     RecoveryCause,
     FallbackReason,
     Continuation,
-    Dropped
+    Dropped,
+    ChatRoute,
+    ChatPassthrough,
+    ChatFinish
 );
 
 /// The `content-type` of [`Metrics::render`].
