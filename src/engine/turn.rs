@@ -12,13 +12,15 @@
 //! generation upstream.
 
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::time::Instant;
+use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::Engine;
 use crate::continuation::Continuation;
@@ -39,12 +41,21 @@ pub struct Turn {
     seed: HeadSeed,
     metrics: Arc<Metrics>,
     idle_timeout: Duration,
-    grace_expired: CancellationToken,
+    /// Resolves when the shutdown grace runs out; made once per turn.
+    grace_expired: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The turn's `response.created` event as it came (shared bytes, not a copy); parsed only
     /// when a front-end reports a failure itself.
     created: Option<Utf8Bytes>,
-    /// Upstream silence so far, across quiet ticks.
-    silent: Duration,
+    /// When the upstream last sent a frame (or the turn started).
+    heard: Instant,
+    /// When the last quiet tick was handed out.
+    ticked: Option<Instant>,
+    /// One timer per turn, armed at or before the next deadline (quiet tick or idle timeout)
+    /// and moved on only when it fires early: events cost no timer work.
+    timer: Pin<Box<Sleep>>,
+    /// The request's span (the turn is read after its handler returned): what the turn logs
+    /// is logged in it.
+    span: tracing::Span,
     /// The socket had carried a turn before this one.
     socket_reused: bool,
     socket_opened: Instant,
@@ -163,9 +174,12 @@ impl Turn {
             seed,
             metrics: engine.metrics.clone(),
             idle_timeout: engine.upstream.stream_idle_timeout,
-            grace_expired: engine.grace_expired.clone(),
+            grace_expired: Box::pin(engine.grace_expired.clone().cancelled_owned()),
             created: None,
-            silent: Duration::ZERO,
+            heard: Instant::now(),
+            ticked: None,
+            timer: Box::pin(tokio::time::sleep(engine.upstream.stream_idle_timeout)),
+            span: tracing::Span::current(),
         }
     }
 
@@ -203,30 +217,38 @@ impl Turn {
             if let Some((text, kind)) = self.first.take() {
                 return self.admitted(text, kind);
             }
+            let deadline = self.deadline(quiet);
+            if self.timer.deadline() > deadline {
+                self.timer.as_mut().reset(deadline);
+            }
             let Some(lease) = self.lease.as_mut() else {
                 return Next::Done;
             };
-            let silent_since = Instant::now();
-            let left = self.idle_timeout.saturating_sub(self.silent);
-            let wait = quiet.map_or(left, |every| every.min(left));
             let read = tokio::select! {
-                read = tokio::time::timeout(wait, lease.socket().next_event()) => read,
-                () = self.grace_expired.cancelled() => {
+                biased;
+                () = &mut self.grace_expired => {
                     return self.broken(Break::ShuttingDown, CloseReason::Shutdown);
+                }
+                read = lease.socket().next_event() => read,
+                () = &mut self.timer => {
+                    let now = Instant::now();
+                    if now >= self.heard + self.idle_timeout {
+                        return self.broken(Break::Silent, CloseReason::TurnFailed);
+                    }
+                    if now >= deadline {
+                        self.ticked = Some(now);
+                        return Next::Quiet;
+                    }
+                    // Fired early: frames came since it was armed; the loop re-arms it.
+                    self.timer.as_mut().reset(now + self.idle_timeout);
+                    continue;
                 }
             };
             let text = match read {
-                Ok(Ok(text)) => text,
-                Ok(Err(reason)) => return self.broken(Break::Closed, reason),
-                Err(_) if silent_since.elapsed() + self.silent >= self.idle_timeout => {
-                    return self.broken(Break::Silent, CloseReason::TurnFailed);
-                }
-                Err(_) => {
-                    self.silent += silent_since.elapsed();
-                    return Next::Quiet;
-                }
+                Ok(text) => text,
+                Err(reason) => return self.broken(Break::Closed, reason),
             };
-            self.silent = Duration::ZERO;
+            self.heard = Instant::now();
             match self.filter.admit(&text) {
                 Ok(Admit::Relay(event)) => {
                     let kind = Kind::of(&text, event);
@@ -234,6 +256,7 @@ impl Turn {
                 }
                 Ok(Admit::Skip) => {}
                 Ok(Admit::Drop(reason)) => {
+                    let _entered = self.span.enter();
                     tracing::debug!(?reason, "dropped an upstream event that is not this turn's");
                     self.metrics.event_dropped(reason);
                 }
@@ -242,6 +265,20 @@ impl Turn {
                 }
             }
         }
+    }
+
+    /// The next moment something is due without a frame: a quiet tick (`quiet` after the
+    /// last frame or tick) or the idle timeout (`upstream.stream_idle_timeout` after the last
+    /// frame), whichever comes first.
+    fn deadline(&self, quiet: Option<Duration>) -> Instant {
+        let idle = self.heard + self.idle_timeout;
+        let Some(quiet) = quiet else {
+            return idle;
+        };
+        let since = self
+            .ticked
+            .map_or(self.heard, |ticked| ticked.max(self.heard));
+        idle.min(since + quiet)
     }
 
     /// Hands out an admitted event, ending the turn on a terminal one.
@@ -280,6 +317,7 @@ impl Turn {
     }
 
     fn broken(&mut self, cause: Break, reason: CloseReason) -> Next {
+        let _entered = self.span.enter();
         tracing::warn!(?reason, cause = %cause.message(), "the upstream turn broke after it started");
         if let Some(lease) = self.lease.take() {
             lease.close(reason);

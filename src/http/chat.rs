@@ -17,7 +17,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
-use tracing::Instrument;
 
 use super::App;
 use super::passthrough::{self, X_ACCEL_BUFFERING};
@@ -162,14 +161,10 @@ fn stream_chunks(app: &App, turn: Turn, encoder: Encoder) -> Response {
         finished: false,
         metrics: app.metrics.clone(),
     };
-    // The body is polled after the handler returned: keep what it logs in the request's span.
-    let span = tracing::Span::current();
-    let body = futures_util::stream::unfold(relay, move |mut relay| {
-        async move {
-            let chunk = relay.next_chunk().await?;
-            Some((Ok::<_, std::convert::Infallible>(chunk), relay))
-        }
-        .instrument(span.clone())
+    // The body is polled after the handler returned; the turn logs in the request's span.
+    let body = futures_util::stream::unfold(relay, move |mut relay| async move {
+        let chunk = relay.next_chunk().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), relay))
     });
     (
         [

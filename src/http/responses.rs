@@ -16,7 +16,6 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tracing::Instrument;
 
 use super::App;
 use super::passthrough::{self, X_ACCEL_BUFFERING};
@@ -106,14 +105,10 @@ fn stream_events(app: &App, turn: Turn) -> Response {
         keepalive: app.config.server.sse_keepalive,
         finished: false,
     };
-    // The body is polled after the handler returned: keep what it logs in the request's span.
-    let span = tracing::Span::current();
-    let body = futures_util::stream::unfold(relay, move |mut relay| {
-        async move {
-            let chunk = relay.next_chunk().await?;
-            Some((Ok::<_, std::convert::Infallible>(chunk), relay))
-        }
-        .instrument(span.clone())
+    // The body is polled after the handler returned; the turn logs in the request's span.
+    let body = futures_util::stream::unfold(relay, move |mut relay| async move {
+        let chunk = relay.next_chunk().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), relay))
     });
     (
         [
