@@ -1,7 +1,6 @@
 //! What wsbridge reads of an upstream event: its `type`, `sequence_number` and the id of the
 //! response it belongs to ([`Envelope`]), in one validating pass over the JSON that builds no
-//! tree ([`super::scan`]). Everything else is skipped (and so checked to be JSON) but never
-//! copied.
+//! tree. Everything else is skipped (and so checked to be JSON) but never copied.
 //!
 //! [`TurnFilter`] then decides which of a socket's events belong to the turn being relayed
 //! (docs/protocol.md, "Upstream events"): the upstream's bytes are trusted to be JSON only
@@ -9,6 +8,10 @@
 //! sequence number goes backwards, never reaches the client.
 
 use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 /// The fields of one upstream event that routing needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,16 +40,26 @@ pub enum InvalidEvent {
 impl<'a> Envelope<'a> {
     /// Reads and validates one frame: it must be one JSON object with a usable `type`.
     pub fn read(text: &'a str) -> Result<Self, InvalidEvent> {
-        let members =
-            super::scan::object(text).map_err(|error| InvalidEvent::NotJson(error.to_string()))?;
-        let kind = members.kind.ok_or(InvalidEvent::NoType)?;
+        // serde would also take an array as a struct (field by position).
+        if !text.trim_start().starts_with('{') {
+            return Err(InvalidEvent::NotJson("not an object".into()));
+        }
+        let raw: RawEnvelope<'a> =
+            serde_json::from_str(text).map_err(|error| InvalidEvent::NotJson(error.to_string()))?;
+        let kind = raw
+            .kind
+            .and_then(|kind| kind.0)
+            .ok_or(InvalidEvent::NoType)?;
         if kind.is_empty() || kind.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(InvalidEvent::BadType);
         }
         Ok(Self {
             kind,
-            sequence: members.sequence,
-            response_id: members.response_id.or(members.flat_response_id),
+            sequence: raw.sequence.and_then(|n| n.0),
+            response_id: raw
+                .response
+                .and_then(|r| r.0)
+                .or(raw.response_id.and_then(|id| id.0)),
         })
     }
 
@@ -56,6 +69,143 @@ impl<'a> Envelope<'a> {
             &*self.kind,
             "response.completed" | "response.failed" | "response.incomplete"
         )
+    }
+}
+
+/// The wire form. Duplicate keys are rejected by serde (an event that says two things is not
+/// relayed); any other field is skipped.
+#[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<MaybeText<'a>>,
+    #[serde(rename = "sequence_number", default)]
+    sequence: Option<Counter>,
+    #[serde(borrow, default)]
+    response: Option<ResponseId<'a>>,
+    #[serde(borrow, default)]
+    response_id: Option<MaybeText<'a>>,
+}
+
+/// Any JSON value; `Some` when it is a string (borrowed when it holds no escapes).
+struct MaybeText<'a>(Option<Cow<'a, str>>);
+
+/// Any JSON value; `Some` when it is a non-negative integer.
+struct Counter(Option<u64>);
+
+/// Any JSON value; `Some(id)` when it is an object with a string `id`.
+struct ResponseId<'a>(Option<Cow<'a, str>>);
+
+/// Accepts every JSON value, keeping strings (borrowed where possible), integers or an
+/// object's `id` as `T` asks.
+struct Lenient<T>(std::marker::PhantomData<T>);
+
+macro_rules! skip_other_values {
+    () => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Default::default())
+        }
+    };
+}
+
+impl<'de> Visitor<'de> for Lenient<Option<Cow<'de, str>>> {
+    type Value = Option<Cow<'de, str>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Borrowed(text)))
+    }
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(text.to_owned())))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    skip_other_values!();
+}
+
+impl<'de> Visitor<'de> for Lenient<Option<u64>> {
+    type Value = Option<u64>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+        Ok(Some(n))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    skip_other_values!();
+}
+
+/// The `id` of a `response` object.
+struct IdOf;
+
+impl<'de> Visitor<'de> for IdOf {
+    type Value = Option<Cow<'de, str>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut id = None;
+        while let Some(key) = map.next_key::<MaybeText<'de>>()? {
+            if key.0.as_deref() == Some("id") && id.is_none() {
+                id = map.next_value::<MaybeText<'de>>()?.0;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(id)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    skip_other_values!();
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for MaybeText<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(Lenient::<Option<Cow<'de, str>>>(std::marker::PhantomData))
+            .map(MaybeText)
+    }
+}
+
+impl<'de> Deserialize<'de> for Counter {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(Lenient::<Option<u64>>(std::marker::PhantomData))
+            .map(Counter)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ResponseId<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(IdOf).map(ResponseId)
     }
 }
 

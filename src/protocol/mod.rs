@@ -5,7 +5,6 @@ pub mod error;
 pub mod event;
 pub mod items;
 pub mod request;
-pub mod scan;
 pub mod sse;
 
 pub use error::OpenAiError;
