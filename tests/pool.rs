@@ -237,6 +237,24 @@ async fn upgrade_refused_with_503_is_retried_and_with_429_is_passed_on() {
 }
 
 #[tokio::test]
+async fn a_credential_in_its_rest_cooldown_is_state_the_proxy_keeps() {
+    let bridge = bridge().await;
+    bridge
+        .sim
+        .set_faults(FaultConfig {
+            upgrade_status: 426,
+            ..FaultConfig::default()
+        })
+        .unwrap();
+    assert_eq!(bridge.post(&hello(false)).await.status, 200);
+    let stats = bridge.sim.stats();
+    assert_eq!((stats.upgrades_refused, stats.sockets_opened), (1, 0));
+    // No socket and no head: only the cool-down (forgotten when it ends, unit-tested in
+    // src/upstream/rest.rs) keeps the credential counted.
+    assert_eq!(bridge.metric("wsbridge_pool_credentials").await, 1.0);
+}
+
+#[tokio::test]
 async fn all_sockets_busy_waits_then_answers_429_with_retry_after() {
     let bridge = bridge_with(SimulatorConfig::default(), |config| {
         config.pool.max_sockets = 1;

@@ -135,20 +135,6 @@ impl Pool {
         self.inner.refill(&partition);
     }
 
-    /// True while `credential` is on REST after a refused upgrade.
-    pub fn rest_only(&self, credential: &Credential) -> bool {
-        let partition = self.inner.partition(credential);
-        let mut state = lock(&partition.state);
-        match state.rest_until {
-            Some(until) if Instant::now() < until => true,
-            Some(_) => {
-                state.rest_until = None;
-                false
-            }
-            None => false,
-        }
-    }
-
     /// Stops offering the stored head `response_id` (the upstream answered that it does not
     /// have it).
     pub fn forget_stored(&self, credential: &Credential, response_id: &str) {
@@ -156,15 +142,14 @@ impl Pool {
         lock(&partition.state).index.forget_stored(response_id);
     }
 
-    /// Sends `credential` over REST for `cooldown`.
-    pub fn mark_rest_only(&self, credential: &Credential, cooldown: Duration) {
-        let partition = self.inner.partition(credential);
-        lock(&partition.state).rest_until = Some(Instant::now() + cooldown);
-    }
-
-    /// Credentials the pool holds state for (sockets, heads, a REST cool-down, a turn).
+    /// Credentials the pool holds state for (sockets, stored heads, a turn).
     pub fn credentials(&self) -> usize {
         lock(&self.inner.partitions).len()
+    }
+
+    /// True while the pool holds state for `credential`.
+    pub fn holds(&self, credential: &Credential) -> bool {
+        lock(&self.inner.partitions).contains_key(credential)
     }
 
     /// Sockets by state over all credentials.
@@ -241,15 +226,14 @@ impl Inner {
         partition.available.notify_one();
     }
 
-    /// Drops a partition that holds nothing any more: no socket, no stored head, no REST
-    /// cool-down, no turn in flight, not pinned.
+    /// Drops a partition that holds nothing any more: no socket, no stored head, no turn in
+    /// flight, not pinned.
     fn forget_if_unused(&self, partition: &Arc<Partition>) {
         let unused = {
             let state = lock(&partition.state);
             state.open == 0
                 && !state.index.has_stored()
                 && !state.pinned
-                && state.rest_until.is_none()
                 && partition.turns.available_permits() == self.config.max_sockets
         };
         if unused {

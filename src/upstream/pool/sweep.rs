@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use super::super::socket::CloseReason;
 use super::partition::Partition;
 use super::{Inner, backoff, lock};
@@ -134,18 +132,9 @@ impl Inner {
         for (socket, reason) in closing {
             self.retire(partition, socket, reason);
         }
-        {
-            // Old stored heads and an ended REST cool-down are let go; a partition left with
-            // nothing is then forgotten (forget_if_unused checks it under the lock).
-            let mut state = lock(&partition.state);
-            state.index.expire_stored();
-            if state
-                .rest_until
-                .is_some_and(|until| Instant::now() >= until)
-            {
-                state.rest_until = None;
-            }
-        }
+        // Old stored heads are let go; a partition left with nothing is then forgotten
+        // (forget_if_unused checks it under the lock).
+        lock(&partition.state).index.expire_stored();
         self.forget_if_unused(partition);
     }
 }
