@@ -35,6 +35,7 @@ use crate::protocol::OpenAiError;
 use crate::protocol::error::{Meaning, upstream_error_headers};
 use crate::protocol::event::{Admit, TurnFilter};
 use crate::upstream::pool::{Census, Checkout, CheckoutError, Lease, Pool};
+use crate::upstream::rest::RestCooldown;
 use crate::upstream::socket::CloseReason;
 use crate::upstream::socket::{ConnectError, Connector, Socket};
 use turn::Kind;
@@ -43,6 +44,8 @@ use turn::Kind;
 #[derive(Debug)]
 pub struct Engine {
     pool: Pool,
+    /// Credentials sent over REST for a while after a refused upgrade.
+    rest: RestCooldown,
     metrics: Arc<Metrics>,
     upstream: UpstreamConfig,
     rules: Rules,
@@ -73,6 +76,7 @@ impl Engine {
         };
         Self {
             pool,
+            rest: RestCooldown::default(),
             metrics,
             upstream,
             rules: Rules {
@@ -95,9 +99,11 @@ impl Engine {
         self.pool.census()
     }
 
-    /// Credentials the pool holds state for.
+    /// Credentials the engine holds state for: in the pool, or in a REST cool-down.
     pub fn credentials(&self) -> usize {
-        self.pool.credentials()
+        let cooling = self.rest.credentials();
+        let only_cooling = cooling.iter().filter(|c| !self.pool.holds(c)).count();
+        self.pool.credentials() + only_cooling
     }
 
     /// Closes the upstream sockets (leased ones when their turn ends), waiting up to `grace`.
@@ -143,7 +149,7 @@ impl Engine {
         if full_frame.len() > self.upstream.max_frame_bytes && !plan.may_continue() {
             return Err(self.fallback(FallbackReason::FrameTooLarge));
         }
-        if self.pool.rest_only(credential) {
+        if self.rest.active(credential) {
             return Err(self.fallback(FallbackReason::UpgradeRefused));
         }
         let started = tokio::select! {
@@ -151,8 +157,8 @@ impl Engine {
             () = self.grace_expired.cancelled() => Err(BridgeError::ShuttingDown),
         };
         if let Err(BridgeError::Fallback(FallbackReason::UpgradeRefused)) = &started {
-            self.pool
-                .mark_rest_only(credential, self.upstream.rest_fallback_cooldown);
+            self.rest
+                .start(credential, self.upstream.rest_fallback_cooldown);
             tracing::warn!(credential = ?credential, "upstream refused the WebSocket upgrade; using REST for this credential for a while");
         }
         if let Ok(turn) = &started {

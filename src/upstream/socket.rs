@@ -13,17 +13,14 @@ use tokio::time::Instant;
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use super::transport::{Dial, Stream};
 use crate::auth::Credential;
 use crate::continuation::Head;
 pub use crate::outcome::CloseReason;
-
-type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// An open upstream WebSocket.
 #[derive(Debug)]
@@ -217,7 +214,7 @@ impl std::fmt::Display for ConnectError {
 #[derive(Debug)]
 pub struct Connector {
     url: String,
-    tls: Arc<rustls::ClientConfig>,
+    dial: Dial,
     timeout: Duration,
     max_message_bytes: usize,
     next_id: AtomicU64,
@@ -230,9 +227,19 @@ impl Connector {
         timeout: Duration,
         max_message_bytes: usize,
     ) -> Self {
+        Self::with_dial(url, Dial::Net(tls), timeout, max_message_bytes)
+    }
+
+    /// A connector that reaches the upstream through `dial` (tests dial in memory).
+    pub(super) fn with_dial(
+        url: String,
+        dial: Dial,
+        timeout: Duration,
+        max_message_bytes: usize,
+    ) -> Self {
         Self {
             url,
-            tls,
+            dial,
             timeout,
             max_message_bytes,
             next_id: AtomicU64::new(1),
@@ -258,12 +265,7 @@ impl Connector {
             .write_buffer_size(0)
             .max_message_size(Some(self.max_message_bytes))
             .max_frame_size(Some(self.max_message_bytes));
-        let connect = tokio_tungstenite::connect_async_tls_with_config(
-            request,
-            Some(config),
-            true,
-            Some(tokio_tungstenite::Connector::Rustls(self.tls.clone())),
-        );
+        let connect = self.dial.open(request, config);
         match tokio::time::timeout(self.timeout, connect).await {
             Err(_) => Err(ConnectError::TimedOut),
             Ok(Ok((ws, _response))) => {

@@ -80,3 +80,58 @@ impl Drop for Lease {
         self.discard(CloseReason::ClientGone);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+    use std::time::Duration;
+
+    use tokio::time::sleep;
+
+    use super::super::fake::{self, key};
+    use crate::config::PoolConfig;
+    use crate::continuation::Affinity;
+    use crate::outcome::CloseReason;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_that_passes_max_age_during_a_turn_is_retired_when_it_ends() {
+        let (pool, upstream) = fake::pool(PoolConfig {
+            max_age: SECOND * 60,
+            ..fake::config()
+        });
+        let alpha = key("sk-alpha");
+        let checkout = pool.checkout(&alpha, Affinity::None).await.unwrap();
+        sleep(SECOND * 59).await;
+        checkout.lease.release();
+        assert_eq!(pool.census(), [1, 0, 0], "still young: back in the pool");
+        let mut checkout = pool.checkout(&alpha, Affinity::None).await.unwrap();
+        assert_eq!(checkout.lease.socket().id(), 1);
+        sleep(SECOND * 2).await;
+        checkout.lease.release();
+        assert_eq!(pool.closes(CloseReason::MaxAge), 1);
+        assert_eq!(pool.census(), [0, 0, 0], "retired, not given back");
+        sleep(SECOND).await;
+        assert_eq!(upstream.open(), 0, "the upstream got the close");
+        let mut next = pool.checkout(&alpha, Affinity::None).await.unwrap();
+        assert_eq!((next.lease.socket().id(), upstream.opened()), (2, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_dropped_mid_turn_closes_its_socket() {
+        let (pool, upstream) = fake::pool(fake::config());
+        let alpha = key("sk-alpha");
+        let checkout = pool.checkout(&alpha, Affinity::None).await.unwrap();
+        drop(checkout);
+        assert_eq!(pool.closes(CloseReason::ClientGone), 1);
+        assert_eq!((pool.census(), pool.credentials()), ([0, 0, 0], 0));
+        sleep(SECOND).await;
+        assert_eq!(
+            upstream.open(),
+            0,
+            "closing is what stops generation upstream"
+        );
+    }
+}

@@ -33,6 +33,8 @@
 //! waiter whenever a socket goes idle or a slot frees up.
 
 mod checkout;
+#[cfg(test)]
+mod fake;
 mod lease;
 mod partition;
 mod sweep;
@@ -133,20 +135,6 @@ impl Pool {
         self.inner.refill(&partition);
     }
 
-    /// True while `credential` is on REST after a refused upgrade.
-    pub fn rest_only(&self, credential: &Credential) -> bool {
-        let partition = self.inner.partition(credential);
-        let mut state = lock(&partition.state);
-        match state.rest_until {
-            Some(until) if Instant::now() < until => true,
-            Some(_) => {
-                state.rest_until = None;
-                false
-            }
-            None => false,
-        }
-    }
-
     /// Stops offering the stored head `response_id` (the upstream answered that it does not
     /// have it).
     pub fn forget_stored(&self, credential: &Credential, response_id: &str) {
@@ -154,15 +142,14 @@ impl Pool {
         lock(&partition.state).index.forget_stored(response_id);
     }
 
-    /// Sends `credential` over REST for `cooldown`.
-    pub fn mark_rest_only(&self, credential: &Credential, cooldown: Duration) {
-        let partition = self.inner.partition(credential);
-        lock(&partition.state).rest_until = Some(Instant::now() + cooldown);
-    }
-
-    /// Credentials the pool holds state for (sockets, heads, a REST cool-down, a turn).
+    /// Credentials the pool holds state for (sockets, stored heads, a turn).
     pub fn credentials(&self) -> usize {
         lock(&self.inner.partitions).len()
+    }
+
+    /// True while the pool holds state for `credential`.
+    pub fn holds(&self, credential: &Credential) -> bool {
+        lock(&self.inner.partitions).contains_key(credential)
     }
 
     /// Sockets by state over all credentials.
@@ -239,15 +226,14 @@ impl Inner {
         partition.available.notify_one();
     }
 
-    /// Drops a partition that holds nothing any more: no socket, no stored head, no REST
-    /// cool-down, no turn in flight, not pinned.
+    /// Drops a partition that holds nothing any more: no socket, no stored head, no turn in
+    /// flight, not pinned.
     fn forget_if_unused(&self, partition: &Arc<Partition>) {
         let unused = {
             let state = lock(&partition.state);
             state.open == 0
                 && !state.index.has_stored()
                 && !state.pinned
-                && state.rest_until.is_none()
                 && partition.turns.available_permits() == self.config.max_sockets
         };
         if unused {
@@ -289,5 +275,65 @@ impl Inner {
         if reason != CloseReason::Shutdown {
             self.refill(partition);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+    use std::time::Duration;
+
+    use super::fake::{self, key};
+    use super::{CheckoutError, ConnectError};
+    use crate::continuation::Affinity;
+    use crate::outcome::CloseReason;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_whose_upgrade_is_refused_leaves_no_state_behind() {
+        let (pool, upstream) = fake::pool(fake::config());
+        upstream.refuse(Some(401));
+        let refused = pool.checkout(&key("sk-revoked"), Affinity::None).await;
+        let Err(CheckoutError::Connect(ConnectError::Refused { status, .. })) = refused else {
+            panic!("{refused:?}");
+        };
+        assert_eq!(status, 401);
+        assert_eq!((pool.census(), pool.credentials()), ([0, 0, 0], 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_credential_gets_sockets_of_its_own() {
+        let (pool, upstream) = fake::pool(fake::config());
+        for name in ["sk-alpha", "sk-bravo", "sk-alpha"] {
+            let checkout = pool.checkout(&key(name), Affinity::None).await.unwrap();
+            checkout.lease.release();
+        }
+        assert_eq!(
+            upstream.opened(),
+            2,
+            "alpha's socket is reused, bravo has its own"
+        );
+        assert_eq!(upstream.authorization(0), "Bearer sk-alpha");
+        assert_eq!(upstream.authorization(1), "Bearer sk-bravo");
+        assert_eq!((pool.census(), pool.credentials()), ([2, 0, 0], 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closing_the_pool_closes_idle_sockets_and_refuses_checkouts() {
+        let (pool, upstream) = fake::pool(fake::config());
+        let alpha = key("sk-alpha");
+        let idle = pool.checkout(&alpha, Affinity::None).await.unwrap();
+        let busy = pool.checkout(&alpha, Affinity::None).await.unwrap();
+        idle.lease.release();
+        pool.close(Duration::from_secs(1)).await;
+        assert_eq!(pool.closes(CloseReason::Shutdown), 1);
+        assert_eq!(upstream.open(), 1, "the leased one stays for its turn");
+        busy.lease.release();
+        assert_eq!(pool.closes(CloseReason::Shutdown), 2, "then goes too");
+        let refused = pool.checkout(&alpha, Affinity::None).await;
+        assert!(
+            matches!(refused, Err(CheckoutError::ShuttingDown)),
+            "{refused:?}"
+        );
     }
 }

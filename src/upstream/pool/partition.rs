@@ -33,8 +33,6 @@ pub(super) struct State {
     pub(super) open: usize,
     pub(super) connecting: usize,
     pub(super) busy: usize,
-    /// REST only until then (the upstream refused the upgrade with 426/404/405).
-    pub(super) rest_until: Option<Instant>,
     /// Last checkout; a credential unused for `idle_timeout` lets all its sockets go.
     pub(super) last_used: Option<Instant>,
     /// Kept warm regardless of use (the injected credential).
