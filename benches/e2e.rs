@@ -17,7 +17,8 @@
 //! talking to the simulator directly, concurrency sweep), `capacity` (stall-free concurrent
 //! streams, CPU per 1,000 events), `memory` (RSS idle, per pooled socket, per conversation, peak,
 //! after load), `agent` (a 20-tool-call loop: REST direct vs through wsbridge, calibrated
-//! latency), `cpu` (CPU per request against nginx, when nginx is installed), `passthrough`
+//! latency), `chat` (the same loop as a Chat Completions client: the simulator's chat endpoint
+//! direct vs through wsbridge), `cpu` (CPU per request against nginx, when nginx is installed), `passthrough`
 //! (REST pass-through added latency; with `--peer NAME=URL` also for
 //! other proxies, see `benches/peers.sh`).
 
@@ -74,6 +75,7 @@ fn options() -> Options {
             "capacity",
             "memory",
             "agent",
+            "chat",
             "passthrough",
             "cpu",
         ]
@@ -102,6 +104,7 @@ fn main() {
                 "capacity" => capacity(&options).await,
                 "memory" => memory(&options).await,
                 "agent" => agent_loop(&options).await,
+                "chat" => chat_loop(&options).await,
                 "passthrough" => passthrough(&options).await,
                 "cpu" => cpu(&options).await,
                 other => panic!("unknown scenario {other}"),
@@ -433,9 +436,27 @@ async fn memory(options: &Options) {
     drop((sim, plain));
 }
 
+/// Which API a tool-loop scenario's client speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Responses,
+    Chat,
+}
+
 /// The headline: a 20-tool-call loop resending its full history every turn, REST direct to the
 /// simulator vs the same client through wsbridge, with the calibrated latency profile.
 async fn agent_loop(options: &Options) {
+    tool_loop(options, Api::Responses).await;
+}
+
+/// The same loop as a Chat Completions client runs it (`messages` resent every turn): direct
+/// to the simulator's chat endpoint vs through wsbridge, which bridges each request onto a
+/// Responses turn over its sockets, continued from the one before.
+async fn chat_loop(options: &Options) {
+    tool_loop(options, Api::Chat).await;
+}
+
+async fn tool_loop(options: &Options, api: Api) {
     let loops = if options.quick { 1 } else { 3 };
     // Quick mode scales the profile down 10× (same ratios, a tenth of the wait).
     let env: Vec<(&str, String)> = if options.quick {
@@ -454,26 +475,39 @@ async fn agent_loop(options: &Options) {
     };
     let sim = Process::simulator(&env);
     let proxy = Process::proxy(&sim.base_url(), &[("WSBRIDGE_POOL_MIN_IDLE", "0".into())]);
+    let direct = match api {
+        Api::Responses => "REST direct",
+        Api::Chat => "chat direct",
+    };
     let mut rows = Vec::new();
     let mut times = [Vec::new(), Vec::new()];
     let mut answers_by_path = Vec::new();
-    for (index, (name, base)) in [
-        ("REST direct", sim.base_url()),
-        ("via wsbridge", proxy.base_url()),
-    ]
-    .into_iter()
-    .enumerate()
+    let mut last_turn_bytes = Vec::new();
+    for (index, (name, base)) in [(direct, sim.base_url()), ("via wsbridge", proxy.base_url())]
+        .into_iter()
+        .enumerate()
     {
         let turns_before = sim.sim_stats()["turns"].as_array().map_or(0, Vec::len);
         let mut answers = Vec::new();
         for n in 0..loops {
             let started = Instant::now();
-            answers.push(load::agent_loop(&base, KEY, 20, n).await);
+            answers.push(match api {
+                Api::Responses => load::agent_loop(&base, KEY, 20, n).await,
+                Api::Chat => load::chat_loop(&base, KEY, 20, n).await,
+            });
             times[index].push(started.elapsed());
         }
         let stats = sim.sim_stats();
         let turns = &stats["turns"].as_array().unwrap()[turns_before..];
+        if index == 1 {
+            // What the upstream saw through wsbridge: each loop's first turn in full, every
+            // later one a continuation over a socket.
+            let continued = turns.iter().filter(|t| t["continued"] == true).count();
+            assert_eq!(continued, turns.len() - loops, "every later turn continued");
+            assert!(turns.iter().all(|t| t["transport"] == "ws"), "bridged");
+        }
         let bytes: u64 = turns.iter().map(|t| t["bytes"].as_u64().unwrap_or(0)).sum();
+        last_turn_bytes.push(turns.last().map_or(0, |t| t["bytes"].as_u64().unwrap_or(0)));
         let sockets: std::collections::BTreeSet<u64> =
             turns.iter().filter_map(|t| t["socket"].as_u64()).collect();
         let mean = times[index].iter().sum::<Duration>() / loops as u32;
@@ -493,18 +527,23 @@ async fn agent_loop(options: &Options) {
     }
     assert_eq!(
         answers_by_path[0], answers_by_path[1],
-        "every loop's final answer through wsbridge equals the REST one"
+        "every loop's final answer through wsbridge equals the direct one"
     );
     let mean = |v: &Vec<Duration>| v.iter().sum::<Duration>().as_secs_f64() / v.len() as f64;
     let speedup = 1.0 - mean(&times[1]) / mean(&times[0]);
-    println!(
-        "## d. Agent loop: 20 tool calls, full history resent every turn ({} latency profile, {loops} loop(s) each)\n",
-        if options.quick {
-            "openai ÷ 10"
-        } else {
-            "openai"
-        }
-    );
+    let profile = if options.quick {
+        "openai ÷ 10"
+    } else {
+        "openai"
+    };
+    match api {
+        Api::Responses => println!(
+            "## d. Agent loop: 20 tool calls, full history resent every turn ({profile} latency profile, {loops} loop(s) each)\n"
+        ),
+        Api::Chat => println!(
+            "## d2. Chat Completions tool loop: 20 tool calls, full `messages` resent every turn ({profile} latency profile, {loops} loop(s) each)\n"
+        ),
+    }
     table(
         &[
             "client path",
@@ -517,10 +556,13 @@ async fn agent_loop(options: &Options) {
         &rows,
     );
     println!(
-        "wsbridge loop time / REST loop time = **{:.2}** ({:.0} % faster); every final answer \
-         (it ends with a digest of the whole conversation) identical on both paths.\n",
+        "wsbridge loop time / {direct} loop time = **{:.2}** ({:.0} % faster); every final answer \
+         (it ends with a digest of the whole conversation) identical on both paths; the last \
+         turn sent {} bytes upstream directly, {} through wsbridge.\n",
         mean(&times[1]) / mean(&times[0]),
-        speedup * 100.0
+        speedup * 100.0,
+        last_turn_bytes[0],
+        last_turn_bytes[1],
     );
     drop((sim, proxy));
 }

@@ -17,6 +17,9 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
+mod chat;
+pub use chat::chat_loop;
+
 /// A `wsbridge` child process (the release build cargo made for this bench).
 pub struct Process {
     child: Child,
@@ -257,7 +260,12 @@ fn client() -> HttpClient {
 }
 
 fn post_request(base: &str, key: &str, body: &Value) -> hyper::Request<Full<Bytes>> {
-    hyper::Request::post(format!("{base}/responses"))
+    post_to(base, "/responses", key, body)
+}
+
+/// A JSON POST to `{base}{path}` with `key` as the bearer token.
+fn post_to(base: &str, path: &str, key: &str, body: &Value) -> hyper::Request<Full<Bytes>> {
+    hyper::Request::post(format!("{base}{path}"))
         .header("authorization", format!("Bearer {key}"))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
