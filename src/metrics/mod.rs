@@ -83,16 +83,22 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     time_to_first_byte: Family<RouteLabels, Histogram>,
+    continuations: Family<ContinuationLabels, Counter>,
+    chat: chat::ChatMetrics,
+    request_bytes: Counter,
+    upstream: Upstream,
+}
+
+/// The upstream sockets' series.
+#[derive(Debug)]
+struct Upstream {
     sockets: Family<StateLabels, Gauge>,
     socket_opens: Counter,
     socket_closes: Family<CloseLabels, Counter>,
     recoveries: Family<CauseLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
-    continuations: Family<ContinuationLabels, Counter>,
-    chat: chat::ChatMetrics,
     head_evictions: Counter,
     upstream_bytes: Counter,
-    request_bytes: Counter,
     dropped_events: Family<DroppedLabels, Counter>,
     credentials: Gauge,
 }
@@ -102,107 +108,127 @@ struct ContinuationLabels {
     outcome: Continuation,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut registry = Registry::with_prefix("wsbridge");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests answered, by route and HTTP status",
-            requests.clone(),
-        );
-        let time_to_first_byte = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.000_25, 2.0, 18))
-        });
-        registry.register(
-            "time_to_first_byte_seconds",
-            "From the request's arrival to its response status and headers",
-            time_to_first_byte.clone(),
-        );
-        let sockets = Family::<StateLabels, Gauge>::default();
-        registry.register(
+/// Registers `metric` under `name` and hands it back.
+fn add<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+impl Upstream {
+    fn register(registry: &mut Registry) -> Self {
+        let sockets = add(
+            registry,
             "upstream_sockets",
             "Upstream WebSockets by state",
-            sockets.clone(),
+            Family::<StateLabels, Gauge>::default(),
         );
-        let socket_opens = Counter::default();
-        registry.register(
+        let socket_opens = add(
+            registry,
             "upstream_socket_opens",
             "Upstream WebSockets opened",
-            socket_opens.clone(),
+            Counter::default(),
         );
-        let socket_closes = Family::<CloseLabels, Counter>::default();
-        registry.register(
+        let socket_closes = add(
+            registry,
             "upstream_socket_closes",
             "Upstream WebSockets closed, by reason",
-            socket_closes.clone(),
+            Family::<CloseLabels, Counter>::default(),
         );
-        let recoveries = Family::<CauseLabels, Counter>::default();
-        registry.register(
+        let recoveries = add(
+            registry,
             "upstream_recoveries",
             "Requests retried on another socket before their first event, by cause",
-            recoveries.clone(),
+            Family::<CauseLabels, Counter>::default(),
         );
-        let fallbacks = Family::<FallbackLabels, Counter>::default();
-        registry.register(
+        let fallbacks = add(
+            registry,
             "rest_fallbacks",
             "POST /v1/responses sent over REST instead of a WebSocket, by reason",
-            fallbacks.clone(),
+            Family::<FallbackLabels, Counter>::default(),
         );
-        let continuations = Family::<ContinuationLabels, Counter>::default();
-        registry.register(
-            "continuations",
-            "Bridged turns (POST /v1/responses and /v1/chat/completions) by how they went upstream",
-            continuations.clone(),
-        );
-        let chat = chat::ChatMetrics::register(&mut registry);
-        let head_evictions = Counter::default();
-        registry.register(
+        let head_evictions = add(
+            registry,
             "head_evictions",
             "Idle sockets whose head was dropped to serve another conversation",
-            head_evictions.clone(),
+            Counter::default(),
         );
-        let upstream_bytes = Counter::default();
-        registry.register(
+        let upstream_bytes = add(
+            registry,
             "upstream_frame_bytes",
             "Bytes of response.create frames sent upstream",
-            upstream_bytes.clone(),
+            Counter::default(),
         );
-        let request_bytes = Counter::default();
-        registry.register(
-            "client_request_bytes",
-            "Bytes of the bridged client request bodies (what full resends would have sent)",
-            request_bytes.clone(),
-        );
-        let dropped_events = Family::<DroppedLabels, Counter>::default();
-        registry.register(
+        let dropped_events = add(
+            registry,
             "upstream_events_dropped",
             "Upstream events not relayed because they did not belong to the turn, by reason",
-            dropped_events.clone(),
+            Family::<DroppedLabels, Counter>::default(),
         );
-        let credentials = Gauge::default();
-        registry.register(
+        let credentials = add(
+            registry,
             "pool_credentials",
             "Credentials the pool keeps state for (dropped once a credential has no sockets, \
              no stored heads and no REST cool-down)",
-            credentials.clone(),
+            Gauge::default(),
         );
         Self {
-            registry,
-            dropped_events,
-            credentials,
-            requests,
-            continuations,
-            chat,
-            head_evictions,
-            upstream_bytes,
-            request_bytes,
-            time_to_first_byte,
             sockets,
             socket_opens,
             socket_closes,
             recoveries,
             fallbacks,
+            head_evictions,
+            upstream_bytes,
+            dropped_events,
+            credentials,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("wsbridge");
+        let requests = add(
+            &mut registry,
+            "requests",
+            "Requests answered, by route and HTTP status",
+            Family::<RequestLabels, Counter>::default(),
+        );
+        let time_to_first_byte = add(
+            &mut registry,
+            "time_to_first_byte_seconds",
+            "From the request's arrival to its response status and headers",
+            Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_25, 2.0, 18))
+            }),
+        );
+        let continuations = add(
+            &mut registry,
+            "continuations",
+            "Bridged turns (POST /v1/responses and /v1/chat/completions) by how they went upstream",
+            Family::<ContinuationLabels, Counter>::default(),
+        );
+        let chat = chat::ChatMetrics::register(&mut registry);
+        let request_bytes = add(
+            &mut registry,
+            "client_request_bytes",
+            "Bytes of the bridged client request bodies (what full resends would have sent)",
+            Counter::default(),
+        );
+        let upstream = Upstream::register(&mut registry);
+        Self {
+            registry,
+            upstream,
+            requests,
+            continuations,
+            chat,
+            request_bytes,
+            time_to_first_byte,
         }
     }
 }
@@ -223,13 +249,25 @@ impl Metrics {
             );
         }
         for reason in CloseReason::ALL {
-            drop(self.socket_closes.get_or_create(&CloseLabels { reason }));
+            drop(
+                self.upstream
+                    .socket_closes
+                    .get_or_create(&CloseLabels { reason }),
+            );
         }
         for cause in RecoveryCause::ALL {
-            drop(self.recoveries.get_or_create(&CauseLabels { cause }));
+            drop(
+                self.upstream
+                    .recoveries
+                    .get_or_create(&CauseLabels { cause }),
+            );
         }
         for reason in FallbackReason::ALL {
-            drop(self.fallbacks.get_or_create(&FallbackLabels { reason }));
+            drop(
+                self.upstream
+                    .fallbacks
+                    .get_or_create(&FallbackLabels { reason }),
+            );
         }
         for outcome in Continuation::ALL {
             drop(
@@ -238,7 +276,11 @@ impl Metrics {
             );
         }
         for reason in Dropped::ALL {
-            drop(self.dropped_events.get_or_create(&DroppedLabels { reason }));
+            drop(
+                self.upstream
+                    .dropped_events
+                    .get_or_create(&DroppedLabels { reason }),
+            );
         }
         self.chat.zero();
     }
@@ -256,21 +298,26 @@ impl Metrics {
     }
 
     pub fn socket_opened(&self) {
-        self.socket_opens.inc();
+        self.upstream.socket_opens.inc();
     }
 
     pub fn socket_closed(&self, reason: CloseReason) {
-        self.socket_closes
+        self.upstream
+            .socket_closes
             .get_or_create(&CloseLabels { reason })
             .inc();
     }
 
     pub fn recovery(&self, cause: RecoveryCause) {
-        self.recoveries.get_or_create(&CauseLabels { cause }).inc();
+        self.upstream
+            .recoveries
+            .get_or_create(&CauseLabels { cause })
+            .inc();
     }
 
     pub fn fallback(&self, reason: FallbackReason) {
-        self.fallbacks
+        self.upstream
+            .fallbacks
             .get_or_create(&FallbackLabels { reason })
             .inc();
     }
@@ -282,19 +329,20 @@ impl Metrics {
     }
 
     pub fn head_evicted(&self) {
-        self.head_evictions.inc();
+        self.upstream.head_evictions.inc();
     }
 
     /// An upstream event was not relayed (see [`Dropped`]).
     pub fn event_dropped(&self, reason: Dropped) {
-        self.dropped_events
+        self.upstream
+            .dropped_events
             .get_or_create(&DroppedLabels { reason })
             .inc();
     }
 
     /// A `response.create` frame went upstream (once per attempt).
     pub fn frame_sent(&self, frame: usize) {
-        self.upstream_bytes.inc_by(frame as u64);
+        self.upstream.upstream_bytes.inc_by(frame as u64);
     }
 
     /// A client request body is being bridged (once per request, whatever the attempts).
@@ -306,7 +354,8 @@ impl Metrics {
     /// and the credential gauge from `credentials`.
     pub fn render(&self, sockets: [usize; 3], credentials: usize) -> String {
         self.zero_every_series();
-        self.credentials
+        self.upstream
+            .credentials
             .set(i64::try_from(credentials).unwrap_or(i64::MAX));
         for (state, count) in [
             SocketState::Idle,
@@ -316,7 +365,8 @@ impl Metrics {
         .into_iter()
         .zip(sockets)
         {
-            self.sockets
+            self.upstream
+                .sockets
                 .get_or_create(&StateLabels { state })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
