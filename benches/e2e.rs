@@ -657,6 +657,14 @@ async fn cpu(options: &Options) {
         ("WSBRIDGE_SIMULATOR_ANSWER_WORDS", "10".into()),
     ]);
     let proxy = Process::proxy(&sim.base_url(), &[]);
+    // Configured as nginx is here: one worker thread, no access log.
+    let lean = Process::proxy(
+        &sim.base_url(),
+        &[
+            ("WSBRIDGE_SERVER_WORKER_THREADS", "1".into()),
+            ("WSBRIDGE_LOG_ACCESS", "false".into()),
+        ],
+    );
     let Some(nginx) = load::Nginx::start(&sim.base_url()) else {
         println!("## f. CPU per request\n\nnginx is not installed: skipped.\n");
         return;
@@ -678,6 +686,7 @@ async fn cpu(options: &Options) {
             };
             let (nginx_us, events) = measure(&nginx.base_url(), &|| nginx.cpu_time()).await;
             let (proxy_us, _) = measure(&proxy.base_url(), &|| proxy.cpu_time()).await;
+            let (lean_us, _) = measure(&lean.base_url(), &|| lean.cpu_time()).await;
             rows.push(vec![
                 if stream {
                     format!("stream ({events} events)")
@@ -688,7 +697,9 @@ async fn cpu(options: &Options) {
                 (per_client * concurrency).to_string(),
                 format!("{nginx_us:.0}"),
                 format!("{proxy_us:.0}"),
-                format!("**{:.2}**", proxy_us / nginx_us),
+                format!("{lean_us:.0}"),
+                format!("{:.2}", proxy_us / nginx_us),
+                format!("**{:.2}**", lean_us / nginx_us),
             ]);
         }
     }
@@ -700,9 +711,11 @@ async fn cpu(options: &Options) {
             "request",
             "concurrency",
             "requests",
-            "nginx 1 worker (REST pass-through)",
-            "wsbridge (WebSocket bridge)",
-            "wsbridge / nginx",
+            "nginx, 1 worker, no access log (REST pass-through)",
+            "wsbridge, defaults (WebSocket bridge)",
+            "wsbridge, 1 worker thread, no access log",
+            "defaults / nginx",
+            "1 thread / nginx",
         ],
         &rows,
     );
