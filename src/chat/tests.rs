@@ -127,7 +127,7 @@ fn an_assistant_message_without_text_gives_no_text_item_however_it_says_so() {
         };
         assert_eq!(
             items(json!({"role": "assistant", "content": content})),
-            [user.clone()],
+            vec![user.clone()],
             "{content}"
         );
         assert_eq!(
