@@ -1,7 +1,9 @@
 """Chat Completions answer for answer (issue 12): the same `chat.completions` calls, sent with the
 official openai Python SDK straight to the simulator's chat endpoint and through the proxy (which
 bridges them onto Responses turns over its pooled sockets), give the same answers: text, refusals,
-tool calls with their ids and arguments, finish reasons and usage, chunk by chunk when streamed.
+tool calls with their ids, indexes and arguments, finish reasons and output token counts, chunk
+by chunk when streamed, for plain answers, `max_tokens`, refusals, parallel, named and legacy
+function calls, reasoning, structured output and a history of every message kind.
 Only the completion `id` and `created` differ, and what a Responses turn has no equivalent for
 (`system_fingerprint`, `obfuscation`, the chunks' `service_tier`), which `answer` and `chunk`
 leave out.
@@ -15,6 +17,7 @@ proxy every turn after the first is a continuation (the upstream receives only t
 message), and the answer is the one the simulator gives to the full history."""
 
 import json
+from collections import namedtuple
 
 import openai
 import pytest
@@ -38,21 +41,26 @@ TOOLS = [
     }
     for name in ("lookup", "search", "fetch")
 ]
+FINISH = {"length": "length", "parallel": "tool_calls", "named tool": "tool_calls", "legacy functions": "function_call"}
 CASES = {
     "text": {},
     "length": {"max_tokens": 3},
     "refusal": {"metadata": {"sim_refuse": "true"}},
     "parallel": {"tools": TOOLS, "metadata": {"sim_tool_calls": "3", "sim_parallel": "3"}},
+    "named tool": {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "fetch"}},
+                   "metadata": {"sim_tool_calls": "1"}},
+    "legacy functions": {"functions": [t["function"] for t in TOOLS], "metadata": {"sim_tool_calls": "1"}},
+    "reasoning": {"reasoning_effort": "low"},
     "history": {
         "messages": [
             {"role": "developer", "content": [{"type": "text", "text": "Be "}, {"type": "text", "text": "terse."}]},
             {"role": "user", "content": "first"},
             {"role": "assistant", "content": "ok", "refusal": None},
             {"role": "assistant", "content": None, "refusal": "I can't."},
-            {"role": "user", "content": "third"},
+            {"role": "user", "content": "second"},
             # An answer without text, as LangChain resends it.
             {"role": "assistant", "content": ""},
-            {"role": "user", "content": [{"type": "text", "text": "second"}]},
+            {"role": "user", "content": [{"type": "text", "text": "third"}]},
         ]
     },
 }
@@ -66,6 +74,12 @@ class Answer(BaseModel):
 
 # --- what a user compares -----------------------------------------------------------------------
 
+# One choice of a completion (`parsed` from `.parse()`), or of a chunk (its delta's fields).
+Choice = namedtuple("Choice", "index finish role content refusal calls function_call parsed")
+Call = namedtuple("Call", "index id type name arguments")
+Usage = namedtuple("Usage", "completion reasoning")
+Completion = namedtuple("Completion", "object model choices usage")
+
 
 def usage_of(usage):
     """The output side of the usage. The simulator counts prompt tokens from the JSON of the items
@@ -74,37 +88,29 @@ def usage_of(usage):
     if usage is None:
         return None
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
-    return usage.completion_tokens, usage.completion_tokens_details.reasoning_tokens
+    return Usage(usage.completion_tokens, usage.completion_tokens_details.reasoning_tokens)
 
 
 def calls_of(calls):
-    return [(c.index if hasattr(c, "index") else None, c.id, c.type, c.function.name, c.function.arguments)
-            for c in calls or []]
+    return [Call(getattr(c, "index", None), c.id, c.type, c.function.name, c.function.arguments) for c in calls or []]
+
+
+def choice_of(index, finish, message):
+    legacy = message.function_call
+    return Choice(index, finish, message.role, message.content, message.refusal, calls_of(message.tool_calls),
+                  legacy and (legacy.name, legacy.arguments), getattr(message, "parsed", None))
 
 
 def answer(completion):
     """A `chat.completion` without what may differ between two deployments."""
-    return {
-        "object": completion.object,
-        "model": completion.model,
-        "choices": [
-            (c.index, c.finish_reason, c.message.role, c.message.content, c.message.refusal,
-             calls_of(c.message.tool_calls), getattr(c.message, "parsed", None))
-            for c in completion.choices
-        ],
-        "usage": usage_of(completion.usage),
-    }
+    choices = [choice_of(c.index, c.finish_reason, c.message) for c in completion.choices]
+    return Completion(completion.object, completion.model, choices, usage_of(completion.usage))
 
 
 def chunk(c):
     """A `chat.completion.chunk` without what may differ between two deployments."""
-    return (
-        c.object,
-        c.model,
-        [(ch.index, ch.finish_reason, ch.delta.role, ch.delta.content, ch.delta.refusal, calls_of(ch.delta.tool_calls))
-         for ch in c.choices],
-        usage_of(c.usage),
-    )
+    choices = [choice_of(ch.index, ch.finish_reason, ch.delta) for ch in c.choices]
+    return Completion(c.object, c.model, choices, usage_of(c.usage))
 
 
 def stream_event(event):
@@ -136,23 +142,32 @@ def create_both(both, **kwargs):
 # --- single calls -------------------------------------------------------------------------------
 
 
+def check_case(case, choice, usage):
+    """What each case must answer (the same on both paths, checked once)."""
+    assert choice.finish == FINISH.get(case, "stop")
+    if case == "refusal":
+        assert choice.content is None and choice.refusal.startswith("I'm sorry")
+    elif case == "parallel":
+        assert choice.content is None and [c.name for c in choice.calls] == ["lookup", "search", "fetch"]
+        assert [json.loads(c.arguments)["step"] for c in choice.calls] == [1, 2, 3]
+    elif case == "named tool":
+        assert [c.name for c in choice.calls] == ["fetch"] and choice.function_call is None
+    elif case == "legacy functions":
+        assert choice.calls == [] and choice.function_call[0] == "lookup"
+    elif case == "length":
+        assert choice.content == "You said: hello" and (usage is None or usage.completion == 3)
+    else:
+        assert choice.content.startswith("You said: ") and choice.refusal is None and not choice.calls
+    if usage is not None:
+        assert (usage.reasoning > 0) == (case == "reasoning"), usage
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_create_answers_alike(both, case):
-    kwargs = {"messages": HELLO, **CASES[case]}
-    got = create_both(both, **kwargs)
+    got = create_both(both, **{"messages": HELLO, **CASES[case]})
     assert got["proxy"] == got["direct"]
-    [choice] = got["direct"]["choices"]
-    finish, content, refusal, calls = choice[1], choice[3], choice[4], choice[5]
-    assert finish == {"length": "length", "parallel": "tool_calls"}.get(case, "stop")
-    if case == "refusal":
-        assert content is None and refusal.startswith("I'm sorry")
-    elif case == "parallel":
-        assert content is None and [c[3] for c in calls] == ["lookup", "search", "fetch"]
-        assert [json.loads(c[4])["step"] for c in calls] == [1, 2, 3]
-    elif case == "length":
-        assert content == "You said: hello" and got["direct"]["usage"][0] == 3
-    else:
-        assert content.startswith("You said: ") and refusal is None and not calls
+    [choice] = got["direct"].choices
+    check_case(case, choice, got["direct"].usage)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -164,19 +179,34 @@ def test_streamed_chunks_alike(both, case, include_usage):
     got = create_both(both, **kwargs)
     assert got["proxy"] == got["direct"]
     chunks = got["direct"]
-    assert chunks[0][2] == [(0, None, "assistant", "", None, [])]
-    finishes = [ch[1] for c in chunks for ch in c[2] if ch[1]]
-    assert finishes == [{"length": "length", "parallel": "tool_calls"}.get(case, "stop")]
+    assert chunks[0].choices == [Choice(0, None, "assistant", "", None, [], None, None)]
     if include_usage:
         *body, last = chunks
-        assert last[2] == [] and last[3][0] > 0 and all(c[3] is None for c in body)
+        assert last.choices == [] and all(c.usage is None for c in body)
+        usage = last.usage
     else:
-        assert all(c[3] is None for c in chunks)
-    if case == "parallel":
-        headers = [call for c in chunks for ch in c[2] for call in ch[5] if call[1]]
-        assert [(h[0], h[3]) for h in headers] == [(0, "lookup"), (1, "search"), (2, "fetch")]
-    if case == "refusal":
-        assert "".join(ch[4] or "" for c in chunks for ch in c[2]).startswith("I'm sorry")
+        assert all(c.usage is None for c in chunks)
+        body, usage = chunks, None
+    # The choice the SDK's stream helper assembles from these chunks.
+    deltas = [c.choices[0] for c in body]
+    [finish] = [d.finish for d in deltas if d.finish]
+    calls = {}
+    for d in deltas:
+        for call in d.calls:
+            if call.id:
+                assert call.index == len(calls), "each call has its own index, in order"
+                calls[call.index] = call._replace(arguments="")
+            calls[call.index] = calls[call.index]._replace(arguments=calls[call.index].arguments + call.arguments)
+    legacy = [d.function_call for d in deltas if d.function_call]
+    assembled = Choice(
+        0, finish, "assistant",
+        "".join(d.content or "" for d in deltas) or None,
+        "".join(d.refusal or "" for d in deltas) or None,
+        [calls[i] for i in sorted(calls)],
+        (legacy[0][0], "".join(a or "" for _, a in legacy)) if legacy else None,
+        None,
+    )
+    check_case(case, assembled, usage)
 
 
 @pytest.mark.parametrize("case", ["text", "refusal", "parallel", "schema"])
@@ -194,7 +224,7 @@ def test_stream_helper_events_alike(both, case):
     expected = {"refusal": "refusal.done", "parallel": "tool_calls.function.arguments.done"}
     assert expected.get(case, "content.done") in types
     if case == "schema":
-        parsed = seen["direct"][1]["choices"][0][6]
+        parsed = seen["direct"][1].choices[0].parsed
         assert isinstance(parsed, Answer) and parsed.said.startswith("You said: hello parity.")
 
 
