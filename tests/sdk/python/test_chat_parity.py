@@ -229,7 +229,10 @@ def test_stream_helper_events_alike(both, case):
 
 
 def test_parse_with_a_pydantic_response_format_alike(both):
-    got = {path: c.chat.completions.parse(model=MODEL, messages=HELLO, response_format=Answer) for path, c in both.items()}
+    got = {
+        path: c.chat.completions.parse(model=MODEL, messages=HELLO, response_format=Answer)
+        for path, c in both.items()
+    }
     assert answer(got["proxy"]) == answer(got["direct"])
     parsed = got["proxy"].choices[0].message.parsed
     assert isinstance(parsed, Answer) and parsed.said.startswith("You said: hello parity.") and parsed.sure

@@ -83,7 +83,8 @@ def continuations(proxy):
     """`wsbridge_continuations_total` by outcome, from the proxy's `/metrics`."""
     with urllib.request.urlopen(f"{proxy.url}/metrics", timeout=10) as reply:
         text = reply.read().decode()
-    return {m[1]: int(float(m[2])) for m in re.finditer(r'^wsbridge_continuations_total\{outcome="(\w+)"\} (\S+)$', text, re.M)}
+    series = re.finditer(r'^wsbridge_continuations_total\{outcome="(\w+)"\} (\S+)$', text, re.M)
+    return {m[1]: int(float(m[2])) for m in series}
 
 
 def test_a_langchain_tool_loop_continues_every_turn_and_answers_as_the_direct_loop(base_url, own_proxy):
