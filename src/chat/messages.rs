@@ -8,8 +8,8 @@
 //! - each `tool_calls[i]` → a `function_call` with `call_id` = the tool call's `id`;
 //! - `tool` → `function_call_output`.
 //!
-//! An assistant message with neither text nor refusal nor tool calls gives no item, like an
-//! upstream turn whose output was only reasoning. Reasoning never comes back from a chat client:
+//! An assistant message with neither text (null, `""` or no parts) nor refusal nor tool calls
+//! gives no item, like an upstream turn whose output was only reasoning. Reasoning never comes back from a chat client:
 //! chat plans match with reasoning left out (`Engine::chat_plan`).
 
 use serde_json::{Map, Value, json};
@@ -274,9 +274,10 @@ fn assistant(
     let mut plain = None;
     match message.get("content") {
         None | Some(Value::Null) => {}
-        // Empty text beside tool calls is how many clients write "no text".
-        Some(Value::String(text))
-            if text.is_empty() && (!calls.is_empty() || present("function_call")) => {}
+        // Empty text is how many clients write "no text": beside tool calls, and for a turn
+        // whose answer had none (LangChain resends such a turn as `content: ""`). Like null, it
+        // gives no item, as the simulator's chat endpoint reads it (docs/protocol.md).
+        Some(Value::String(text)) if text.is_empty() => {}
         Some(Value::String(text)) => plain = Some(text.clone()),
         Some(Value::Array(list)) => {
             for (index, part) in list.iter().enumerate() {

@@ -108,6 +108,47 @@ fn every_message_kind_becomes_items_in_order() {
     );
 }
 
+/// `""`, null, `[]` and no `content` all say "no text": such an assistant message gives no item
+/// (only its refusal or calls), as the simulator's chat endpoint reads it, so a bridged
+/// conversation is the one a direct chat call holds.
+#[test]
+fn an_assistant_message_without_text_gives_no_text_item_however_it_says_so() {
+    let user = json!({"role": "user", "content": "hi"});
+    let call =
+        json!({"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}});
+    let refusal = json!({"type": "message", "role": "assistant", "content": [{"type": "refusal", "refusal": "No."}]});
+    let function_call =
+        json!({"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"});
+    for content in [json!(""), Value::Null, json!([])] {
+        let items = |assistant: Value| {
+            input(&bridged(
+                json!({"model": "m", "messages": [user.clone(), assistant]}),
+            ))
+        };
+        assert_eq!(
+            items(json!({"role": "assistant", "content": content})),
+            vec![user.clone()],
+            "{content}"
+        );
+        assert_eq!(
+            items(json!({"role": "assistant", "content": content, "refusal": "No."})),
+            [user.clone(), refusal.clone()],
+            "{content}"
+        );
+        assert_eq!(
+            items(json!({"role": "assistant", "content": content, "tool_calls": [call.clone()]})),
+            [user.clone(), function_call.clone()],
+            "{content}"
+        );
+    }
+    assert_eq!(
+        input(&bridged(
+            json!({"model": "m", "messages": [user.clone(), {"role": "assistant"}]})
+        )),
+        [user]
+    );
+}
+
 #[test]
 fn bad_bodies_are_400s_naming_the_field() {
     let cases = [
@@ -309,6 +350,17 @@ fn a_resent_conversation_continues_the_previous_turn_under_the_canonical_form() 
         let head = digester.extend(0, input(&turn).iter().chain(output.as_array().unwrap()));
         let mut messages = first.clone();
         messages.push(answered(output.clone()));
+        if messages.last().unwrap()["content"].is_null() {
+            // LangChain resends an answer without text as `content: ""`: the same turn.
+            let mut langchain = messages.clone();
+            langchain.last_mut().unwrap()["content"] = json!("");
+            let resent = input(&bridged(json!({"model": "m", "messages": langchain})));
+            assert_eq!(
+                digester.prefixes(&resent).last().copied(),
+                Some(head),
+                "{output}"
+            );
+        }
         for call in messages.last().unwrap()["tool_calls"]
             .as_array()
             .cloned()

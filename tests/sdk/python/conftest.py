@@ -68,7 +68,8 @@ class Wsbridge:
                     ready.set()
             ready.set()
 
-        threading.Thread(target=drain, daemon=True).start()
+        self.drainer = threading.Thread(target=drain, daemon=True)
+        self.drainer.start()
         if not ready.wait(STARTUP_TIMEOUT) or self.url is None:
             self.proc.kill()
             self.proc.wait()
@@ -94,6 +95,11 @@ class Wsbridge:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError(f"`{self.name}` ignored SIGTERM for 15 s; stderr:\n{self.log_tail()}")
+        finally:
+            # The drainer ends at the pipe's end of file; then the pipe can be closed.
+            self.drainer.join(timeout=5)
+            if not self.drainer.is_alive():
+                self.proc.stderr.close()
         assert code == 0, f"`{self.name}` must exit 0 on SIGTERM, got {code}; stderr:\n{self.log_tail()}"
 
 
