@@ -116,6 +116,9 @@ pub enum ChatPassthrough {
     Tools,
     /// An unknown field, or a known one without an equivalent (a message `name`).
     Field,
+    /// `max_tokens` / `max_completion_tokens` below the Responses API's minimum
+    /// `max_output_tokens` (16), which Chat Completions accepts.
+    OutputLimit,
 }
 
 /// How a bridged chat turn ended, as its `finish_reason` (or a failure).

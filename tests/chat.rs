@@ -110,12 +110,16 @@ async fn a_non_stream_answer_is_one_chat_completion_with_the_streams_text() {
 async fn max_tokens_reached_is_length_with_usage_and_a_refusal_is_a_refusal() {
     let bridge = bridge().await;
     let mut body = hi(true);
-    body["max_tokens"] = json!(3);
+    // 16 is the least `max_output_tokens` the Responses API takes (below it: pass-through).
+    body["max_tokens"] = json!(16);
+    body["metadata"] = json!({"sim_words": "40"});
     body["stream_options"] = json!({"include_usage": true});
-    let (chunks_, done) = sse_chunks(&chat(&bridge.url(), &body).await.body);
+    let reply = chat(&bridge.url(), &body).await;
+    assert_eq!(header(&reply, "x-wsbridge-route"), "chat-bridged");
+    let (chunks_, done) = sse_chunks(&reply.body);
     assert!(done);
     assert_eq!(finish_reason(&chunks_), ["length"]);
-    assert_eq!(chunks_.last().unwrap()["usage"]["completion_tokens"], 3);
+    assert_eq!(chunks_.last().unwrap()["usage"]["completion_tokens"], 16);
     body["stream"] = json!(false);
     let completion = chat(&bridge.url(), &body).await.json();
     assert_eq!(completion["choices"][0]["finish_reason"], "length");
@@ -356,6 +360,8 @@ async fn fields_without_a_faithful_equivalent_reach_the_chat_endpoint_byte_for_b
         r#"{"model":"m",  "n":2,"messages":[{"role":"user","content":"x"}]}"#,
         r#"{"messages":[{"role":"user","content":"x"}],"model":"m","logit_bias":{"50256":-100}}"#,
         r#"{"model":"m","messages":[{"role":"user","content":"x"}],"x_brand_new":{"a":[1,2]}}"#,
+        // Below the Responses API's least `max_output_tokens`, which chat accepts.
+        r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":5}"#,
     ];
     for body in bodies {
         let reply = request(
@@ -374,7 +380,7 @@ async fn fields_without_a_faithful_equivalent_reach_the_chat_endpoint_byte_for_b
         );
         assert_eq!(String::from_utf8(received).unwrap(), body);
     }
-    assert_eq!(seen.lock().unwrap().len(), 3);
+    assert_eq!(seen.lock().unwrap().len(), 4);
     let metrics = request(
         "GET",
         &format!("http://{}/metrics", proxy.addr()),
@@ -401,6 +407,13 @@ async fn fields_without_a_faithful_equivalent_reach_the_chat_endpoint_byte_for_b
         metric(
             &metrics,
             "wsbridge_chat_passthroughs_total{reason=\"field\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "wsbridge_chat_passthroughs_total{reason=\"output_limit\"}"
         ),
         1.0
     );

@@ -169,8 +169,20 @@ fn required(request: &Map<String, Value>) -> Result<(&str, &[Value], bool), Open
     Ok((model, messages, stream))
 }
 
+/// The smallest `max_output_tokens` the Responses API accepts (it answers a 400
+/// `integer_below_min_value` below it); Chat Completions takes any positive count.
+const MIN_OUTPUT_TOKENS: u64 = 16;
+
 /// The first field that has no faithful Responses equivalent, if any.
 fn unfaithful(request: &Map<String, Value>) -> Option<Unsupported> {
+    let present = |key: &str| request.get(key).filter(|value| !value.is_null());
+    let limit = present("max_completion_tokens").or_else(|| present("max_tokens"));
+    if limit
+        .and_then(Value::as_u64)
+        .is_some_and(|limit| limit < MIN_OUTPUT_TOKENS)
+    {
+        return Some(Unsupported::OutputLimit);
+    }
     for (key, value) in request {
         let key = key.as_str();
         if value.is_null() || SAME.contains(&key) || TRANSLATED.contains(&key) {

@@ -234,6 +234,11 @@ fn fields_without_a_faithful_equivalent_pass_through() {
             ChatPassthrough::WebSearch,
         ),
         (json!({"brand_new_field": 1}), ChatPassthrough::Field),
+        (json!({"max_tokens": 15}), ChatPassthrough::OutputLimit),
+        (
+            json!({"max_tokens": 100, "max_completion_tokens": 3}),
+            ChatPassthrough::OutputLimit,
+        ),
         (
             json!({"tools": [{"type": "custom", "custom": {"name": "x"}}]}),
             ChatPassthrough::Tools,

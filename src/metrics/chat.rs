@@ -99,7 +99,7 @@ impl ChatRoute {
 }
 
 impl ChatPassthrough {
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::Mode,
         Self::Fallback,
         Self::Choices,
@@ -116,6 +116,7 @@ impl ChatPassthrough {
         Self::Content,
         Self::Tools,
         Self::Field,
+        Self::OutputLimit,
     ];
 }
 
