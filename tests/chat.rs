@@ -121,6 +121,11 @@ async fn max_tokens_reached_is_length_with_usage_and_a_refusal_is_a_refusal() {
     assert_eq!(finish_reason(&chunks_), ["length"]);
     assert_eq!(chunks_.last().unwrap()["usage"]["completion_tokens"], 16);
     body["stream"] = json!(false);
+    // As OpenAI does, stream_options without stream is refused.
+    let refused = chat(&bridge.url(), &body).await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["error"]["param"], "stream_options");
+    body.as_object_mut().unwrap().remove("stream_options");
     let completion = chat(&bridge.url(), &body).await.json();
     assert_eq!(completion["choices"][0]["finish_reason"], "length");
 

@@ -166,6 +166,12 @@ fn required(request: &Map<String, Value>) -> Result<(&str, &[Value], bool), Open
             .with_code("invalid_type"));
         }
     };
+    if !stream && request.get("stream_options").is_some_and(|o| !o.is_null()) {
+        return Err(bad(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.".into(),
+            "stream_options",
+        ));
+    }
     Ok((model, messages, stream))
 }
 

@@ -181,6 +181,10 @@ fn bad_bodies_are_400s_naming_the_field() {
             "stream",
         ),
         (
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": true}}),
+            "stream_options",
+        ),
+        (
             json!({"model": 5, "messages": [{"role": "user", "content": "x"}]}),
             "model",
         ),
