@@ -124,7 +124,7 @@ fn root_store(trust: &Trust) -> Result<rustls::RootCertStore, TlsError> {
         let found = rustls_native_certs::load_native_certs();
         let problems: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
         if !problems.is_empty() {
-            tracing::warn!(problems = ?problems, "reading the OS trust store");
+            tracing::warn!(?problems, "some of the OS trust store could not be read");
         }
         (native, _) = roots.add_parsable_certificates(found.certs);
         if native == 0 && trust.roots == TlsRoots::Native && trust.ca_file.is_none() {
@@ -139,13 +139,12 @@ fn root_store(trust: &Trust) -> Result<rustls::RootCertStore, TlsError> {
             roots.add(cert.clone())?;
         }
     }
-    tracing::debug!(
+    tracing::info!(
+        tls_roots = %trust.roots,
         webpki,
         native,
-        ca_file = trust
-            .ca_file
-            .as_ref()
-            .map_or(0, |bundle| bundle.certs.len()),
+        ca_file = ?trust.ca_file.as_ref().map(|bundle| &bundle.path),
+        ca_file_certs = trust.ca_file.as_ref().map_or(0, |bundle| bundle.certs.len()),
         "upstream TLS roots loaded"
     );
     Ok(roots)

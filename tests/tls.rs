@@ -225,3 +225,44 @@ fn a_ca_file_that_cannot_be_read_stops_the_start_naming_the_key_and_path() {
     assert!(stderr.contains("upstream.ca_file"), "{stderr}");
     assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
 }
+
+#[tokio::test]
+async fn an_unreadable_os_store_stops_native_and_is_a_warning_with_both() {
+    let missing = std::env::temp_dir().join("wsbridge-no-such-bundle.pem");
+    let missing = missing.display().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_wsbridge"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("SSL_CERT_DIR")
+        .env("SSL_CERT_FILE", &missing)
+        .env("WSBRIDGE_UPSTREAM_TLS_ROOTS", "native")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("upstream.tls_roots = \"native\" found no usable certificate"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&missing),
+        "the unread file is named: {stderr}"
+    );
+
+    // With `both`, the built-in roots remain: the proxy starts and says what it could not read.
+    let (child, _base, log) = serve(
+        "https://localhost:1/v1",
+        &[
+            ("SSL_CERT_FILE", &missing),
+            ("WSBRIDGE_UPSTREAM_TLS_ROOTS", "both"),
+        ],
+    )
+    .await;
+    let log = log.lock().unwrap().join("\n");
+    assert!(
+        log.lines().any(|line| line.contains("WARN")
+            && line.contains("OS trust store could not be read")
+            && line.contains(&missing)),
+        "{log}"
+    );
+    stop(child);
+}
