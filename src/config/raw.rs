@@ -84,7 +84,8 @@ pub struct RawUpstream {
     /// Which CAs the upstream's certificate may chain to: `webpki` (Mozilla's, built in),
     /// `native` (the OS store; `SSL_CERT_FILE` / `SSL_CERT_DIR` honoured) or `both`.
     pub tls_roots: TlsRoots,
-    /// A PEM file of extra CAs trusted besides `tls_roots` (empty: none).
+    /// A PEM file of extra CAs trusted besides `tls_roots` (empty: none; a relative path is
+    /// from the working directory).
     pub ca_file: String,
 }
 
