@@ -28,6 +28,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use crate::continuation::ReasoningPolicy;
+pub use crate::net::TlsRoots;
+use crate::net::Trust;
 use crate::simulator::config::SimulatorConfig;
 pub use error::{ConfigError, Origin};
 pub use raw::RawConfig;
@@ -125,6 +127,8 @@ pub struct UpstreamConfig {
     pub max_frame_bytes: usize,
     pub max_message_bytes: usize,
     pub rest_fallback_cooldown: Duration,
+    /// `tls_roots` and the certificates of `ca_file`, read at load time.
+    pub trust: Trust,
 }
 
 #[derive(Debug, Clone)]
@@ -192,7 +196,14 @@ macro_rules! display_by_name {
     )*};
 }
 
-display_by_name!(UpstreamMode, LogFormat, AuthMode, ReasoningPolicy, ChatMode);
+display_by_name!(
+    UpstreamMode,
+    LogFormat,
+    AuthMode,
+    ReasoningPolicy,
+    ChatMode,
+    TlsRoots
+);
 
 /// `auth.mode`; the validated form, with the key and tokens, is [`AuthConfig`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

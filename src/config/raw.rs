@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{AuthMode, ChatMode, LogFormat, ReasoningPolicy, UpstreamMode};
+use super::{AuthMode, ChatMode, LogFormat, ReasoningPolicy, TlsRoots, UpstreamMode};
 use crate::simulator::config::RawSimulator;
 
 /// The raw file layout. Unknown keys are errors, so a typo never silently does nothing.
@@ -81,6 +81,12 @@ pub struct RawUpstream {
     /// Seconds a credential stays on REST after the upstream refused the upgrade with
     /// 426, 404 or 405.
     pub rest_fallback_cooldown_secs: u64,
+    /// Which CAs the upstream's certificate may chain to: `webpki` (Mozilla's, built in),
+    /// `native` (the OS store; `SSL_CERT_FILE` / `SSL_CERT_DIR` honoured) or `both`.
+    pub tls_roots: TlsRoots,
+    /// A PEM file of extra CAs trusted besides `tls_roots` (empty: none; a relative path is
+    /// from the working directory).
+    pub ca_file: String,
 }
 
 impl Default for RawUpstream {
@@ -95,6 +101,8 @@ impl Default for RawUpstream {
             max_frame_bytes: 16 << 20,
             max_message_bytes: 64 << 20,
             rest_fallback_cooldown_secs: 300,
+            tls_roots: TlsRoots::Both,
+            ca_file: String::new(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! (`simulator::config::validate`).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use super::raw::{RawAuth, RawConfig, RawContinuation, RawLog, RawPool, RawServer, RawUpstream};
@@ -10,6 +11,7 @@ use super::{
     AuthConfig, AuthMode, BaseUrl, ChatConfig, Config, ConfigSource, ContinuationConfig, LogConfig,
     PoolConfig, Secret, ServerConfig, UpstreamConfig,
 };
+use crate::net::{CaBundle, Trust};
 use crate::setting::{Invalid, at_least_one, invalid, parse_addr, within_ten_years};
 
 /// Every section, validated. `env` is where `auth.api_key_env` is looked up.
@@ -109,6 +111,16 @@ fn upstream(raw: RawUpstream) -> Result<UpstreamConfig, Invalid> {
             "upstream.rest_fallback_cooldown_secs",
             raw.rest_fallback_cooldown_secs,
         )?,
+        trust: Trust {
+            roots: raw.tls_roots,
+            ca_file: match raw.ca_file.as_str() {
+                "" => None,
+                path => Some(
+                    CaBundle::read(Path::new(path))
+                        .map_err(|why| invalid("upstream.ca_file", why))?,
+                ),
+            },
+        },
     })
 }
 
@@ -213,6 +225,44 @@ mod tests {
             Duration::from_secs(3600)
         );
         assert_eq!(SimulatorConfig::default().listen.port(), 0);
+    }
+
+    #[test]
+    fn tls_roots_default_to_both_and_a_bad_ca_file_is_refused_naming_key_and_path() {
+        use crate::net::TlsRoots;
+        assert_eq!(Config::default().upstream.trust.roots, TlsRoots::Both);
+        let config = load("[upstream]\ntls_roots = \"webpki\"\n", &[]).unwrap();
+        assert_eq!(config.upstream.trust.roots, TlsRoots::Webpki);
+        let error = load("", &[("WSBRIDGE_UPSTREAM_TLS_ROOTS", "system")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("upstream.tls_roots"), "{error}");
+        assert!(error.contains("`webpki`, `native`, `both`"), "{error}");
+
+        let dir = std::env::temp_dir().join(format!("wsbridge-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "just some text, no PEM block\n").unwrap();
+        let garbled = dir.join("garbled.pem");
+        std::fs::write(
+            &garbled,
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        for (path, why) in [
+            (&missing, "cannot read"),
+            (&empty, "holds no certificate"),
+            (&garbled, "certificate 1 in"),
+        ] {
+            let path = path.display().to_string();
+            let error = load("", &[("WSBRIDGE_UPSTREAM_CA_FILE", &path)])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("upstream.ca_file"), "{error}");
+            assert!(error.contains(&path), "{error}");
+            assert!(error.contains(why), "{error}");
+        }
     }
 
     #[test]

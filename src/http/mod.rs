@@ -68,7 +68,7 @@ pub enum StartError {
     #[error("cannot start the in-process simulator: {0}")]
     Simulator(std::io::Error),
     #[error("TLS setup failed: {0}")]
-    Tls(#[from] rustls::Error),
+    Tls(#[from] crate::net::TlsError),
     #[error("invalid configuration: {0}")]
     Config(String),
 }
@@ -90,7 +90,7 @@ impl Proxy {
     pub async fn start(mut config: Config) -> Result<Self, StartError> {
         let simulator = start_simulator(&mut config).await?;
         let auth = Auth::from_config(&config.auth).map_err(StartError::Config)?;
-        let tls = crate::net::tls_config()?;
+        let tls = crate::net::tls_config(&config.upstream.trust)?;
         let client = rest_client(&tls);
         let metrics = Arc::new(Metrics::default());
         let engine = Engine::new(&config, tls, metrics.clone());

@@ -92,11 +92,14 @@ pub async fn forward(
             .into_response()
         }
         Err(error) => {
-            tracing::warn!(error = %error_chain(&error), "upstream REST request failed");
+            // The cause (refused, DNS, an untrusted certificate) goes to the client too: it is
+            // what a user needs to fix a setup, and it holds no secret.
+            let cause = error_chain(&error);
+            tracing::warn!(error = %cause, "upstream REST request failed");
             let mut response = OpenAiError::new(
                 StatusCode::BAD_GATEWAY,
                 "server_error",
-                "wsbridge could not reach the upstream API. Please retry.",
+                format!("wsbridge could not reach the upstream API ({cause}). Please retry."),
             )
             .with_code("upstream_unreachable")
             .into_response();
