@@ -33,6 +33,8 @@ pub struct Encoder {
     id: String,
     created: u64,
     model: Value,
+    /// The response's `service_tier` (chat puts it on every chunk; null until known).
+    service_tier: Value,
     include_usage: bool,
     /// Legacy function calling: the first call streams as `function_call`, no `tool_calls`.
     legacy: bool,
@@ -49,6 +51,7 @@ impl Encoder {
             id,
             created: 0,
             model: Value::from(model),
+            service_tier: Value::Null,
             include_usage,
             legacy,
             calls: Vec::new(),
@@ -79,6 +82,9 @@ impl Encoder {
                 self.created = completion::created(response);
                 if let Some(model) = response.get("model").filter(|model| model.is_string()) {
                     self.model = model.clone();
+                }
+                if let Some(tier) = response.get("service_tier").filter(|tier| tier.is_string()) {
+                    self.service_tier = tier.clone();
                 }
                 json!({"role": "assistant", "content": ""})
             }
@@ -151,6 +157,7 @@ impl Encoder {
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
+            "service_tier": self.service_tier,
             "system_fingerprint": null,
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
         });
@@ -179,7 +186,7 @@ mod tests {
 
     fn created() -> Value {
         json!({"type": "response.created", "sequence_number": 0,
-               "response": {"id": "resp_1", "created_at": 1_700_000_000, "model": "gpt-up", "status": "in_progress", "output": []}})
+               "response": {"id": "resp_1", "created_at": 1_700_000_000, "model": "gpt-up", "service_tier": "default", "status": "in_progress", "output": []}})
     }
 
     fn call_added(output_index: u64, call_id: &str) -> Value {
@@ -226,6 +233,7 @@ mod tests {
                 .iter()
                 .all(|c| c["model"] == "gpt-up" && c.get("usage").is_none())
         );
+        assert!(chunks.iter().all(|c| c["service_tier"] == "default"));
         assert_eq!(
             chunks[0]["choices"][0]["delta"],
             json!({"role": "assistant", "content": ""})
