@@ -17,7 +17,7 @@ fn hello_chat(stream: bool) -> Value {
 #[tokio::test]
 async fn a_completion_answers_like_the_responses_api_for_the_same_conversation() {
     let sim = default_simulator().await;
-    let chat = post_chat(
+    let chat = chat::chat(
         &sim.base_url(),
         &json!({"model": "gpt-sim", "messages": [
             {"role": "system", "content": "Be brief."},
@@ -78,16 +78,16 @@ async fn a_completion_answers_like_the_responses_api_for_the_same_conversation()
 #[tokio::test]
 async fn a_stream_has_openais_chunk_framing_and_the_same_text() {
     let sim = default_simulator().await;
-    let plain = post_chat(&sim.base_url(), &hello_chat(false)).await.json();
+    let plain = chat::chat(&sim.base_url(), &hello_chat(false)).await.json();
     let mut body = hello_chat(true);
     body["stream_options"] = json!({"include_usage": true});
-    let reply = post_chat(&sim.base_url(), &body).await;
+    let reply = chat::chat(&sim.base_url(), &body).await;
     assert_eq!(reply.status, 200);
     assert_eq!(
         reply.headers["content-type"],
         "text/event-stream; charset=utf-8"
     );
-    let (chunks, done) = parse_chat_sse(&reply.body);
+    let (chunks, done) = chat::sse_chunks(&reply.body);
     assert!(done, "a finished stream ends with data: [DONE]");
     assert!(chunks[0]["id"].as_str().unwrap().starts_with("chatcmpl-"));
     assert_eq!(
@@ -121,7 +121,8 @@ async fn a_stream_has_openais_chunk_framing_and_the_same_text() {
     );
 
     // Without include_usage: no usage chunk and no usage field.
-    let (chunks, done) = parse_chat_sse(&post_chat(&sim.base_url(), &hello_chat(true)).await.body);
+    let (chunks, done) =
+        chat::sse_chunks(&chat::chat(&sim.base_url(), &hello_chat(true)).await.body);
     assert!(done);
     assert!(
         chunks
@@ -159,7 +160,7 @@ async fn a_parallel_tool_loop_makes_the_same_calls_and_answer_as_over_responses(
     let mut chat_turns = Vec::new();
     let chat_answer = loop {
         let body = json!({"model": "gpt-sim", "messages": messages, "tools": chat_tools(&["lookup", "search"]), "metadata": metadata});
-        let completion = post_chat(&sim.base_url(), &body).await.json();
+        let completion = chat::chat(&sim.base_url(), &body).await.json();
         let calls = chat_calls(&completion);
         if calls.is_empty() {
             assert_eq!(completion["choices"][0]["finish_reason"], "stop");
@@ -237,9 +238,9 @@ async fn streamed_parallel_calls_have_a_header_then_arguments_with_their_own_ind
     let mut body = hello_chat(false);
     body["tools"] = chat_tools(&["lookup", "search"]);
     body["metadata"] = json!({"sim_parallel": "2", "sim_tool_calls": "2"});
-    let plain = chat_calls(&post_chat(&sim.base_url(), &body).await.json());
+    let plain = chat_calls(&chat::chat(&sim.base_url(), &body).await.json());
     body["stream"] = json!(true);
-    let (chunks, done) = parse_chat_sse(&post_chat(&sim.base_url(), &body).await.body);
+    let (chunks, done) = chat::sse_chunks(&chat::chat(&sim.base_url(), &body).await.body);
     assert!(done);
     let deltas: Vec<&Value> = chunks
         .iter()
@@ -281,7 +282,7 @@ async fn max_tokens_cuts_the_answer_with_finish_reason_length() {
     for key in ["max_tokens", "max_completion_tokens"] {
         let mut body = hello_chat(false);
         body[key] = json!(3);
-        let completion = post_chat(&sim.base_url(), &body).await.json();
+        let completion = chat::chat(&sim.base_url(), &body).await.json();
         assert_eq!(completion["choices"][0]["finish_reason"], "length", "{key}");
         assert_eq!(
             completion["choices"][0]["message"]["content"],
@@ -289,7 +290,7 @@ async fn max_tokens_cuts_the_answer_with_finish_reason_length() {
         );
         assert_eq!(completion["usage"]["completion_tokens"], 3);
         body["stream"] = json!(true);
-        let (chunks, done) = parse_chat_sse(&post_chat(&sim.base_url(), &body).await.body);
+        let (chunks, done) = chat::sse_chunks(&chat::chat(&sim.base_url(), &body).await.body);
         assert!(done);
         assert_eq!(
             chunks.last().unwrap()["choices"][0]["finish_reason"],
@@ -305,7 +306,7 @@ async fn refusals_n_choices_json_schema_reasoning_and_legacy_functions() {
     let url = sim.base_url();
     let mut refuse = hello_chat(false);
     refuse["metadata"] = json!({"sim_refuse": "true"});
-    let message = &post_chat(&url, &refuse).await.json()["choices"][0]["message"];
+    let message = &chat::chat(&url, &refuse).await.json()["choices"][0]["message"];
     assert!(message["content"].is_null());
     assert!(
         message["refusal"]
@@ -314,7 +315,7 @@ async fn refusals_n_choices_json_schema_reasoning_and_legacy_functions() {
             .starts_with("I'm sorry")
     );
     refuse["stream"] = json!(true);
-    let (chunks, _) = parse_chat_sse(&post_chat(&url, &refuse).await.body);
+    let (chunks, _) = chat::sse_chunks(&chat::chat(&url, &refuse).await.body);
     assert_eq!(
         chat_deltas(&chunks, 0, "refusal"),
         message["refusal"].as_str().unwrap()
@@ -322,12 +323,12 @@ async fn refusals_n_choices_json_schema_reasoning_and_legacy_functions() {
 
     let mut flex = hello_chat(false);
     flex["service_tier"] = json!("flex");
-    assert_eq!(post_chat(&url, &flex).await.json()["service_tier"], "flex");
+    assert_eq!(chat::chat(&url, &flex).await.json()["service_tier"], "flex");
 
     let mut two = hello_chat(false);
     two["n"] = json!(2);
-    let completion = post_chat(&url, &two).await.json();
-    let one = post_chat(&url, &hello_chat(false)).await.json();
+    let completion = chat::chat(&url, &two).await.json();
+    let one = chat::chat(&url, &hello_chat(false)).await.json();
     assert_eq!(completion["choices"].as_array().unwrap().len(), 2);
     assert_eq!(completion["choices"][1]["index"], 1);
     assert_eq!(
@@ -335,7 +336,7 @@ async fn refusals_n_choices_json_schema_reasoning_and_legacy_functions() {
         one["usage"]["completion_tokens"].as_u64().unwrap() * 2
     );
     two["stream"] = json!(true);
-    let (chunks, _) = parse_chat_sse(&post_chat(&url, &two).await.body);
+    let (chunks, _) = chat::sse_chunks(&chat::chat(&url, &two).await.body);
     assert_eq!(
         chat_deltas(&chunks, 1, "content"),
         chat_deltas(&chunks, 0, "content")
@@ -345,7 +346,7 @@ async fn refusals_n_choices_json_schema_reasoning_and_legacy_functions() {
     schema["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "Answer", "strict": true, "schema": {
         "type": "object", "properties": {"said": {"type": "string"}, "count": {"type": "integer"}},
         "required": ["said", "count"], "additionalProperties": false}}});
-    let content = post_chat(&url, &schema).await.json()["choices"][0]["message"]["content"]
+    let content = chat::chat(&url, &schema).await.json()["choices"][0]["message"]["content"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -360,7 +361,7 @@ async fn refusals_n_choices_json_schema_reasoning_and_legacy_functions() {
 
     let mut reasoning = hello_chat(false);
     reasoning["reasoning_effort"] = json!("low");
-    let usage = &post_chat(&url, &reasoning).await.json()["usage"];
+    let usage = &chat::chat(&url, &reasoning).await.json()["usage"];
     assert!(
         usage["completion_tokens_details"]["reasoning_tokens"]
             .as_u64()
@@ -370,13 +371,13 @@ async fn refusals_n_choices_json_schema_reasoning_and_legacy_functions() {
 
     let mut legacy = hello_chat(false);
     legacy["functions"] = json!([{"name": "lookup", "parameters": {"type": "object"}}]);
-    let choice = &post_chat(&url, &legacy).await.json()["choices"][0];
+    let choice = &chat::chat(&url, &legacy).await.json()["choices"][0];
     assert_eq!(choice["finish_reason"], "function_call");
     assert_eq!(choice["message"]["function_call"]["name"], "lookup");
     assert!(choice["message"].get("tool_calls").is_none());
     legacy["metadata"] = json!({"sim_parallel": "3", "sim_tool_calls": "3"});
     legacy["stream"] = json!(true);
-    let (chunks, done) = parse_chat_sse(&post_chat(&url, &legacy).await.body);
+    let (chunks, done) = chat::sse_chunks(&chat::chat(&url, &legacy).await.body);
     assert!(done);
     let headers = chunks
         .iter()
@@ -398,20 +399,20 @@ async fn tool_choice_decides_whether_and_which_function_is_called() {
         chat_calls(&completion).into_iter().map(|c| c.1).collect()
     };
     assert_eq!(
-        names(post_chat(&sim.base_url(), &body).await.json()),
+        names(chat::chat(&sim.base_url(), &body).await.json()),
         ["lookup"]
     );
     body["tool_choice"] = json!({"type": "function", "function": {"name": "search"}});
     assert_eq!(
-        names(post_chat(&sim.base_url(), &body).await.json()),
+        names(chat::chat(&sim.base_url(), &body).await.json()),
         ["search"]
     );
     body["tool_choice"] = json!("none");
-    let completion = post_chat(&sim.base_url(), &body).await.json();
+    let completion = chat::chat(&sim.base_url(), &body).await.json();
     assert_eq!(completion["choices"][0]["finish_reason"], "stop");
     assert!(names(completion).is_empty());
     body["tool_choice"] = json!({"type": "function"});
-    let error = post_chat(&sim.base_url(), &body).await;
+    let error = chat::chat(&sim.base_url(), &body).await;
     assert_eq!(error.status, 400);
     assert_eq!(error.json()["error"]["param"], "tool_choice");
 }

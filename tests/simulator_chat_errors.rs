@@ -130,7 +130,7 @@ async fn turn_faults_apply_to_chat_as_to_rest() {
         body["metadata"] = json!({"sim_fault": fault});
         body
     };
-    let limited = post_chat(
+    let limited = chat::chat(
         &sim.base_url(),
         &with("error:429:rate_limit_exceeded", false),
     )
@@ -138,20 +138,20 @@ async fn turn_faults_apply_to_chat_as_to_rest() {
     assert_eq!(limited.status, 429);
     assert_eq!(limited.json()["error"]["code"], "rate_limit_exceeded");
 
-    let failed = post_chat(&sim.base_url(), &with("response_failed", false)).await;
+    let failed = chat::chat(&sim.base_url(), &with("response_failed", false)).await;
     assert_eq!(failed.status, 500);
     assert_eq!(failed.json()["error"]["code"], "server_error");
 
     let (status, text, clean) = request_partial(&url, &with("response_failed", true)).await;
     assert_eq!(status, 200);
     assert!(clean);
-    let (chunks, done) = parse_chat_sse(&text);
+    let (chunks, done) = chat::sse_chunks(&text);
     assert!(!done, "an error ends the stream without [DONE]");
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     assert_eq!(chunks.last().unwrap()["error"]["code"], "server_error");
 
     let (_, text, _) = request_partial(&url, &with("stream_error:rate_limit_exceeded", true)).await;
-    let (chunks, done) = parse_chat_sse(&text);
+    let (chunks, done) = chat::sse_chunks(&text);
     assert!(!done);
     assert_eq!(
         chunks.last().unwrap()["error"]["code"],
@@ -175,9 +175,9 @@ async fn turn_faults_apply_to_chat_as_to_rest() {
     let (_, text, clean) =
         request_partial(&url, &with("repeat_sequence,keepalive:2,late_event", true)).await;
     assert!(clean);
-    let (chunks, done) = parse_chat_sse(&text);
+    let (chunks, done) = chat::sse_chunks(&text);
     assert!(done);
-    let plain = post_chat(&sim.base_url(), &hello_chat(false)).await.json();
+    let plain = chat::chat(&sim.base_url(), &hello_chat(false)).await.json();
     assert_eq!(
         chat_deltas(&chunks, 0, "content"),
         plain["choices"][0]["message"]["content"].as_str().unwrap()
@@ -196,7 +196,7 @@ async fn chat_turns_pay_the_latency_model() {
     })
     .await;
     let started = tokio::time::Instant::now();
-    let completion = post_chat(&sim.base_url(), &hello_chat(false)).await.json();
+    let completion = chat::chat(&sim.base_url(), &hello_chat(false)).await.json();
     let tokens = completion["usage"]["completion_tokens"].as_u64().unwrap();
     let floor = Duration::from_millis(150 + 10 * (tokens - 1));
     assert!(

@@ -9,7 +9,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::request::{Verdict, bad, expect_str};
+use super::request::{Verdict, bad, expect_array, expect_str};
 use crate::outcome::ChatPassthrough as Unsupported;
 use crate::protocol::OpenAiError;
 
@@ -54,13 +54,7 @@ pub fn tools(request: &Map<String, Value>) -> Result<Verdict<Vec<(String, Value)
     }
     let mut out = Vec::new();
     if let Some(functions) = present("functions") {
-        let Some(functions) = functions.as_array() else {
-            return Err(bad(
-                "Invalid type for 'functions': expected an array.".into(),
-                "functions",
-            )
-            .with_code("invalid_type"));
-        };
+        let functions = expect_array(functions, "functions")?;
         let mut tools = Vec::with_capacity(functions.len());
         for (index, function) in functions.iter().enumerate() {
             let at = format!("functions[{index}]");

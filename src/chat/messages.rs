@@ -15,7 +15,7 @@
 use serde_json::{Map, Value, json};
 
 use super::legacy;
-use super::request::{Verdict, bad, expect_str};
+use super::request::{Verdict, bad, expect_array, expect_str};
 use crate::outcome::ChatPassthrough as Unsupported;
 use crate::protocol::OpenAiError;
 
@@ -259,15 +259,7 @@ fn assistant(
     }
     let calls = match message.get("tool_calls") {
         None | Some(Value::Null) => &[][..],
-        Some(Value::Array(calls)) => calls.as_slice(),
-        Some(_) => {
-            let calls_at = format!("{at}.tool_calls");
-            return Err(bad(
-                format!("Invalid type for '{calls_at}': expected an array."),
-                &calls_at,
-            )
-            .with_code("invalid_type"));
-        }
+        Some(calls) => expect_array(calls, &format!("{at}.tool_calls"))?,
     };
     let content_at = format!("{at}.content");
     let mut parts = Vec::new();

@@ -33,6 +33,17 @@ pub(super) fn bad(message: String, param: &str) -> OpenAiError {
     OpenAiError::invalid_request(message).with_param(param)
 }
 
+/// `value` as an array, or the 400 `invalid_type` naming `param`.
+pub(super) fn expect_array<'a>(value: &'a Value, param: &str) -> Result<&'a [Value], OpenAiError> {
+    value.as_array().map(Vec::as_slice).ok_or_else(|| {
+        bad(
+            format!("Invalid type for '{param}': expected an array."),
+            param,
+        )
+        .with_code("invalid_type")
+    })
+}
+
 /// `value` as a string, or a 400 naming `param`.
 pub(super) fn expect_str<'a>(value: &'a Value, param: &str) -> Result<&'a str, OpenAiError> {
     value.as_str().ok_or_else(|| {
@@ -228,13 +239,7 @@ fn unfaithful(request: &Map<String, Value>) -> Option<Unsupported> {
 fn tools(request: &Map<String, Value>) -> Result<Verdict<Vec<(String, Value)>>, OpenAiError> {
     let mut out = Vec::new();
     if let Some(tools) = request.get("tools").filter(|value| !value.is_null()) {
-        let Some(tools) = tools.as_array() else {
-            return Err(bad(
-                "Invalid type for 'tools': expected an array.".into(),
-                "tools",
-            )
-            .with_code("invalid_type"));
-        };
+        let tools = expect_array(tools, "tools")?;
         let mut flat = Vec::with_capacity(tools.len());
         for (index, tool) in tools.iter().enumerate() {
             let at = format!("tools[{index}]");

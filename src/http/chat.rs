@@ -19,8 +19,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::App;
-use super::passthrough::{self, X_ACCEL_BUFFERING};
-use super::responses::{X_WSBRIDGE_CONTINUATION, broken_response};
+use super::passthrough;
+use super::responses::{SseSource, X_WSBRIDGE_CONTINUATION, broken_response, sse_response};
 use crate::auth::Credential;
 use crate::chat::stream::{Encoder, End};
 use crate::chat::{self, Bridged, Verdict, completion};
@@ -161,23 +161,7 @@ fn stream_chunks(app: &App, turn: Turn, encoder: Encoder) -> Response {
         finished: false,
         metrics: app.metrics.clone(),
     };
-    // The body is polled after the handler returned; the turn logs in the request's span.
-    let body = futures_util::stream::unfold(relay, move |mut relay| async move {
-        let chunk = relay.next_chunk().await?;
-        Some((Ok::<_, std::convert::Infallible>(chunk), relay))
-    });
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream; charset=utf-8"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-            (X_ACCEL_BUFFERING, HeaderValue::from_static("no")),
-        ],
-        Body::from_stream(body),
-    )
-        .into_response()
+    sse_response(relay)
 }
 
 /// The chunk encoder of one turn; dropping it (the client went away) drops the turn, which
@@ -190,7 +174,7 @@ struct Relay {
     metrics: Arc<crate::metrics::Metrics>,
 }
 
-impl Relay {
+impl SseSource for Relay {
     async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
             if self.finished {

@@ -105,10 +105,21 @@ fn stream_events(app: &App, turn: Turn) -> Response {
         keepalive: app.config.server.sse_keepalive,
         finished: false,
     };
-    // The body is polled after the handler returned; the turn logs in the request's span.
-    let body = futures_util::stream::unfold(relay, move |mut relay| async move {
-        let chunk = relay.next_chunk().await?;
-        Some((Ok::<_, std::convert::Infallible>(chunk), relay))
+    sse_response(relay)
+}
+
+/// An SSE encoder over a turn: the next bytes to write, `None` at the end.
+pub(super) trait SseSource: Send + 'static {
+    fn next_chunk(&mut self) -> impl std::future::Future<Output = Option<Bytes>> + Send;
+}
+
+/// The streaming answer of an SSE front-end: its headers, and a body that writes each chunk
+/// as `source` yields it. The body is polled after the handler returned; the turn logs in
+/// the request's span.
+pub(super) fn sse_response(source: impl SseSource) -> Response {
+    let body = futures_util::stream::unfold(source, move |mut source| async move {
+        let chunk = source.next_chunk().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), source))
     });
     (
         [
@@ -132,7 +143,7 @@ struct Relay {
     finished: bool,
 }
 
-impl Relay {
+impl SseSource for Relay {
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if self.finished {
             return None;
@@ -150,7 +161,9 @@ impl Relay {
             Next::Done => None,
         }
     }
+}
 
+impl Relay {
     /// The event that ends a broken stream: `response.failed` numbered after the last event
     /// relayed (or a flat `error` event when no `response.created` was relayed).
     fn failure(&self, cause: &Break) -> Bytes {

@@ -19,11 +19,13 @@ pub async fn chat(base_url: &str, body: &Value) -> Reply {
     .await
 }
 
-/// A streamed chat body: its chunks, and whether it ended with `data: [DONE]`. Asserts the
-/// framing: data-only events, one JSON line each, `[DONE]` only last.
+/// A streamed chat body: its chunks, and whether it ended with `data: [DONE]`. Asserts
+/// OpenAI's framing: data-only events (comments such as keep-alives skipped), one JSON line
+/// each, `[DONE]` only last, and the same `object`, `id`, `created` and `model` on every chunk
+/// but an error.
 pub fn sse_chunks(body: &str) -> (Vec<Value>, bool) {
     assert!(body.ends_with("\n\n"), "ends with a blank line: {body:?}");
-    let mut out = Vec::new();
+    let mut out: Vec<Value> = Vec::new();
     let mut done = false;
     for block in body
         .split("\n\n")
@@ -38,6 +40,15 @@ pub fn sse_chunks(body: &str) -> (Vec<Value>, bool) {
             done = true;
         } else {
             out.push(serde_json::from_str(data).unwrap());
+        }
+    }
+    let stamped: Vec<&Value> = out.iter().filter(|c| c.get("error").is_none()).collect();
+    if let Some(first) = stamped.first() {
+        for chunk in &stamped {
+            assert_eq!(chunk["object"], "chat.completion.chunk", "{chunk}");
+            for key in ["id", "created", "model"] {
+                assert_eq!(chunk[key], first[key], "{key} differs between chunks");
+            }
         }
     }
     (out, done)

@@ -630,51 +630,6 @@ pub fn lookup_tools() -> Value {
 
 // ---------------------------------------------------------------- Chat Completions
 
-/// `POST {base_url}/chat/completions` with [`KEY`].
-pub async fn post_chat(base_url: &str, body: &Value) -> Reply {
-    request(
-        "POST",
-        &format!("{base_url}/chat/completions"),
-        Some(KEY),
-        Some(body.to_string()),
-    )
-    .await
-}
-
-/// Parses a Chat Completions SSE body, asserting OpenAI's framing: data-only events (no
-/// `event:` lines), one `data:` line each, the same `id`, `created` and `model` on every
-/// chunk. Returns the chunks and whether the body ended with `data: [DONE]`.
-pub fn parse_chat_sse(body: &str) -> (Vec<Value>, bool) {
-    assert!(
-        body.ends_with("\n\n"),
-        "an SSE body ends with a blank line: {body:?}"
-    );
-    let mut chunks: Vec<Value> = Vec::new();
-    let mut done = false;
-    for block in body.split("\n\n").filter(|block| !block.is_empty()) {
-        assert!(!done, "nothing may follow data: [DONE]: {block:?}");
-        let data = block
-            .strip_prefix("data: ")
-            .unwrap_or_else(|| panic!("chat SSE is data-only: {block:?}"));
-        assert!(!data.contains('\n'), "one data: line per event: {block:?}");
-        if data == "[DONE]" {
-            done = true;
-            continue;
-        }
-        chunks.push(serde_json::from_str(data).unwrap());
-    }
-    let stamped: Vec<&Value> = chunks.iter().filter(|c| c.get("error").is_none()).collect();
-    if let Some(first) = stamped.first() {
-        for chunk in &stamped {
-            assert_eq!(chunk["object"], "chat.completion.chunk", "{chunk}");
-            for key in ["id", "created", "model"] {
-                assert_eq!(chunk[key], first[key], "{key} differs between chunks");
-            }
-        }
-    }
-    (chunks, done)
-}
-
 /// The text of every `delta.content` of choice `index`, concatenated.
 pub fn chat_deltas(chunks: &[Value], index: u64, field: &str) -> String {
     chunks
