@@ -386,42 +386,10 @@ async fn fields_without_a_faithful_equivalent_reach_the_chat_endpoint_byte_for_b
         assert_eq!(String::from_utf8(received).unwrap(), body);
     }
     assert_eq!(seen.lock().unwrap().len(), 4);
-    let metrics = request(
-        "GET",
-        &format!("http://{}/metrics", proxy.addr()),
-        None,
-        None,
-    )
-    .await
-    .body;
-    assert_eq!(
-        metric(
-            &metrics,
-            "wsbridge_chat_passthroughs_total{reason=\"choices\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &metrics,
-            "wsbridge_chat_passthroughs_total{reason=\"logit_bias\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &metrics,
-            "wsbridge_chat_passthroughs_total{reason=\"field\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &metrics,
-            "wsbridge_chat_passthroughs_total{reason=\"output_limit\"}"
-        ),
-        1.0
-    );
+    for reason in ["choices", "logit_bias", "field", "output_limit"] {
+        let series = format!("wsbridge_chat_passthroughs_total{{reason=\"{reason}\"}}");
+        assert_eq!(proxy_metric(&proxy, &series).await, 1.0, "{series}");
+    }
 }
 
 #[tokio::test]
