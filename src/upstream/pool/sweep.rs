@@ -83,9 +83,16 @@ impl Inner {
             }
             let partitions: Vec<Arc<Partition>> =
                 lock(&self.partitions).values().cloned().collect();
-            for partition in partitions {
-                self.sweep(&partition);
-            }
+            // One sweep polls every idle socket once (`now_or_never`) in a single poll of this
+            // task. Under tokio's cooperative budget the sockets past the first hundred or so
+            // would see every read as pending, sweep after sweep, and be closed for pongs
+            // they had received; so the sweep runs outside the budget. It never waits.
+            tokio::task::unconstrained(async {
+                for partition in partitions {
+                    self.sweep(&partition);
+                }
+            })
+            .await;
         }
         let partitions: Vec<Arc<Partition>> = lock(&self.partitions).values().cloned().collect();
         for partition in partitions {
@@ -287,6 +294,31 @@ mod tests {
         assert_eq!(upstream.pings(0), 6, "at 1, 11, 21, 31, 41 and 51 s");
         assert_eq!(pool.closes(CloseReason::PingTimeout), 0);
         assert_eq!(pool.census(), [1, 0, 0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_idle_socket_of_a_large_pool_reads_its_pongs() {
+        // One sweep reads, flushes and pings every idle socket in one poll of the sweeper:
+        // within tokio's cooperative budget, the sockets late in the list would read nothing
+        // at every sweep and be closed as unanswered (seen as steady `ping_timeout` closes
+        // under load).
+        const SOCKETS: usize = 150;
+        let (pool, upstream) = fake::pool(PoolConfig {
+            max_sockets: SOCKETS,
+            ping_interval: Some(SECOND),
+            ..fake::config()
+        });
+        let mut leases = Vec::new();
+        for _ in 0..SOCKETS {
+            leases.push(lease(&pool).await);
+        }
+        for checkout in leases {
+            checkout.lease.release();
+        }
+        sleep(SECOND * 10 + HALF).await;
+        assert_eq!(pool.closes(CloseReason::PingTimeout), 0);
+        assert_eq!(pool.census(), [SOCKETS, 0, 0]);
+        assert_eq!(upstream.pings(SOCKETS - 1), 10, "one ping a second");
     }
 
     #[tokio::test(start_paused = true)]
