@@ -200,6 +200,75 @@ async fn the_header_deadline_never_cuts_a_request_that_arrived_in_time() {
     }
 }
 
+/// An HTTP/2 (prior knowledge) connection to the proxy: its request sender, and a task that
+/// ends when the proxy closes the connection.
+async fn h2_connection(
+    addr: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<String>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (sender, task)
+}
+
+async fn h2_request(
+    sender: &mut hyper::client::conn::http2::SendRequest<String>,
+    body: Option<&serde_json::Value>,
+) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let request = match body {
+        Some(body) => hyper::Request::post("http://proxy/v1/responses")
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("content-type", "application/json")
+            .body(body.to_string()),
+        None => hyper::Request::get("http://proxy/healthz").body(String::new()),
+    };
+    let response = sender.send_request(request.unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[tokio::test]
+async fn idle_http2_connections_are_closed_and_busy_ones_kept() {
+    let bridge = bridge_with(SimulatorConfig::default(), |config| {
+        config.server.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // A stream that outlives two idle periods keeps its connection; a request after it works.
+    let (mut sender, closed) = h2_connection(bridge.proxy.addr()).await;
+    let body = json!({"model": "gpt-sim", "input": "hi", "stream": true,
+                      "metadata": {"sim_fault": "stall_within:2500"}});
+    let (status, text) = h2_request(&mut sender, Some(&body)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        parse_sse(&text).last().unwrap()["type"],
+        "response.completed"
+    );
+    assert_eq!(h2_request(&mut sender, None).await.0, 200);
+    // Then idle: closed (GOAWAY) within two periods, not before one.
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(PATIENCE, closed)
+        .await
+        .expect("an idle HTTP/2 connection stayed open")
+        .unwrap();
+    let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_millis(2500),
+        "closed after {idle:?} idle"
+    );
+}
+
 #[tokio::test]
 async fn connections_beyond_max_connections_wait_until_one_closes() {
     let bridge = bridge_with(SimulatorConfig::default(), |config| {

@@ -5,7 +5,9 @@
 //! - at most `server.max_connections` open connections (one permit each); beyond that the
 //!   listener is not polled, so new connections wait in the kernel's backlog;
 //! - a connection must complete a request's headers within `server.header_read_timeout`
-//!   (silent and trickling clients are closed), which also bounds idle keep-alive time;
+//!   (silent and trickling clients are closed), which also bounds idle keep-alive time: hyper
+//!   enforces it between HTTP/1 requests, and an HTTP/2 connection with no stream open for a
+//!   whole period of it is sent GOAWAY and closed ([`Streams`]);
 //! - header blocks are bounded: HTTP/1 reads at most twice `server.max_header_bytes` of
 //!   headers (hyper answers 431 beyond that), HTTP/2 header lists at most
 //!   `server.max_header_bytes`; the router answers 431 in OpenAI's shape above the limit.
@@ -14,7 +16,7 @@
 //! requests and close; `kill` drops whatever connections are still open.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -114,10 +116,25 @@ async fn connection(
     crate::net::no_delay(&tcp);
     let requested = Arc::new(AtomicBool::new(false));
     let seen = requested.clone();
+    let streams = Arc::new(Streams::default());
+    let counted = streams.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         seen.store(true, Ordering::Relaxed);
         let mut router = router.clone();
-        async move { router.call(request).await }
+        // HTTP/1 keep-alive is bounded by hyper; HTTP/2 streams are counted for the idle check.
+        let stream = (request.version() == hyper::Version::HTTP_2).then(|| counted.open());
+        async move {
+            let response = router.call(request).await?;
+            Ok::<_, std::convert::Infallible>(match stream {
+                Some(stream) => response.map(|body| {
+                    axum::body::Body::new(CountedBody {
+                        inner: body,
+                        _stream: stream,
+                    })
+                }),
+                None => response,
+            })
+        }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
     tokio::pin!(connection);
@@ -125,6 +142,9 @@ async fn connection(
     tokio::pin!(first_request);
     let mut draining = false;
     let mut deadline_passed = false;
+    let mut idle_check = tokio::time::interval(header_read_timeout);
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut opened_at_last_check = 0;
     loop {
         tokio::select! {
             served = connection.as_mut() => {
@@ -142,11 +162,79 @@ async fn connection(
                 }
                 deadline_passed = true;
             }
+            _ = idle_check.tick(), if deadline_passed && !draining => {
+                if streams.idle_since(&mut opened_at_last_check) {
+                    tracing::debug!("closing an HTTP/2 client connection idle for a whole header_read_timeout");
+                    connection.as_mut().graceful_shutdown();
+                    draining = true;
+                }
+            }
             () = shutdown.stop.cancelled(), if !draining => {
                 connection.as_mut().graceful_shutdown();
                 draining = true;
             }
             () = shutdown.kill.cancelled() => return,
         }
+    }
+}
+
+/// The HTTP/2 streams of one connection: how many are open, and how many were ever opened.
+#[derive(Debug, Default)]
+struct Streams {
+    open: AtomicUsize,
+    opened: AtomicUsize,
+}
+
+impl Streams {
+    fn open(self: &Arc<Self>) -> OpenStream {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenStream(self.clone())
+    }
+
+    /// True when HTTP/2 streams were served, none is open, and none opened since the last
+    /// check (`opened_before`, updated): the connection sat idle for a whole period.
+    fn idle_since(&self, opened_before: &mut usize) -> bool {
+        let opened = self.opened.load(Ordering::Relaxed);
+        let idle = opened > 0 && opened == *opened_before && self.open.load(Ordering::Relaxed) == 0;
+        *opened_before = opened;
+        idle
+    }
+}
+
+/// One open HTTP/2 stream; closed when its response body is dropped (sent or abandoned).
+#[derive(Debug)]
+struct OpenStream(Arc<Streams>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that holds its stream open until it is dropped.
+#[derive(Debug)]
+struct CountedBody {
+    inner: axum::body::Body,
+    _stream: OpenStream,
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
