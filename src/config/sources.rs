@@ -38,6 +38,7 @@ impl Merged {
         };
         if let Some(path) = &sources.file {
             merged.tree = read_file(path)?;
+            relative_to_file(&mut merged.tree, path);
             for key in leaf_keys(&merged.tree) {
                 merged.origins.insert(key, Origin::File(path.clone()));
             }
@@ -95,6 +96,28 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
             path: path.to_owned(),
             message: error.to_string(),
         })
+}
+
+/// Keys that name files: a relative path written in the config file is relative to the
+/// file's directory (so a config and its CA bundle can move together, e.g. as one mounted
+/// volume); from the environment or a flag it stays relative to the working directory.
+const FILE_PATH_KEYS: &[&[&str]] = &[&["upstream", "ca_file"]];
+
+fn relative_to_file(tree: &mut toml::Table, file: &Path) {
+    let Some(directory) = file.parent() else {
+        return;
+    };
+    for key in FILE_PATH_KEYS {
+        let Some(toml::Value::String(value)) = lookup(tree, key) else {
+            continue;
+        };
+        if value.is_empty() || Path::new(value).is_absolute() {
+            continue;
+        }
+        let resolved = directory.join(value).to_string_lossy().into_owned();
+        let key: Vec<String> = key.iter().map(|part| (*part).to_owned()).collect();
+        set_path(tree, &key, toml::Value::String(resolved));
+    }
 }
 
 /// The default tree, as TOML.
@@ -220,6 +243,41 @@ mod tests {
         assert_eq!(config.simulator.accepted_keys, ["sk-a", "sk-b"]);
         assert_eq!(config.server.listen.to_string(), "0.0.0.0:9");
         assert_eq!(config.simulator.latency.ttft, Duration::from_micros(12_500));
+    }
+
+    #[test]
+    fn a_relative_ca_file_in_the_file_is_relative_to_the_file() {
+        let directory =
+            std::env::temp_dir().join(format!("wsbridge-config-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let file = directory.join("config.toml");
+        std::fs::write(&file, "[upstream]\nca_file = \"certs/ca.pem\"\n").unwrap();
+        let read = |env: Vec<(String, String)>| {
+            Config::load(Sources {
+                file: Some(file.clone()),
+                env,
+                overrides: Vec::new(),
+            })
+            .unwrap_err()
+            .to_string()
+        };
+        // The file does not exist either way: the error names the path that was tried.
+        let from_file = read(Vec::new());
+        let expected = directory.join("certs/ca.pem");
+        assert!(
+            from_file.contains(&*expected.to_string_lossy()),
+            "{from_file}"
+        );
+        let from_env = read(vec![("WSBRIDGE_UPSTREAM_CA_FILE".into(), "ca.pem".into())]);
+        assert!(
+            from_env.contains("\"ca.pem\"") || from_env.contains(" ca.pem"),
+            "{from_env}"
+        );
+        assert!(
+            !from_env.contains(&*directory.to_string_lossy()),
+            "{from_env}"
+        );
+        std::fs::remove_dir_all(&directory).unwrap();
     }
 
     #[test]
