@@ -55,6 +55,9 @@ pub async fn forward(
     };
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
+    for (name, value) in &app.config.upstream.headers {
+        headers.insert(name, value.clone());
+    }
     credential.apply(&mut headers);
     // A client body that breaks off or is malformed fails the upstream request too; this flag
     // tells that apart from an upstream failure (400, not 502).
