@@ -1,7 +1,7 @@
-//! Azure OpenAI's shape, with no network: the simulator serves under `/openai/v1`, takes its
-//! key only in `api-key` and refuses any request without `api-version=preview`; the proxy runs
-//! README's "Azure OpenAI" configuration against it. Also `upstream.headers` on every
-//! handshake and REST request.
+//! Upstreams other than api.openai.com, with no network. Azure OpenAI's shape: the simulator
+//! serves under `/openai/v1`, takes its key only in `api-key` and refuses any request without
+//! `api-version=preview`; the proxy runs README's "Azure OpenAI" configuration against it.
+//! Also `upstream.headers` on every handshake and REST request, and a profile's frame limit.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
@@ -210,4 +210,31 @@ async fn upstream_headers_reach_the_handshake_and_rest_of_a_plain_openai_upstrea
         assert_eq!(seen.headers["authorization"], format!("Bearer {MASKED_KEY}"));
         assert_eq!(seen.query, None);
     }
+}
+
+#[tokio::test]
+async fn the_vercel_profile_sends_a_frame_over_4_mib_over_rest() {
+    let sim = common::default_simulator().await;
+    let file = format!(
+        "[upstream]\nbase_url = \"{}\"\nprofile = \"vercel\"\n",
+        sim.base_url()
+    );
+    let proxy = proxy(&file, &[], |config| {
+        assert_eq!(config.upstream.max_frame_bytes, 4 << 20);
+        assert_eq!(config.pool.max_age.as_secs(), 480);
+        assert_eq!(config.pool.idle_timeout.as_secs(), 240);
+    })
+    .await;
+    let base = proxy.base_url();
+    let small = post_json(&base, &json!({"model": "m", "input": "hi"})).await;
+    assert_eq!(small.status, 200, "{}", small.body);
+    let large = "x".repeat(9 << 19);
+    let large = post_json(&base, &json!({"model": "m", "input": large})).await;
+    assert_eq!(large.status, 200, "{}", large.body);
+    let transports: Vec<Transport> = sim.stats().turns.iter().map(|t| t.transport).collect();
+    assert_eq!(transports, [Transport::Ws, Transport::Rest]);
+    let metrics = request("GET", &format!("http://{}/metrics", proxy.addr()), None, None).await;
+    let series = "wsbridge_rest_fallbacks_total{reason=\"frame_too_large\"}";
+    assert_eq!(common::metric(&metrics.body, series), 1.0);
+    proxy.shutdown().await;
 }
