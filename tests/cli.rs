@@ -505,7 +505,10 @@ async fn the_start_up_line_says_what_is_in_force_without_secrets() {
             "--upstream",
             "https://user:hunter2@example.invalid/v1",
         ],
-        &[("WSBRIDGE_POOL_MAX_SOCKETS", "5")],
+        &[
+            ("WSBRIDGE_POOL_MAX_SOCKETS", "5"),
+            ("WSBRIDGE_POOL_IDLE_TIMEOUT_SECS", "30"),
+        ],
     );
     assert_eq!(terminate(&mut child).code(), Some(0));
     let line = wait_for_line(&log, |line| line.contains("listening on http://"));
@@ -513,9 +516,14 @@ async fn the_start_up_line_says_what_is_in_force_without_secrets() {
         " upstream=https://example.invalid/v1 ",
         " auth=passthrough ",
         " pool.min_idle=1 pool.max_sockets=5 ",
+        " upstream.profile=openai (host example.invalid): pool.max_age_secs=3300 derived, \
+         pool.idle_timeout_secs=30 set, upstream.max_frame_bytes=16777216 derived ",
+        " upstream.auth_header=authorization ",
         " continuation=on (reasoning lenient, stored_on_any_socket false) ",
         " chat=bridge ",
-        " + WSBRIDGE_POOL_MAX_SOCKETS + --listen + --upstream",
+        " + WSBRIDGE_POOL_MAX_SOCKETS ",
+        " + WSBRIDGE_POOL_IDLE_TIMEOUT_SECS ",
+        " + --listen + --upstream",
     ] {
         assert!(line.contains(shown), "{shown:?} not in {line}");
     }

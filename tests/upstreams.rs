@@ -72,12 +72,14 @@ fn rand_suffix() -> u128 {
 
 /// The upgrades and the REST requests the simulator received.
 fn seen(sim: &SimulatorHandle) -> (Vec<SeenRequest>, Vec<SeenRequest>) {
-    sim.stats().requests.into_iter().partition(SeenRequest::is_upgrade)
+    sim.stats()
+        .requests
+        .into_iter()
+        .partition(SeenRequest::is_upgrade)
 }
 
 #[tokio::test]
-async fn readme_azure_config_streams_continues_and_passes_through_with_api_key_and_api_version()
-{
+async fn readme_azure_config_streams_continues_and_passes_through_with_api_key_and_api_version() {
     let sim = azure_simulator().await;
     let config = readme_azure_config(&sim);
     let proxy = proxy(&config, &[("AZURE_OPENAI_API_KEY", KEY)], |_| {}).await;
@@ -186,17 +188,20 @@ async fn a_client_sending_api_key_itself_is_passed_through_with_extra_headers() 
         assert_eq!(seen.headers["x-team"], "blue", "{seen:?}");
     }
     let stored = sim.stats().turns;
-    assert_eq!(stored.last().unwrap().response_id.as_deref(), Some(id.as_str()));
+    assert_eq!(
+        stored.last().unwrap().response_id.as_deref(),
+        Some(id.as_str())
+    );
     proxy.shutdown().await;
 }
 
 #[tokio::test]
 async fn upstream_headers_reach_the_handshake_and_rest_of_a_plain_openai_upstream() {
     let bridge = common::bridge_with(SimulatorConfig::default(), |config| {
-        config
-            .upstream
-            .headers
-            .insert("openai-beta", "responses_websockets=2026-02-06".parse().unwrap());
+        config.upstream.headers.insert(
+            "openai-beta",
+            "responses_websockets=2026-02-06".parse().unwrap(),
+        );
     })
     .await;
     let turn = bridge.post(&json!({"model": "m", "input": "hi"})).await;
@@ -206,8 +211,14 @@ async fn upstream_headers_reach_the_handshake_and_rest_of_a_plain_openai_upstrea
     let (upgrades, rest) = seen(&bridge.sim);
     assert_eq!((upgrades.len(), rest.len()), (1, 1));
     for seen in upgrades.iter().chain(&rest) {
-        assert_eq!(seen.headers["openai-beta"], "responses_websockets=2026-02-06");
-        assert_eq!(seen.headers["authorization"], format!("Bearer {MASKED_KEY}"));
+        assert_eq!(
+            seen.headers["openai-beta"],
+            "responses_websockets=2026-02-06"
+        );
+        assert_eq!(
+            seen.headers["authorization"],
+            format!("Bearer {MASKED_KEY}")
+        );
         assert_eq!(seen.query, None);
     }
 }
@@ -233,7 +244,13 @@ async fn the_vercel_profile_sends_a_frame_over_4_mib_over_rest() {
     assert_eq!(large.status, 200, "{}", large.body);
     let transports: Vec<Transport> = sim.stats().turns.iter().map(|t| t.transport).collect();
     assert_eq!(transports, [Transport::Ws, Transport::Rest]);
-    let metrics = request("GET", &format!("http://{}/metrics", proxy.addr()), None, None).await;
+    let metrics = request(
+        "GET",
+        &format!("http://{}/metrics", proxy.addr()),
+        None,
+        None,
+    )
+    .await;
     let series = "wsbridge_rest_fallbacks_total{reason=\"frame_too_large\"}";
     assert_eq!(common::metric(&metrics.body, series), 1.0);
     proxy.shutdown().await;

@@ -271,7 +271,11 @@ mod tests {
                 path_prefix: prefix.into(),
                 ..RawSimulator::default()
             };
-            assert_eq!(validate(raw).unwrap_err().key, "simulator.path_prefix", "{prefix}");
+            assert_eq!(
+                validate(raw).unwrap_err().key,
+                "simulator.path_prefix",
+                "{prefix}"
+            );
         }
         let raw = RawSimulator {
             required_query: "api-version".into(),
