@@ -143,7 +143,8 @@ impl Auth {
                     {
                         return Err(OpenAiError::invalid_api_key(
                             "This wsbridge requires a client token: send `Authorization: Bearer \
-                             <token>` with one of the tokens in its auth.client_tokens.",
+                             <token>` (or `api-key: <token>`) with one of the tokens in its \
+                             auth.client_tokens.",
                         ));
                     }
                 }

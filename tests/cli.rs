@@ -209,6 +209,33 @@ fn a_bad_variable_value_names_the_key_the_variable_and_what_is_accepted() {
 }
 
 #[test]
+fn config_prints_the_upstream_its_profile_and_what_was_derived_without_secrets() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wsbridge"))
+        .args(["--config", "/dev/null", "config"])
+        .env(
+            "WSBRIDGE_UPSTREAM_BASE_URL",
+            "https://u:hunter2@ai-gateway.vercel.sh/v1?team=a",
+        )
+        .env("WSBRIDGE_POOL_MAX_AGE_SECS", "100")
+        .env("WSBRIDGE_UPSTREAM_HEADERS", r#"{ OpenAI-Beta = "x" }"#)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    for line in [
+        "upstream.base_url: https://ai-gateway.vercel.sh/v1?team=a",
+        "upstream.websocket_url: wss://ai-gateway.vercel.sh/v1/responses?team=a",
+        "upstream.profile: vercel (host ai-gateway.vercel.sh): pool.max_age_secs=100 set, \
+         pool.idle_timeout_secs=240 derived, upstream.max_frame_bytes=4194304 derived",
+        "upstream.auth_header: authorization",
+        "upstream.headers: openai-beta",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} not in {text}");
+    }
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[test]
 fn latency_figures_without_the_custom_profile_stop_the_simulator() {
     let output = Command::new(env!("CARGO_BIN_EXE_wsbridge"))
         .args(["simulate", "--listen", "127.0.0.1:0"])

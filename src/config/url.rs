@@ -58,16 +58,21 @@ impl BaseUrl {
 
     /// `https://h/v1?q` → `wss://h/v1/responses?q` (`http` → `ws`).
     pub fn websocket_url(&self) -> String {
+        self.websocket_url_at(self.authority())
+    }
+
+    /// [`BaseUrl::websocket_url`] without `user:password@`, for logs.
+    pub fn websocket_url_shown(&self) -> String {
+        self.websocket_url_at(self.host_and_port())
+    }
+
+    fn websocket_url_at(&self, authority: &str) -> String {
         let scheme = if self.is_https() { "wss" } else { "ws" };
         let query = self
             .query
             .as_deref()
             .map_or(String::new(), |q| format!("?{q}"));
-        format!(
-            "{scheme}://{}{}/responses{query}",
-            self.authority(),
-            self.prefix()
-        )
+        format!("{scheme}://{authority}{}/responses{query}", self.prefix())
     }
 
     /// The REST URL for `path_and_query` under the base's path prefix: `/models?limit=2` on
@@ -115,6 +120,14 @@ impl BaseUrl {
         self.uri.authority().map_or("", Authority::as_str)
     }
 
+    /// The authority without `user:password@`.
+    fn host_and_port(&self) -> &str {
+        let authority = self.authority();
+        authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host)
+    }
+
     /// The path prefix without a trailing `/`: `/v1`, or empty.
     fn prefix(&self) -> &str {
         self.uri.path().trim_end_matches('/')
@@ -144,12 +157,8 @@ fn merge_queries(base: Option<&str>, request: Option<&str>) -> Option<String> {
 impl std::fmt::Display for BaseUrl {
     /// `https://host[:port]/prefix[?query]`, without `user:password@`, for logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let authority = self.authority();
-        let host = authority
-            .rsplit_once('@')
-            .map_or(authority, |(_, host)| host);
         let scheme = if self.is_https() { "https" } else { "http" };
-        write!(f, "{scheme}://{host}{}", self.prefix())?;
+        write!(f, "{scheme}://{}{}", self.host_and_port(), self.prefix())?;
         match &self.query {
             Some(query) => write!(f, "?{query}"),
             None => Ok(()),
@@ -247,6 +256,10 @@ mod tests {
     fn shown_without_credentials() {
         let base = url("https://user:hunter2@example.invalid/v1");
         assert_eq!(base.to_string(), "https://example.invalid/v1");
+        assert_eq!(
+            base.websocket_url_shown(),
+            "wss://example.invalid/v1/responses"
+        );
         assert_eq!(format!("{base:?}"), "BaseUrl(https://example.invalid/v1)");
     }
 
