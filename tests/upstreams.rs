@@ -102,13 +102,21 @@ async fn readme_azure_config_streams_continues_and_passes_through_with_api_key_a
     assert_eq!(second.headers["x-wsbridge-continuation"], "continued");
     assert!(output_text(&second.json()).starts_with("You said: and then?"));
 
+    // `background` goes over REST: the fallback carries the key and the version too.
+    let background = json!({"model": "m", "input": "later", "background": true});
+    let background = post_json(&base, &background).await;
+    assert_eq!(background.status, 200, "{}", background.body);
+
     let models = request("GET", &format!("{base}/models?limit=2"), Some(KEY), None).await;
     assert_eq!(models.status, 200, "{}", models.body);
     assert!(models.json()["data"].is_array());
 
     let stats = sim.stats();
-    let ws = stats.turns.iter().filter(|t| t.transport == Transport::Ws);
-    assert_eq!(ws.count(), 3, "every turn went over the WebSocket");
+    let transports: Vec<Transport> = stats.turns.iter().map(|t| t.transport).collect();
+    assert_eq!(
+        transports,
+        [Transport::Ws, Transport::Ws, Transport::Ws, Transport::Rest]
+    );
     let (upgrades, rest) = seen(&sim);
     assert!(!upgrades.is_empty());
     for upgrade in &upgrades {
@@ -117,13 +125,20 @@ async fn readme_azure_config_streams_continues_and_passes_through_with_api_key_a
         assert_eq!(upgrade.headers["api-key"], MASKED_KEY, "{upgrade:?}");
         assert!(!upgrade.headers.contains_key("authorization"));
     }
-    let [models] = rest.as_slice() else {
-        panic!("one REST request: {rest:?}");
+    let [fallback, models] = rest.as_slice() else {
+        panic!("two REST requests: {rest:?}");
     };
+    assert_eq!(
+        (fallback.method.as_str(), fallback.path.as_str()),
+        ("POST", "/openai/v1/responses")
+    );
+    assert_eq!(fallback.query.as_deref(), Some("api-version=preview"));
     assert_eq!(models.path, "/openai/v1/models");
     assert_eq!(models.query.as_deref(), Some("api-version=preview&limit=2"));
-    assert_eq!(models.headers["api-key"], MASKED_KEY);
-    assert!(!models.headers.contains_key("authorization"));
+    for rest in [fallback, models] {
+        assert_eq!(rest.headers["api-key"], MASKED_KEY, "{rest:?}");
+        assert!(!rest.headers.contains_key("authorization"), "{rest:?}");
+    }
     proxy.shutdown().await;
 }
 
