@@ -1,5 +1,7 @@
 //! Who a request is for upstream: the [`Credential`] that keys the pool and is sent on every
-//! upstream request, resolved from the client's headers by the configured [`Auth`] mode.
+//! upstream request, resolved from the client's headers by the configured [`Auth`] mode. A
+//! client's key is read from `Authorization: Bearer` or, as Azure clients send it, `api-key`;
+//! it goes upstream in the header `upstream.auth_header` names.
 //!
 //! Credentials are compared whole (never by a hash alone), so two credentials can never share
 //! a socket. They are never printed: `Debug` shows a keyed fingerprint only.
@@ -7,38 +9,47 @@
 use std::hash::BuildHasher;
 use std::sync::OnceLock;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{AuthConfig, Secret};
 use crate::protocol::OpenAiError;
+use crate::protocol::key::KeyHeader;
 
 pub const OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
 pub const OPENAI_PROJECT: HeaderName = HeaderName::from_static("openai-project");
 
-/// The upstream identity of a request: `Authorization` plus the optional organization and
-/// project headers, exactly as they will be sent.
+/// The upstream identity of a request: the key header (`Authorization` or `api-key`) plus the
+/// optional organization and project headers, exactly as they will be sent.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Credential {
-    authorization: HeaderValue,
+    header: KeyHeader,
+    key: HeaderValue,
     organization: Option<HeaderValue>,
     project: Option<HeaderValue>,
 }
 
 impl Credential {
-    /// `Authorization: Bearer <key>` with no organization or project.
-    pub fn bearer(key: &str) -> Option<Self> {
-        let mut authorization = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
-        authorization.set_sensitive(true);
+    /// `key` sent in `header`, with no organization or project.
+    pub fn new(key: &str, header: KeyHeader) -> Option<Self> {
+        let (_, key) = header.value(key)?;
         Some(Self {
-            authorization,
+            header,
+            key,
             organization: None,
             project: None,
         })
     }
 
-    /// Writes this credential's headers into `headers`, replacing what was there.
+    /// `Authorization: Bearer <key>` with no organization or project.
+    pub fn bearer(key: &str) -> Option<Self> {
+        Self::new(key, KeyHeader::Authorization)
+    }
+
+    /// Writes this credential's headers into `headers`, replacing what was there (a key the
+    /// client sent in the other header is removed).
     pub fn apply(&self, headers: &mut HeaderMap) {
-        headers.insert(header::AUTHORIZATION, self.authorization.clone());
+        headers.remove(self.header.other().name());
+        headers.insert(self.header.name(), self.key.clone());
         for (name, value) in [
             (OPENAI_ORGANIZATION, &self.organization),
             (OPENAI_PROJECT, &self.project),
@@ -70,7 +81,8 @@ impl std::fmt::Debug for Credential {
 /// The configured authentication mode, ready to resolve requests.
 #[derive(Debug, Clone)]
 pub enum Auth {
-    Passthrough,
+    /// Each client's key, sent upstream in this header.
+    Passthrough(KeyHeader),
     Inject {
         credential: Credential,
         client_tokens: Vec<Secret>,
@@ -78,14 +90,15 @@ pub enum Auth {
 }
 
 impl Auth {
-    pub fn from_config(config: &AuthConfig) -> Result<Self, String> {
+    /// The mode of `config`, sending keys upstream in `header` (`upstream.auth_header`).
+    pub fn from_config(config: &AuthConfig, header: KeyHeader) -> Result<Self, String> {
         Ok(match config {
-            AuthConfig::Passthrough => Self::Passthrough,
+            AuthConfig::Passthrough => Self::Passthrough(header),
             AuthConfig::Inject {
                 api_key,
                 client_tokens,
             } => Self::Inject {
-                credential: Credential::bearer(api_key.expose())
+                credential: Credential::new(api_key.expose(), header)
                     .ok_or("the injected API key is not a valid header value")?,
                 client_tokens: client_tokens.clone(),
             },
@@ -95,27 +108,25 @@ impl Auth {
     /// The credential fixed by configuration, if any (inject mode): its pool is pre-warmed.
     pub fn fixed(&self) -> Option<&Credential> {
         match self {
-            Self::Passthrough => None,
+            Self::Passthrough(_) => None,
             Self::Inject { credential, .. } => Some(credential),
         }
     }
 
-    /// The upstream credential for a request, or the 401 the client gets.
+    /// The upstream credential for a request, or the 401 the client gets. The client's key
+    /// (or client token) is its `Authorization: Bearer`, else its `api-key`.
     pub fn resolve(&self, headers: &HeaderMap) -> Result<Credential, OpenAiError> {
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|token| !token.is_empty());
+        let bearer = KeyHeader::Authorization
+            .read(headers)
+            .or_else(|| KeyHeader::ApiKey.read(headers));
         let org = headers.get(OPENAI_ORGANIZATION).cloned();
         let project = headers.get(OPENAI_PROJECT).cloned();
         match self {
-            Self::Passthrough => {
+            Self::Passthrough(header) => {
                 let Some(key) = bearer else {
                     return Err(missing_key());
                 };
-                let mut credential = Credential::bearer(key).ok_or_else(missing_key)?;
+                let mut credential = Credential::new(key, *header).ok_or_else(missing_key)?;
                 credential.organization = org;
                 credential.project = project;
                 Ok(credential)
@@ -132,7 +143,8 @@ impl Auth {
                     {
                         return Err(OpenAiError::invalid_api_key(
                             "This wsbridge requires a client token: send `Authorization: Bearer \
-                             <token>` with one of the tokens in its auth.client_tokens.",
+                             <token>` (or `api-key: <token>`) with one of the tokens in its \
+                             auth.client_tokens.",
                         ));
                     }
                 }
@@ -166,6 +178,8 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::header;
+
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -182,7 +196,7 @@ mod tests {
 
     #[test]
     fn passthrough_keys_by_key_organization_and_project() {
-        let auth = Auth::Passthrough;
+        let auth = Auth::Passthrough(KeyHeader::Authorization);
         let a = auth
             .resolve(&headers(&[("authorization", "Bearer sk-a")]))
             .unwrap();
@@ -222,6 +236,34 @@ mod tests {
         let mut out = HeaderMap::new();
         credential.apply(&mut out);
         assert_eq!(out[header::AUTHORIZATION], "Bearer sk-upstream");
+    }
+
+    #[test]
+    fn a_key_in_either_header_goes_upstream_in_the_configured_one() {
+        let azure = Auth::Passthrough(KeyHeader::ApiKey);
+        for client in [("authorization", "Bearer az-1"), ("api-key", "az-1")] {
+            let credential = azure.resolve(&headers(&[client])).unwrap();
+            let mut out = headers(&[("authorization", "Bearer stale"), ("api-key", "stale")]);
+            credential.apply(&mut out);
+            assert_eq!(out["api-key"], "az-1", "{client:?}");
+            assert!(!out.contains_key(header::AUTHORIZATION), "{client:?}");
+        }
+        let openai = Auth::Passthrough(KeyHeader::Authorization);
+        let credential = openai.resolve(&headers(&[("api-key", "sk-2")])).unwrap();
+        let mut out = headers(&[("api-key", "sk-2")]);
+        credential.apply(&mut out);
+        assert_eq!(out[header::AUTHORIZATION], "Bearer sk-2");
+        assert!(!out.contains_key("api-key"));
+        let injecting = Auth::Inject {
+            credential: Credential::new("az-upstream", KeyHeader::ApiKey).unwrap(),
+            client_tokens: vec![Secret::new("tok-1")],
+        };
+        let credential = injecting
+            .resolve(&headers(&[("api-key", "tok-1")]))
+            .unwrap();
+        let mut out = HeaderMap::new();
+        credential.apply(&mut out);
+        assert_eq!(out["api-key"], "az-upstream");
     }
 
     #[test]

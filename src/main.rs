@@ -51,6 +51,9 @@ enum Command {
         #[arg(long, value_name = "PROFILE")]
         latency_profile: Option<String>,
     },
+    /// Print what `serve` would use: where the configuration came from, the upstream, its
+    /// profile and the settings derived from it (`derived`) or set (`set`).
+    Config,
     /// Probe a running wsbridge (for container health checks): exit 0 when /healthz answers 200.
     Health {
         /// URL to probe [default: /healthz at server.listen from the same configuration as
@@ -95,6 +98,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Command::Config = &command {
+        print_config(&config);
+        return ExitCode::SUCCESS;
+    }
     if let Command::Health { url } = &command {
         let url = url
             .clone()
@@ -112,6 +119,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `wsbridge config`: the upstream part of the configuration in force, one line each.
+#[expect(clippy::print_stdout, reason = "this report is the command's output")]
+fn print_config(config: &Config) {
+    let upstream = &config.upstream;
+    let headers: Vec<&str> = upstream.headers.keys().map(|name| name.as_str()).collect();
+    println!("configuration: {}", config.source);
+    for warning in &config.source.warnings {
+        println!("warning: {warning}");
+    }
+    println!("upstream.mode: {}", upstream.mode);
+    println!("upstream.base_url: {}", upstream.base_url);
+    println!(
+        "upstream.websocket_url: {}",
+        upstream.base_url.websocket_url_shown()
+    );
+    println!("upstream.profile: {}", config.limits_summary());
+    println!("upstream.auth_header: {}", upstream.auth_header);
+    println!(
+        "upstream.headers: {}",
+        if headers.is_empty() {
+            "none".to_owned()
+        } else {
+            headers.join(", ")
+        }
+    );
 }
 
 /// The override a flag makes, when it was given.
@@ -156,7 +190,7 @@ impl Command {
             .into_iter()
             .flatten()
             .collect(),
-            Command::Health { .. } => Vec::new(),
+            Command::Health { .. } | Command::Config => Vec::new(),
         }
     }
 }
@@ -191,7 +225,7 @@ fn run(command: Command, config: Config) -> std::io::Result<()> {
                 shutdown.cancelled().await;
                 handle.shutdown().await;
             }
-            Command::Health { .. } => {}
+            Command::Health { .. } | Command::Config => {}
             Command::Serve { .. } => {
                 wsbridge::run(config, shutdown)
                     .await

@@ -209,6 +209,33 @@ fn a_bad_variable_value_names_the_key_the_variable_and_what_is_accepted() {
 }
 
 #[test]
+fn config_prints_the_upstream_its_profile_and_what_was_derived_without_secrets() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wsbridge"))
+        .args(["--config", "/dev/null", "config"])
+        .env(
+            "WSBRIDGE_UPSTREAM_BASE_URL",
+            "https://u:hunter2@ai-gateway.vercel.sh/v1?team=a",
+        )
+        .env("WSBRIDGE_POOL_MAX_AGE_SECS", "100")
+        .env("WSBRIDGE_UPSTREAM_HEADERS", r#"{ OpenAI-Beta = "x" }"#)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    for line in [
+        "upstream.base_url: https://ai-gateway.vercel.sh/v1?team=a",
+        "upstream.websocket_url: wss://ai-gateway.vercel.sh/v1/responses?team=a",
+        "upstream.profile: vercel (host ai-gateway.vercel.sh): pool.max_age_secs=100 set, \
+         pool.idle_timeout_secs=240 derived, upstream.max_frame_bytes=4194304 derived",
+        "upstream.auth_header: authorization",
+        "upstream.headers: openai-beta",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} not in {text}");
+    }
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[test]
 fn latency_figures_without_the_custom_profile_stop_the_simulator() {
     let output = Command::new(env!("CARGO_BIN_EXE_wsbridge"))
         .args(["simulate", "--listen", "127.0.0.1:0"])
@@ -505,7 +532,10 @@ async fn the_start_up_line_says_what_is_in_force_without_secrets() {
             "--upstream",
             "https://user:hunter2@example.invalid/v1",
         ],
-        &[("WSBRIDGE_POOL_MAX_SOCKETS", "5")],
+        &[
+            ("WSBRIDGE_POOL_MAX_SOCKETS", "5"),
+            ("WSBRIDGE_POOL_IDLE_TIMEOUT_SECS", "30"),
+        ],
     );
     assert_eq!(terminate(&mut child).code(), Some(0));
     let line = wait_for_line(&log, |line| line.contains("listening on http://"));
@@ -513,9 +543,14 @@ async fn the_start_up_line_says_what_is_in_force_without_secrets() {
         " upstream=https://example.invalid/v1 ",
         " auth=passthrough ",
         " pool.min_idle=1 pool.max_sockets=5 ",
+        " upstream.profile=openai (host example.invalid): pool.max_age_secs=3300 derived, \
+         pool.idle_timeout_secs=30 set, upstream.max_frame_bytes=16777216 derived ",
+        " upstream.auth_header=authorization ",
         " continuation=on (reasoning lenient, stored_on_any_socket false) ",
         " chat=bridge ",
-        " + WSBRIDGE_POOL_MAX_SOCKETS + --listen + --upstream",
+        " + WSBRIDGE_POOL_MAX_SOCKETS ",
+        " + WSBRIDGE_POOL_IDLE_TIMEOUT_SECS ",
+        " + --listen + --upstream",
     ] {
         assert!(line.contains(shown), "{shown:?} not in {line}");
     }

@@ -137,6 +137,9 @@ fn expected(
         toml::Value::Float(_) | toml::Value::Integer(_) => "a number".to_owned(),
         toml::Value::Array(_) => "a list of strings, such as [\"a\", \"b\"]".to_owned(),
         toml::Value::String(_) => "a string".to_owned(),
+        toml::Value::Table(_) => {
+            "a table of header names and values, such as { OpenAI-Beta = \"…\" }".to_owned()
+        }
         _ => message.to_owned(),
     }
 }

@@ -6,6 +6,8 @@
 //!   where each key came from ([`Origin`]), and every key's variable name ([`env_names`]);
 //! - `diagnose`: unknown keys ("did you mean"), values of the wrong type, unknown variables;
 //! - `url`: `upstream.base_url` as a [`BaseUrl`];
+//! - [`profile`]: upstream profiles (connection limits by host) and the settings derived
+//!   from them; `headers`: `upstream.headers`;
 //! - `validate`: raw sections → the typed sections below (the `[simulator]` section is the
 //!   simulator's own: `simulator::config`).
 //!
@@ -16,6 +18,8 @@
 
 mod diagnose;
 mod error;
+mod headers;
+pub mod profile;
 pub mod raw;
 mod sources;
 mod url;
@@ -25,13 +29,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 pub use crate::continuation::ReasoningPolicy;
 pub use crate::net::TlsRoots;
 use crate::net::Trust;
+pub use crate::protocol::key::KeyHeader;
 use crate::simulator::config::SimulatorConfig;
 pub use error::{ConfigError, Origin};
+pub use profile::{Profile, UpstreamProfile};
 pub use raw::RawConfig;
 pub use sources::env_names;
 pub use url::BaseUrl;
@@ -120,6 +127,14 @@ pub struct UpstreamConfig {
     pub mode: UpstreamMode,
     /// Parsed and validated once, at load time.
     pub base_url: BaseUrl,
+    /// The profile in force (`upstream.profile`, `auto` resolved by the host).
+    pub profile: Profile,
+    /// Which of the settings a profile derives were set instead.
+    pub explicit: profile::Explicit,
+    /// The header the API key goes upstream in.
+    pub auth_header: KeyHeader,
+    /// `upstream.headers`, for every handshake and REST request.
+    pub headers: HeaderMap,
     pub connect_timeout: Duration,
     pub first_event_timeout: Duration,
     pub stream_idle_timeout: Duration,
@@ -202,7 +217,9 @@ display_by_name!(
     AuthMode,
     ReasoningPolicy,
     ChatMode,
-    TlsRoots
+    TlsRoots,
+    UpstreamProfile,
+    KeyHeader
 );
 
 /// `auth.mode`; the validated form, with the key and tokens, is [`AuthConfig`].

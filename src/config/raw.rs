@@ -2,9 +2,14 @@
 //! beside it (`impl Default`). The default tree is also what names every environment variable
 //! and what unknown keys are checked against.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use super::{AuthMode, ChatMode, LogFormat, ReasoningPolicy, TlsRoots, UpstreamMode};
+use super::{
+    AuthMode, ChatMode, KeyHeader, LogFormat, ReasoningPolicy, TlsRoots, UpstreamMode,
+    UpstreamProfile,
+};
 use crate::simulator::config::RawSimulator;
 
 /// The raw file layout. Unknown keys are errors, so a typo never silently does nothing.
@@ -63,8 +68,17 @@ impl Default for RawServer {
 pub struct RawUpstream {
     /// `remote` (talk to `base_url`) or `simulator` (run the simulator in-process).
     pub mode: UpstreamMode,
-    /// REST base URL; the WebSocket URL is derived from it (`https` → `wss`).
+    /// REST base URL; the WebSocket URL is derived from it (`https` → `wss`). A query string
+    /// (`?api-version=preview`) is kept on the WebSocket URL and on every REST URL.
     pub base_url: String,
+    /// The server's connection limits: `auto` (from the host of `base_url`), `openai`,
+    /// `azure`, `xai` or `vercel`.
+    pub profile: UpstreamProfile,
+    /// The header that carries the API key upstream: `authorization` (`Bearer`) or
+    /// `api-key` (Azure OpenAI).
+    pub auth_header: KeyHeader,
+    /// Extra headers for every WebSocket handshake and every REST request upstream.
+    pub headers: BTreeMap<String, String>,
     /// Connecting and upgrading one WebSocket, in milliseconds.
     pub connect_timeout_ms: u64,
     /// Waiting for the first upstream event of a turn, in milliseconds (then 504).
@@ -74,7 +88,8 @@ pub struct RawUpstream {
     /// Tries per request before the first event (a closed socket, a refused or failed
     /// connect, `websocket_connection_limit_reached`).
     pub max_attempts: u32,
-    /// Largest `response.create` frame sent over a WebSocket; larger requests go over REST.
+    /// Largest `response.create` frame sent over a WebSocket; larger requests go over REST
+    /// (0: from the profile).
     pub max_frame_bytes: u64,
     /// Largest upstream WebSocket message accepted, in bytes.
     pub max_message_bytes: u64,
@@ -94,11 +109,14 @@ impl Default for RawUpstream {
         Self {
             mode: UpstreamMode::Remote,
             base_url: "https://api.openai.com/v1".into(),
+            profile: UpstreamProfile::Auto,
+            auth_header: KeyHeader::Authorization,
+            headers: BTreeMap::new(),
             connect_timeout_ms: 10_000,
             first_event_timeout_ms: 120_000,
             stream_idle_timeout_secs: 600,
             max_attempts: 3,
-            max_frame_bytes: 16 << 20,
+            max_frame_bytes: 0,
             max_message_bytes: 64 << 20,
             rest_fallback_cooldown_secs: 300,
             tls_roots: TlsRoots::Both,
@@ -114,9 +132,11 @@ pub struct RawPool {
     pub min_idle: u32,
     /// Sockets per credential (so also turns in flight per credential).
     pub max_sockets: u32,
-    /// No turn starts on a socket older than this, in seconds (OpenAI closes at 60 minutes).
+    /// No turn starts on a socket older than this, in seconds (0: from the profile, 5
+    /// minutes under the server's limit).
     pub max_age_secs: u64,
-    /// Idle sockets beyond `min_idle` are closed after this many seconds.
+    /// Idle sockets beyond `min_idle` are closed after this many seconds (0: from the
+    /// profile).
     pub idle_timeout_secs: u64,
     /// Seconds between WebSocket pings on an idle socket; a ping unanswered by the next one
     /// closes it (0: no pings).
@@ -130,8 +150,8 @@ impl Default for RawPool {
         Self {
             min_idle: 1,
             max_sockets: 64,
-            max_age_secs: 55 * 60,
-            idle_timeout_secs: 300,
+            max_age_secs: 0,
+            idle_timeout_secs: 0,
             ping_interval_secs: 30,
             checkout_timeout_ms: 10_000,
         }

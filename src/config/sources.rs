@@ -16,6 +16,10 @@ use super::{ConfigSource, Override, Sources};
 
 const ENV_PREFIX: &str = "WSBRIDGE_";
 
+/// Keys whose value is a table of free names (`upstream.headers`): one key, not a section,
+/// so a variable sets the whole table (`WSBRIDGE_UPSTREAM_HEADERS='{ OpenAI-Beta = "…" }'`).
+const TABLE_KEYS: &[&str] = &["upstream.headers"];
+
 /// The merged tree, with where each key set in it came from.
 #[derive(Debug)]
 pub(super) struct Merged {
@@ -138,7 +142,9 @@ pub fn env_names() -> BTreeMap<String, Vec<String>> {
         for (key, value) in table {
             prefix.push(key.clone());
             match value {
-                toml::Value::Table(inner) => walk(inner, prefix, out),
+                toml::Value::Table(inner) if !TABLE_KEYS.contains(&prefix.join(".").as_str()) => {
+                    walk(inner, prefix, out);
+                }
                 _ => {
                     let name = format!("{ENV_PREFIX}{}", prefix.join("_").to_uppercase());
                     out.insert(name, prefix.clone());
@@ -152,17 +158,26 @@ pub fn env_names() -> BTreeMap<String, Vec<String>> {
     out
 }
 
-/// The dotted path of every leaf (a value that is not a table) of `table`.
+/// The dotted path of every leaf (a value that is not a table, or one of [`TABLE_KEYS`]) of
+/// `table`.
 pub(super) fn leaf_keys(table: &toml::Table) -> Vec<String> {
-    let mut out = Vec::new();
-    for (key, value) in table {
-        match value {
-            toml::Value::Table(inner) => {
-                out.extend(leaf_keys(inner).into_iter().map(|k| format!("{key}.{k}")));
+    fn walk(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match value {
+                toml::Value::Table(inner) if !TABLE_KEYS.contains(&path.as_str()) => {
+                    walk(inner, &path, out);
+                }
+                _ => out.push(path),
             }
-            _ => out.push(key.clone()),
         }
     }
+    let mut out = Vec::new();
+    walk(table, "", &mut out);
     out
 }
 
@@ -296,6 +311,48 @@ mod tests {
         assert_eq!(
             config.source.to_string(),
             "defaults + WSBRIDGE_SERVER_LISTEN + --listen"
+        );
+    }
+
+    #[test]
+    fn a_table_key_is_set_whole_by_its_variable() {
+        let config = load(
+            "[upstream.headers]\nx-from-file = \"1\"\n",
+            &[(
+                "WSBRIDGE_UPSTREAM_HEADERS",
+                r#"{ OpenAI-Beta = "responses_websockets=2026-02-06" }"#,
+            )],
+        )
+        .unwrap();
+        let headers = &config.upstream.headers;
+        assert_eq!(headers["openai-beta"], "responses_websockets=2026-02-06");
+        assert!(
+            !headers.contains_key("x-from-file"),
+            "the variable replaces the table"
+        );
+        assert_eq!(
+            config.source.to_string(),
+            format!(
+                "defaults + {} + WSBRIDGE_UPSTREAM_HEADERS",
+                config.source.file.as_ref().unwrap().display()
+            )
+        );
+        let error = load("", &[("WSBRIDGE_UPSTREAM_HEADERS", "OpenAI-Beta: x")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(
+                "`upstream.headers` (from environment variable WSBRIDGE_UPSTREAM_HEADERS)"
+            ) && error.contains("a table of header names and values"),
+            "{error}"
+        );
+        let error = load("[upstream.headers]\nApi-Key = \"k\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("`upstream.headers` (from config file ")
+                && error.contains("`Api-Key` cannot be set here"),
+            "{error}"
         );
     }
 

@@ -4,19 +4,26 @@
 use axum::http::Uri;
 use axum::http::uri::{Authority, PathAndQuery};
 
-/// An `http` or `https` URL with a host, an optional path prefix (`/v1`, `/openai/v1`) and no
-/// query or fragment, kept without a trailing `/`. Shown (`Display`, `Debug`) without any
-/// `user:password@`.
+/// An `http` or `https` URL with a host, an optional path prefix (`/v1`, `/openai/v1`), an
+/// optional query (`api-version=preview`, kept on every URL derived from it) and no fragment,
+/// kept without a trailing `/`. Shown (`Display`, `Debug`) without any `user:password@`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BaseUrl {
+    /// Without the query.
     uri: Uri,
+    /// Without the `?`; `None` when absent or empty.
+    query: Option<String>,
 }
 
 impl BaseUrl {
     /// Validates `text`; the error says what is wrong, for `upstream.base_url`.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let trimmed = text.trim_end_matches('/');
-        if trimmed.contains('#') {
+        let (path, query) = match text.split_once('?') {
+            Some((path, query)) => (path, Some(query).filter(|q| !q.is_empty())),
+            None => (text, None),
+        };
+        let trimmed = path.trim_end_matches('/');
+        if text.contains('#') {
             return Err(format!("`{text}` must not have a fragment (`#…`)"));
         }
         let scheme_missing = || format!("`{text}` must be an http:// or https:// URL with a host");
@@ -36,22 +43,54 @@ impl BaseUrl {
             }
             _ => return Err(scheme_missing()),
         }
-        if uri.query().is_some() {
-            return Err("must not have a query string".to_owned());
+        if let Some(query) = query
+            && format!("/?{query}").parse::<PathAndQuery>().is_err()
+        {
+            return Err(format!(
+                "`{text}` has a query string that is not valid in a URL"
+            ));
         }
-        Ok(Self { uri })
+        Ok(Self {
+            uri,
+            query: query.map(str::to_owned),
+        })
     }
 
-    /// `https://h/v1` → `wss://h/v1/responses` (`http` → `ws`).
+    /// `https://h/v1?q` → `wss://h/v1/responses?q` (`http` → `ws`).
     pub fn websocket_url(&self) -> String {
+        self.websocket_url_at(self.authority())
+    }
+
+    /// [`BaseUrl::websocket_url`] without `user:password@`, for logs.
+    pub fn websocket_url_shown(&self) -> String {
+        self.websocket_url_at(self.host_and_port())
+    }
+
+    fn websocket_url_at(&self, authority: &str) -> String {
         let scheme = if self.is_https() { "wss" } else { "ws" };
-        format!("{scheme}://{}{}/responses", self.authority(), self.prefix())
+        let query = self
+            .query
+            .as_deref()
+            .map_or(String::new(), |q| format!("?{q}"));
+        format!("{scheme}://{authority}{}/responses{query}", self.prefix())
     }
 
     /// The REST URL for `path_and_query` under the base's path prefix: `/models?limit=2` on
-    /// `https://h/v1` → `https://h/v1/models?limit=2`. `None` if it is not a valid path.
+    /// `https://h/v1` → `https://h/v1/models?limit=2`. The base's query comes first; a
+    /// parameter of the request that the base also has is dropped, so the upstream sees the
+    /// configured value (one `api-version`, the same as on the WebSocket). `None` if it is not
+    /// a valid path.
     pub fn rest(&self, path_and_query: &str) -> Option<Uri> {
-        let mut target = format!("{}{path_and_query}", self.prefix());
+        let (path, request_query) = match path_and_query.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path_and_query, None),
+        };
+        let query = merge_queries(self.query.as_deref(), request_query);
+        let mut target = format!("{}{path}", self.prefix());
+        if let Some(query) = query {
+            target.push('?');
+            target.push_str(&query);
+        }
         if !target.starts_with('/') {
             target.insert(0, '/');
         }
@@ -81,21 +120,49 @@ impl BaseUrl {
         self.uri.authority().map_or("", Authority::as_str)
     }
 
+    /// The authority without `user:password@`.
+    fn host_and_port(&self) -> &str {
+        let authority = self.authority();
+        authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host)
+    }
+
     /// The path prefix without a trailing `/`: `/v1`, or empty.
     fn prefix(&self) -> &str {
         self.uri.path().trim_end_matches('/')
     }
 }
 
+/// `base` then those parameters of `request` whose names `base` does not have; `None` when
+/// both are empty.
+fn merge_queries(base: Option<&str>, request: Option<&str>) -> Option<String> {
+    let name = |pair: &str| pair.split('=').next().unwrap_or_default().to_owned();
+    let base: Vec<&str> = base.into_iter().flat_map(|q| q.split('&')).collect();
+    let taken: Vec<String> = base.iter().map(|pair| name(pair)).collect();
+    let pairs: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(
+            request
+                .into_iter()
+                .flat_map(|q| q.split('&'))
+                .filter(|pair| !taken.contains(&name(pair))),
+        )
+        .filter(|pair| !pair.is_empty())
+        .collect();
+    (!pairs.is_empty()).then(|| pairs.join("&"))
+}
+
 impl std::fmt::Display for BaseUrl {
-    /// `https://host[:port]/prefix`, without `user:password@`, for logs.
+    /// `https://host[:port]/prefix[?query]`, without `user:password@`, for logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let authority = self.authority();
-        let host = authority
-            .rsplit_once('@')
-            .map_or(authority, |(_, host)| host);
         let scheme = if self.is_https() { "https" } else { "http" };
-        write!(f, "{scheme}://{host}{}", self.prefix())
+        write!(f, "{scheme}://{}{}", self.host_and_port(), self.prefix())?;
+        match &self.query {
+            Some(query) => write!(f, "?{query}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -150,6 +217,31 @@ mod tests {
     }
 
     #[test]
+    fn the_query_is_kept_on_every_url_and_a_request_cannot_replace_it() {
+        let azure = url("https://res.openai.azure.com/openai/v1/?api-version=preview");
+        assert_eq!(
+            azure.websocket_url(),
+            "wss://res.openai.azure.com/openai/v1/responses?api-version=preview"
+        );
+        let rest = |path: &str| azure.rest(path).unwrap().to_string();
+        assert_eq!(
+            rest("/responses"),
+            "https://res.openai.azure.com/openai/v1/responses?api-version=preview"
+        );
+        assert_eq!(
+            rest("/models?limit=2&api-version=2024-10-21&after=m"),
+            "https://res.openai.azure.com/openai/v1/models?api-version=preview&limit=2&after=m"
+        );
+        assert_eq!(rest("/models?"), rest("/models"));
+        assert_eq!(
+            azure.to_string(),
+            "https://res.openai.azure.com/openai/v1?api-version=preview"
+        );
+        assert_eq!(url("https://h/v1?").websocket_url(), "wss://h/v1/responses");
+        assert_eq!(azure.host(), "res.openai.azure.com");
+    }
+
+    #[test]
     fn host_and_port_default_by_scheme() {
         assert_eq!(
             (url("https://h/v1").host(), url("https://h/v1").port()),
@@ -164,6 +256,10 @@ mod tests {
     fn shown_without_credentials() {
         let base = url("https://user:hunter2@example.invalid/v1");
         assert_eq!(base.to_string(), "https://example.invalid/v1");
+        assert_eq!(
+            base.websocket_url_shown(),
+            "wss://example.invalid/v1/responses"
+        );
         assert_eq!(format!("{base:?}"), "BaseUrl(https://example.invalid/v1)");
     }
 
@@ -180,7 +276,7 @@ mod tests {
             ),
             ("http:///v1", "is not a URL"),
             ("wss://h/v1", "is a WebSocket URL"),
-            ("https://h/v1?x=1", "must not have a query string"),
+            ("https://h/v1?a=<b>", "query string that is not valid"),
             ("https://h/v1#top", "must not have a fragment"),
             ("", "must be an http:// or https:// URL"),
         ] {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use super::profile::{self, Explicit, Limits, Profile};
 use super::raw::{RawAuth, RawConfig, RawContinuation, RawLog, RawPool, RawServer, RawUpstream};
 use super::{
     AuthConfig, AuthMode, BaseUrl, ChatConfig, Config, ConfigSource, ContinuationConfig, LogConfig,
@@ -17,8 +18,8 @@ use crate::setting::{Invalid, at_least_one, invalid, parse_addr, within_ten_year
 /// Every section, validated. `env` is where `auth.api_key_env` is looked up.
 pub(super) fn validate(raw: RawConfig, env: &[(String, String)]) -> Result<Config, Invalid> {
     let server = server(raw.server)?;
-    let upstream = upstream(raw.upstream)?;
-    let pool = pool(raw.pool)?;
+    let mut upstream = upstream(raw.upstream)?;
+    let pool = pool(raw.pool, upstream.profile.limits(), &mut upstream.explicit)?;
     Ok(Config {
         auth: auth(raw.auth, server.listen, env)?,
         server,
@@ -87,10 +88,23 @@ fn server(raw: RawServer) -> Result<ServerConfig, Invalid> {
 fn upstream(raw: RawUpstream) -> Result<UpstreamConfig, Invalid> {
     let base_url =
         BaseUrl::parse(&raw.base_url).map_err(|why| invalid("upstream.base_url", why))?;
+    let profile = Profile::resolve(raw.profile, base_url.host());
+    let explicit = Explicit {
+        max_frame_bytes: raw.max_frame_bytes > 0,
+        ..Explicit::default()
+    };
+    let max_frame_bytes = match raw.max_frame_bytes {
+        0 => profile::derived_max_frame_bytes(profile.limits()),
+        set => usize::try_from(set).unwrap_or(usize::MAX),
+    };
     let positive_millis = |key, value| millis(key, at_least_one(key, value)?);
     Ok(UpstreamConfig {
         mode: raw.mode,
         base_url,
+        profile,
+        explicit,
+        auth_header: raw.auth_header,
+        headers: super::headers::extra_headers(&raw.headers)?,
         connect_timeout: positive_millis("upstream.connect_timeout_ms", raw.connect_timeout_ms)?,
         first_event_timeout: positive_millis(
             "upstream.first_event_timeout_ms",
@@ -104,7 +118,7 @@ fn upstream(raw: RawUpstream) -> Result<UpstreamConfig, Invalid> {
             )?,
         )?,
         max_attempts: at_least_one("upstream.max_attempts", raw.max_attempts.into())? as u32,
-        max_frame_bytes: at_least_one("upstream.max_frame_bytes", raw.max_frame_bytes)? as usize,
+        max_frame_bytes,
         max_message_bytes: at_least_one("upstream.max_message_bytes", raw.max_message_bytes)?
             as usize,
         rest_fallback_cooldown: secs(
@@ -124,18 +138,22 @@ fn upstream(raw: RawUpstream) -> Result<UpstreamConfig, Invalid> {
     })
 }
 
-fn pool(raw: RawPool) -> Result<PoolConfig, Invalid> {
+/// The pool section; `max_age_secs` and `idle_timeout_secs` at 0 are derived from the
+/// upstream's `limits` (and `explicit` notes which were set).
+fn pool(raw: RawPool, limits: Limits, explicit: &mut Explicit) -> Result<PoolConfig, Invalid> {
+    explicit.max_age = raw.max_age_secs > 0;
+    explicit.idle_timeout = raw.idle_timeout_secs > 0;
     Ok(PoolConfig {
         min_idle: raw.min_idle as usize,
         max_sockets: at_least_one("pool.max_sockets", raw.max_sockets.into())? as usize,
-        max_age: secs(
-            "pool.max_age_secs",
-            at_least_one("pool.max_age_secs", raw.max_age_secs)?,
-        )?,
-        idle_timeout: secs(
-            "pool.idle_timeout_secs",
-            at_least_one("pool.idle_timeout_secs", raw.idle_timeout_secs)?,
-        )?,
+        max_age: match raw.max_age_secs {
+            0 => profile::derived_max_age(limits),
+            set => secs("pool.max_age_secs", set)?,
+        },
+        idle_timeout: match raw.idle_timeout_secs {
+            0 => profile::derived_idle_timeout(limits),
+            set => secs("pool.idle_timeout_secs", set)?,
+        },
         ping_interval: optional_secs("pool.ping_interval_secs", raw.ping_interval_secs)?,
         checkout_timeout: millis("pool.checkout_timeout_ms", raw.checkout_timeout_ms)?,
     })

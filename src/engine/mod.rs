@@ -66,7 +66,8 @@ impl Engine {
             tls,
             upstream.connect_timeout,
             upstream.max_message_bytes,
-        );
+        )
+        .with_headers(upstream.headers.clone());
         let pool = Pool::new(config.pool.clone(), connector, metrics.clone());
         let continuation = &config.continuation;
         let digester = Digester::new(continuation.reasoning);

@@ -13,7 +13,8 @@ use super::Proxy;
 use crate::metrics::Route;
 
 /// The start-up line: where it listens and what is in force (upstream without secrets, auth
-/// mode, pool limits, continuation policy, chat mode, where the configuration came from).
+/// mode, pool limits, the upstream profile and what it derived, continuation policy, chat
+/// mode, where the configuration came from).
 pub(super) fn log_started(proxy: &Proxy) {
     let config = &proxy.app.config;
     let upstream = match proxy.simulator() {
@@ -48,6 +49,8 @@ pub(super) fn log_started(proxy: &Proxy) {
         auth = %auth,
         pool.min_idle = config.pool.min_idle,
         pool.max_sockets = config.pool.max_sockets,
+        upstream.profile = %config.limits_summary(),
+        upstream.auth_header = %config.upstream.auth_header,
         continuation = %continuation_policy,
         chat = %chat,
         config = %config.source,

@@ -89,7 +89,8 @@ impl Proxy {
     /// injected credential's sockets, and serves until [`Proxy::shutdown`].
     pub async fn start(mut config: Config) -> Result<Self, StartError> {
         let simulator = start_simulator(&mut config).await?;
-        let auth = Auth::from_config(&config.auth).map_err(StartError::Config)?;
+        let auth = Auth::from_config(&config.auth, config.upstream.auth_header)
+            .map_err(StartError::Config)?;
         let tls = crate::net::tls_config(&config.upstream.trust)?;
         let client = rest_client(&tls);
         let metrics = Arc::new(Metrics::default());

@@ -1,7 +1,8 @@
 //! Everything that is not bridged goes to the upstream REST API as it came: method, path under
-//! the base, query, headers (minus hop-by-hop ones, with the resolved credential) and body, all
-//! streamed both ways without buffering. The REST fallback of `POST /v1/responses` uses the same
-//! path with the body it already read.
+//! the base (whose own query is kept), query, headers (minus hop-by-hop ones, plus
+//! `upstream.headers`, with the resolved credential) and body, all streamed both ways without
+//! buffering. The REST fallback of `POST /v1/responses` uses the same path with the body it
+//! already read.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,6 +56,9 @@ pub async fn forward(
     };
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
+    for (name, value) in &app.config.upstream.headers {
+        headers.insert(name, value.clone());
+    }
     credential.apply(&mut headers);
     // A client body that breaks off or is malformed fails the upstream request too; this flag
     // tells that apart from an upstream failure (400, not 502).

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod event;
 pub mod items;
+pub mod key;
 pub mod request;
 pub mod sse;
 

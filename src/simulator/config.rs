@@ -10,13 +10,21 @@ use serde::{Deserialize, Serialize};
 
 use super::faults::FaultConfig;
 use super::latency::{LatencyModel, LatencyProfile};
+use crate::protocol::key::KeyHeader;
 use crate::setting::{Invalid, at_least_one, invalid, name_of, parse_addr};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawSimulator {
     pub listen: String,
-    /// Bearer keys the simulator accepts; empty accepts any non-empty key.
+    /// Where the API is served: `/v1`, or `/openai/v1` as Azure OpenAI serves it.
+    pub path_prefix: String,
+    /// The header a key must come in: `authorization` (Bearer) or `api-key` (Azure).
+    pub auth_header: KeyHeader,
+    /// `name=value` pairs joined by `&` that every API request (upgrade or REST) must carry
+    /// in its query, e.g. `api-version=preview` (empty: none).
+    pub required_query: String,
+    /// Keys the simulator accepts; empty accepts any non-empty key.
     pub accepted_keys: Vec<String>,
     /// Seconds a WebSocket may live before `websocket_connection_limit_reached`.
     pub max_connection_age_secs: u64,
@@ -42,6 +50,9 @@ impl Default for RawSimulator {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9100".into(),
+            path_prefix: "/v1".into(),
+            auth_header: KeyHeader::Authorization,
+            required_query: String::new(),
             accepted_keys: Vec::new(),
             max_connection_age_secs: 3600,
             answer_words: 12,
@@ -85,6 +96,10 @@ impl Default for RawLatency {
 #[derive(Debug, Clone)]
 pub struct SimulatorConfig {
     pub listen: SocketAddr,
+    pub path_prefix: String,
+    pub auth_header: KeyHeader,
+    /// `(name, value)` pairs every API request's query must hold.
+    pub required_query: Vec<(String, String)>,
     pub accepted_keys: Vec<String>,
     pub max_connection_age: Duration,
     pub answer_words: u32,
@@ -121,6 +136,9 @@ pub fn validate(raw: RawSimulator) -> Result<SimulatorConfig, Invalid> {
         .map_err(|message| invalid("simulator.faults", message))?;
     Ok(SimulatorConfig {
         listen: parse_addr("simulator.listen", &raw.listen)?,
+        path_prefix: path_prefix(raw.path_prefix)?,
+        auth_header: raw.auth_header,
+        required_query: required_query(&raw.required_query)?,
         accepted_keys: raw.accepted_keys,
         max_connection_age: Duration::from_secs(at_least_one(
             "simulator.max_connection_age_secs",
@@ -136,6 +154,41 @@ pub fn validate(raw: RawSimulator) -> Result<SimulatorConfig, Invalid> {
         latency,
         faults: raw.faults,
     })
+}
+
+/// `simulator.path_prefix`: one or more `/segment`s, without a trailing `/`, outside `/sim`.
+fn path_prefix(text: String) -> Result<String, Invalid> {
+    let segments_ok = text.strip_prefix('/').is_some_and(|rest| {
+        rest.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
+        })
+    });
+    if !segments_ok || text == "/sim" || text.starts_with("/sim/") {
+        return Err(invalid(
+            "simulator.path_prefix",
+            format!(
+                "`{text}` must be a path such as /v1 or /openai/v1 (no trailing /, not under /sim)"
+            ),
+        ));
+    }
+    Ok(text)
+}
+
+/// `simulator.required_query`: `a=1&b=2` → `[(a, 1), (b, 2)]`.
+fn required_query(text: &str) -> Result<Vec<(String, String)>, Invalid> {
+    text.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+            _ => Err(invalid(
+                "simulator.required_query",
+                format!("`{pair}` is not a name=value pair"),
+            )),
+        })
+        .collect()
 }
 
 /// `[simulator.latency]`: a profile, and four figures that only count with `custom`.
@@ -196,6 +249,39 @@ mod tests {
         raw.latency.profile = LatencyProfile::Custom;
         let config = validate(raw).unwrap();
         assert_eq!(config.latency.per_token, Duration::from_millis(4));
+    }
+
+    #[test]
+    fn the_azure_shape_validates_and_bad_shapes_name_their_key() {
+        let raw = RawSimulator {
+            path_prefix: "/openai/v1".into(),
+            required_query: "api-version=preview&x=".into(),
+            ..RawSimulator::default()
+        };
+        let config = validate(raw).unwrap();
+        assert_eq!(config.path_prefix, "/openai/v1");
+        let pairs = [("api-version", "preview"), ("x", "")];
+        let expected: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        assert_eq!(config.required_query, expected);
+        for prefix in ["", "/", "v1", "/v1/", "/a//b", "/sim", "/sim/x", "/{id}"] {
+            let raw = RawSimulator {
+                path_prefix: prefix.into(),
+                ..RawSimulator::default()
+            };
+            assert_eq!(
+                validate(raw).unwrap_err().key,
+                "simulator.path_prefix",
+                "{prefix}"
+            );
+        }
+        let raw = RawSimulator {
+            required_query: "api-version".into(),
+            ..RawSimulator::default()
+        };
+        assert_eq!(validate(raw).unwrap_err().key, "simulator.required_query");
     }
 
     #[test]

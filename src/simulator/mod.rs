@@ -16,6 +16,7 @@ mod chat;
 pub mod config;
 pub mod events;
 pub mod faults;
+mod gate;
 pub mod latency;
 pub mod model;
 mod plan;
@@ -43,6 +44,7 @@ use self::faults::{FaultConfig, Faults};
 use self::stats::{Stats, StatsSnapshot};
 use self::store::Store;
 use crate::protocol::OpenAiError;
+use crate::protocol::key::KeyHeader;
 
 /// State shared by every connection of one simulator.
 #[derive(Debug)]
@@ -57,19 +59,20 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The caller's API key, or the 401 OpenAI would answer.
+    /// The caller's API key, from the header `simulator.auth_header` names, or the 401 the
+    /// upstream would answer.
     fn authenticate(&self, headers: &HeaderMap) -> Result<String, OpenAiError> {
-        let key = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|key| !key.is_empty());
-        let Some(key) = key else {
-            let mut error = OpenAiError::invalid_api_key(
-                "You didn't provide an API key. You need to provide your API key in an Authorization header \
-                 using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-            );
+        let Some(key) = self.config.auth_header.read(headers) else {
+            let mut error = OpenAiError::invalid_api_key(match self.config.auth_header {
+                KeyHeader::Authorization => {
+                    "You didn't provide an API key. You need to provide your API key in an \
+                     Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+                }
+                KeyHeader::ApiKey => {
+                    "You didn't provide an API key in the api-key header (this simulator has \
+                     simulator.auth_header = \"api-key\", as Azure OpenAI takes its keys)."
+                }
+            });
             error.code = None;
             return Err(error);
         };
@@ -96,19 +99,26 @@ fn mask(key: &str) -> String {
     format!("{head}{}{tail}", "*".repeat(chars.len() - 7))
 }
 
-/// The simulator's HTTP surface.
+/// The simulator's HTTP surface: the API under `simulator.path_prefix` (every request under
+/// it through [`gate::gate`]), the simulator's own `/sim/*` at the root.
 pub fn router(shared: Arc<Shared>) -> Router {
     let body_limit = shared.config.max_frame_bytes;
+    let api = Router::new()
+        .route("/responses", get(ws::upgrade).post(rest::create))
+        .route("/responses/{id}", get(rest::retrieve))
+        .route("/chat/completions", post(chat::create))
+        .route("/models", get(rest::models))
+        .route("/models/{id}", get(rest::model));
     Router::new()
-        .route("/v1/responses", get(ws::upgrade).post(rest::create))
-        .route("/v1/responses/{id}", get(rest::retrieve))
-        .route("/v1/chat/completions", post(chat::create))
-        .route("/v1/models", get(rest::models))
-        .route("/v1/models/{id}", get(rest::model))
+        .nest(&shared.config.path_prefix, api)
         .route("/sim/stats", get(rest::stats))
         .route("/sim/faults", get(rest::faults).post(rest::set_faults))
         .fallback(rest::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            gate::gate,
+        ))
         .layer(axum::middleware::map_response(rest::common_headers))
         .with_state(shared)
 }
@@ -165,14 +175,17 @@ impl SimulatorHandle {
         self.addr
     }
 
-    /// `http://ADDR/v1`, what an SDK takes as `base_url`.
+    /// `http://ADDR/v1` (the path prefix), what an SDK takes as `base_url`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("http://{}{}", self.addr, self.shared.config.path_prefix)
     }
 
-    /// `ws://ADDR/v1/responses`.
+    /// `ws://ADDR/v1/responses` (under the path prefix).
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/v1/responses", self.addr)
+        format!(
+            "ws://{}{}/responses",
+            self.addr, self.shared.config.path_prefix
+        )
     }
 
     pub fn stats(&self) -> StatsSnapshot {

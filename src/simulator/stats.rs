@@ -75,6 +75,29 @@ pub struct ChatBody {
     pub text: Option<String>,
 }
 
+/// One API request as it arrived (`StatsSnapshot::requests`): what an upstream sees of the
+/// proxy's URLs and headers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// By lower-case name; `authorization` and `api-key` masked (`Bearer sk-****-key`).
+    pub headers: BTreeMap<String, String>,
+}
+
+impl SeenRequest {
+    /// A WebSocket upgrade (the handshake of a socket).
+    pub fn is_upgrade(&self) -> bool {
+        self.headers
+            .get("upgrade")
+            .is_some_and(|value| value.eq_ignore_ascii_case("websocket"))
+    }
+}
+
+/// How many recent API requests the stats keep.
+pub const REQUESTS_KEPT: usize = 64;
+
 /// How many recent chat bodies the stats keep.
 pub const CHAT_BODIES_KEPT: usize = 32;
 /// The largest chat body kept as text.
@@ -142,6 +165,9 @@ pub struct StatsSnapshot {
     /// The raw bodies of the most recent chat requests (up to [`CHAT_BODIES_KEPT`]), oldest
     /// first, unknown and ignored fields included.
     pub chat_bodies: Vec<ChatBody>,
+    /// The most recent API requests (up to [`REQUESTS_KEPT`]), upgrades included, oldest
+    /// first; `/sim/*` is not recorded.
+    pub requests: Vec<SeenRequest>,
 }
 
 impl StatsSnapshot {
@@ -174,6 +200,7 @@ struct Inner {
     totals: StatsSnapshot,
     turns: VecDeque<TurnRecord>,
     chat_bodies: VecDeque<ChatBody>,
+    requests: VecDeque<SeenRequest>,
     next_socket: u64,
 }
 
@@ -217,6 +244,15 @@ impl Stats {
 
     pub fn upgrade_refused(&self) {
         self.update(|inner| inner.totals.upgrades_refused += 1);
+    }
+
+    pub fn request_seen(&self, request: SeenRequest) {
+        self.update(|inner| {
+            if inner.requests.len() == REQUESTS_KEPT {
+                inner.requests.pop_front();
+            }
+            inner.requests.push_back(request);
+        });
     }
 
     pub fn ping_received(&self) {
@@ -274,6 +310,7 @@ impl Stats {
         StatsSnapshot {
             turns: inner.turns.iter().cloned().collect(),
             chat_bodies: inner.chat_bodies.iter().cloned().collect(),
+            requests: inner.requests.iter().cloned().collect(),
             ..inner.totals.clone()
         }
     }

@@ -214,6 +214,8 @@ impl std::fmt::Display for ConnectError {
 #[derive(Debug)]
 pub struct Connector {
     url: String,
+    /// `upstream.headers`, on every handshake (the credential's headers go on top).
+    headers: HeaderMap,
     dial: Dial,
     timeout: Duration,
     max_message_bytes: usize,
@@ -239,11 +241,18 @@ impl Connector {
     ) -> Self {
         Self {
             url,
+            headers: HeaderMap::new(),
             dial,
             timeout,
             max_message_bytes,
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// Sends `headers` on every handshake.
+    pub fn with_headers(mut self, headers: HeaderMap) -> Self {
+        self.headers = headers;
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -257,6 +266,9 @@ impl Connector {
             .as_str()
             .into_client_request()
             .map_err(|error| ConnectError::Failed(error.to_string()))?;
+        for (name, value) in &self.headers {
+            request.headers_mut().insert(name, value.clone());
+        }
         credential.apply(request.headers_mut());
         // Small buffers: an idle pooled socket should cost kilobytes, not the 2 × 128 KiB of
         // tungstenite's defaults. Reads still grow to any message size; writes go out at once.
