@@ -121,6 +121,7 @@ fn upstream(raw: RawUpstream) -> Result<UpstreamConfig, Invalid> {
                 ),
             },
         },
+        lanes: raw.lanes,
     })
 }
 

@@ -13,6 +13,7 @@
 //! [`BridgeError`] while nothing has reached the client. [`Turn::next`] yields the rest and
 //! applies the one end-of-turn rule (head recorded, socket released or closed).
 
+mod conduit;
 mod error;
 mod turn;
 
@@ -34,10 +35,11 @@ use crate::metrics::Metrics;
 use crate::protocol::OpenAiError;
 use crate::protocol::error::{Meaning, upstream_error_headers};
 use crate::protocol::event::{Admit, TurnFilter};
-use crate::upstream::pool::{Census, Checkout, CheckoutError, Lease, Pool};
+use crate::upstream::pool::{Census, Checkout, CheckoutError, LaneCheckout, Pool};
 use crate::upstream::rest::RestCooldown;
 use crate::upstream::socket::CloseReason;
-use crate::upstream::socket::{ConnectError, Connector, Socket};
+use crate::upstream::socket::{ConnectError, Connector};
+use conduit::Conduit;
 use turn::Kind;
 
 /// What every turn shares.
@@ -149,6 +151,18 @@ impl Engine {
         if full_frame.len() > self.upstream.max_frame_bytes && !plan.may_continue() {
             return Err(self.fallback(FallbackReason::FrameTooLarge));
         }
+        if self.upstream.lanes && request.contains_key("stream_id") {
+            // wsbridge names the lanes itself; a REST request never carries one.
+            return Err(BridgeError::Upstream {
+                error: OpenAiError::invalid_request(
+                    "Unrecognized request argument supplied: stream_id (a WebSocket-only \
+                     parameter).",
+                )
+                .with_param("stream_id")
+                .with_code("unknown_parameter"),
+                headers: Default::default(),
+            });
+        }
         if self.rest.active(credential) {
             return Err(self.fallback(FallbackReason::UpgradeRefused));
         }
@@ -186,7 +200,6 @@ impl Engine {
             attempt += 1;
             let only_continuation = full_frame.len() > self.upstream.max_frame_bytes;
             let checkout = self
-                .pool
                 .checkout(credential, plan.affinity(only_continuation))
                 .await
                 .map_err(|error| self.checkout_failed(error));
@@ -210,6 +223,9 @@ impl Engine {
                         BridgeError::Unreachable(_) | BridgeError::Refused { .. } => {
                             RecoveryCause::ConnectFailed
                         }
+                        BridgeError::Upstream { error, .. } if error::is_stream_limit(error) => {
+                            RecoveryCause::StreamLimit
+                        }
                         BridgeError::Upstream { .. } => RecoveryCause::LimitReached,
                         _ => RecoveryCause::SocketClosed,
                     };
@@ -219,6 +235,21 @@ impl Engine {
                 outcome => return outcome,
             }
         }
+    }
+
+    /// A socket of the credential's own (`upstream.lanes` off) or a lane of a shared one.
+    async fn checkout(
+        &self,
+        credential: &Credential,
+        affinity: crate::continuation::Affinity<'_>,
+    ) -> Result<(Conduit, Option<Matched>), CheckoutError> {
+        if self.upstream.lanes {
+            let LaneCheckout { lease, matched } =
+                self.pool.checkout_lane(credential, affinity).await?;
+            return Ok((Conduit::Lane(lease), matched));
+        }
+        let Checkout { lease, matched } = self.pool.checkout(credential, affinity).await?;
+        Ok((Conduit::Socket(lease), matched))
     }
 
     fn checkout_failed(&self, error: CheckoutError) -> BridgeError {
@@ -254,19 +285,17 @@ impl Engine {
         credential: &Credential,
         plan: &Plan<'_>,
         full_frame: &Utf8Bytes,
-        checkout: Checkout,
+        checkout: (Conduit, Option<Matched>),
         body_len: usize,
         bridged: &mut bool,
     ) -> Result<Turn, BridgeError> {
-        let Checkout { mut lease, matched } = checkout;
+        let (mut lease, matched) = checkout;
         let (mut route, mut frame) = route_and_frame(plan, matched.as_ref(), full_frame);
         if frame.len() > self.upstream.max_frame_bytes {
             // Nothing was sent: the socket and its head stay as they were.
-            lease.release();
+            lease.release_unused();
             return Err(self.fallback(FallbackReason::FrameTooLarge));
         }
-        // The socket's head is replaced by this turn's (or dropped if it does not complete).
-        lease.socket().set_head(None);
         loop {
             if !*bridged {
                 // What a full resend would have sent, counted once the request went upstream.
@@ -289,6 +318,16 @@ impl Engine {
                     return Err(error);
                 }
             };
+            if matches!(lease, Conduit::Lane(_)) && error::is_stream_limit(&error) {
+                // This socket takes no more lanes: another one will (nothing was generated).
+                if let Conduit::Lane(lane) = lease {
+                    lane.refused();
+                }
+                return Err(BridgeError::Upstream {
+                    error,
+                    headers: Default::default(),
+                });
+            }
             if route != Continuation::Continued || error.meaning() != Meaning::PreviousResponseGone
             {
                 let nested = event.get("error").is_some_and(Value::is_object);
@@ -305,7 +344,7 @@ impl Engine {
             route = Continuation::Recovered;
             frame = full_frame.clone();
             if frame.len() > self.upstream.max_frame_bytes {
-                lease.release();
+                lease.release(None);
                 return Err(self.fallback(FallbackReason::FrameTooLarge));
             }
         }
@@ -316,13 +355,16 @@ impl Engine {
     /// failure, how the socket must be closed.
     async fn send(
         &self,
-        lease: &mut Lease,
+        lease: &mut Conduit,
         frame: Utf8Bytes,
         filter: &mut TurnFilter,
     ) -> Result<First, (BridgeError, CloseReason)> {
-        self.metrics.frame_sent(frame.len());
+        if let Conduit::Socket(_) = lease {
+            // A lane's socket task counts the frame it writes, `stream_id` included.
+            self.metrics.frame_sent(frame.len());
+        }
         let timeout = self.upstream.first_event_timeout;
-        match tokio::time::timeout(timeout, self.first_event(lease.socket(), frame, filter)).await {
+        match tokio::time::timeout(timeout, self.first_event(lease, frame, filter)).await {
             Ok(Ok(first)) => Ok(first),
             Ok(Err(failure)) => {
                 let reason = match failure {
@@ -342,7 +384,7 @@ impl Engine {
     /// WebSocket form), and is closed after a flat one or the connection limit.
     fn request_error(
         &self,
-        lease: Lease,
+        lease: Conduit,
         event: &Value,
         error: OpenAiError,
         nested: bool,
@@ -350,7 +392,7 @@ impl Engine {
         if error.meaning() == Meaning::ConnectionLimit {
             lease.close(CloseReason::LimitReached);
         } else if nested {
-            lease.release();
+            lease.release(None);
         } else {
             lease.close(CloseReason::TurnFailed);
         }
@@ -363,14 +405,14 @@ impl Engine {
     /// `response.created` or a request-scoped `error`.
     async fn first_event(
         &self,
-        socket: &mut Socket,
+        socket: &mut Conduit,
         frame: Utf8Bytes,
         filter: &mut TurnFilter,
     ) -> Result<First, BridgeError> {
         socket
             .send(frame)
             .await
-            .map_err(|_| BridgeError::ClosedBeforeStart)?;
+            .map_err(|()| BridgeError::ClosedBeforeStart)?;
         loop {
             let text = socket
                 .next_event()

@@ -1,0 +1,90 @@
+//! What a turn runs on ([`Conduit`]): a socket it owns (`upstream.lanes = false`, the default)
+//! or one `stream_id` lane of a shared socket (docs/architecture.md, "Lanes"). The socket case
+//! reads the socket directly, as it always did: no task, channel or lock per event.
+
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::continuation::Head;
+use crate::upstream::pool::{LaneLease, Lease};
+use crate::upstream::socket::CloseReason;
+
+#[derive(Debug)]
+pub enum Conduit {
+    Socket(Lease),
+    Lane(LaneLease),
+}
+
+impl Conduit {
+    /// Sends a turn's frame. The socket's head is dropped first: the upstream replaces it with
+    /// this turn's (or loses it if the turn does not complete).
+    pub async fn send(&mut self, frame: Utf8Bytes) -> Result<(), ()> {
+        match self {
+            Self::Socket(lease) => {
+                let socket = lease.socket();
+                socket.set_head(None);
+                socket.send(frame).await.map_err(|_| ())
+            }
+            Self::Lane(lane) => lane.send(&frame).map_err(|_| ()),
+        }
+    }
+
+    /// The next event; `Err` when the socket is finished.
+    pub async fn next_event(&mut self) -> Result<Utf8Bytes, CloseReason> {
+        match self {
+            Self::Socket(lease) => lease.socket().next_event().await,
+            Self::Lane(lane) => lane.next_event().await,
+        }
+    }
+
+    /// The turn ended cleanly; the socket (or lane) now holds `head`.
+    pub fn release(self, head: Option<Head>) {
+        match self {
+            Self::Socket(mut lease) => {
+                lease.socket().set_head(head);
+                lease.release();
+            }
+            Self::Lane(lane) => lane.release(head),
+        }
+    }
+
+    /// Nothing was sent: the socket (or lane) keeps the head it had.
+    pub fn release_unused(self) {
+        match self {
+            Self::Socket(lease) => lease.release(),
+            Self::Lane(lane) => lane.release_unused(),
+        }
+    }
+
+    /// The turn failed: the socket is closed (a lane is given up, see [`LaneLease::close`]).
+    pub fn close(self, reason: CloseReason) {
+        match self {
+            Self::Socket(lease) => lease.close(reason),
+            Self::Lane(lane) => lane.close(reason),
+        }
+    }
+
+    /// The first event is in: top the pool up in the background (sockets only; lanes open
+    /// sockets as turns need them).
+    pub fn refill_pool(&self) {
+        if let Self::Socket(lease) = self {
+            lease.refill_pool();
+        }
+    }
+
+    /// True when the socket had carried a turn before this one.
+    pub fn reused(&mut self) -> bool {
+        match self {
+            Self::Socket(lease) => lease.socket().turns() > 1,
+            Self::Lane(lane) => lane.reused(),
+        }
+    }
+
+    /// When the socket was opened.
+    pub fn opened(&mut self) -> Instant {
+        match self {
+            Self::Socket(lease) => lease.socket().opened(),
+            Self::Lane(lane) => lane.opened(),
+        }
+    }
+}
