@@ -39,6 +39,9 @@ pub struct Table {
     muxes: Vec<Mux>,
     /// Heads of idle lanes (by lane key), and stored heads.
     index: HeadIndex,
+    /// Heads of busy lanes: the upstream keeps each until the turn on its lane completes, so
+    /// another lane of the same socket can fork from it meanwhile.
+    forks: HeadIndex,
     /// Lane sockets being opened.
     pub connecting: usize,
 }
@@ -128,6 +131,9 @@ impl Table {
             Some(Found::Stored(matched)) => stored = Some(matched),
             None => {}
         }
+        if let Some((mux, lane, matched)) = self.fork(affinity) {
+            return Ok(Pick::Take(self.take(mux, lane, Some(matched))));
+        }
         if stored.is_none() && matches!(affinity, Affinity::Only { .. }) {
             return Err(NoMatch);
         }
@@ -181,9 +187,24 @@ impl Table {
         })
     }
 
+    /// A busy lane holding the wanted head, and a free lane on its socket to fork it on.
+    fn fork(&self, affinity: &Affinity<'_>) -> Option<(u64, usize, Matched)> {
+        let forkable = |mux: &&Mux| mux.has_slot() && mux.free_lane().is_some();
+        let found = self.forks.find(affinity, |key| {
+            let (mux, lane) = split(key);
+            let mux = self.mux(mux).filter(forkable)?;
+            mux.lanes.get(lane).filter(|l| l.busy)?.head.as_ref()
+        });
+        let Some(Found::Socket(key, matched)) = found else {
+            return None;
+        };
+        let mux = self.mux(split(key).0)?;
+        Some((mux.id, mux.free_lane()?, matched))
+    }
+
     /// Marks a lane busy (a new one when `lane` is one past the last) for one turn.
     fn take(&mut self, id: u64, lane: usize, matched: Option<Matched>) -> Taken {
-        let index = &mut self.index;
+        let (index, forks) = (&mut self.index, &mut self.forks);
         let Some(mux) = self.muxes.iter_mut().find(|mux| mux.id == id) else {
             unreachable!("a lane is only taken on a socket of the table")
         };
@@ -203,6 +224,8 @@ impl Table {
             evicted = own != Some(&head.response_id);
             if evicted {
                 slot.head = None;
+            } else {
+                forks.insert(key(id, lane), head);
             }
         }
         Taken {
@@ -241,6 +264,9 @@ impl Table {
         slot.since = Some(now);
         mux.in_flight -= 1;
         let keep = lane < mux.lane_limit && !mux.retiring;
+        if let Some(old) = &slot.head {
+            self.forks.remove(key(id, lane), old);
+        }
         slot.head = match head {
             Finish::Head(head) => head,
             Finish::Unused => slot.head.take(),
@@ -271,6 +297,7 @@ impl Table {
         for (lane, slot) in mux.lanes.iter_mut().enumerate() {
             if let Some(head) = slot.head.take() {
                 self.index.remove(key(id, lane), &head);
+                self.forks.remove(key(id, lane), &head);
             }
         }
         mux.in_flight == 0
@@ -402,9 +429,15 @@ mod tests {
         assert!(!continued.evicted);
         assert_eq!(table.lanes_in_use(), 2);
         assert_eq!(table.sockets(), (0, 1));
-        // A fork of r1 while its lane is busy: the index no longer offers it.
-        let fork = taken(table.choose(&extend(&[11]), true, 4, now));
-        assert_eq!((fork.lane, fork.matched), (2, None));
+        // A fork of r1 while its lane is busy: another lane of the same socket continues it.
+        let fork = taken(table.choose(&extend(&[11, 12]), true, 4, now));
+        assert_eq!((fork.mux, fork.lane), (1, 2));
+        assert_eq!(fork.matched.unwrap().previous, "r1");
+        // Once r1's lane moved on, r1 is no longer there to fork.
+        table.finish(1, 0, Finish::Head(Some(head("r1b", 13))), now);
+        let late = taken(table.choose(&extend(&[11, 12]), true, 4, now));
+        assert_eq!((late.lane, late.matched), (3, None), "a new lane, fresh");
+        assert!(!late.evicted);
     }
 
     #[test]
