@@ -192,7 +192,7 @@ async fn started(bridge: &Bridge, body: &Value) -> tokio::task::JoinHandle<Strin
             .await
             .unwrap()
             .unwrap();
-        first + &String::from_utf8(rest.to_bytes().to_vec()).unwrap()
+        first + std::str::from_utf8(&rest.to_bytes()).unwrap()
     })
 }
 

@@ -180,11 +180,12 @@ impl Task {
                 route.events = None;
             }
         }
-        if terminal && let Some(route) = self.routes.remove(&lane) {
-            if route.events.is_none() {
-                self.partition
-                    .finish(&self.pool, self.socket.id(), lane, Finish::Head(None));
-            }
+        if terminal
+            && let Some(route) = self.routes.remove(&lane)
+            && route.events.is_none()
+        {
+            self.partition
+                .finish(&self.pool, self.socket.id(), lane, Finish::Head(None));
         }
         Ok(())
     }
