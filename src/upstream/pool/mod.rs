@@ -185,6 +185,7 @@ impl Pool {
         for partition in lock(&self.inner.partitions).values() {
             partition.turns.close();
         }
+        self.wake_lane_checkouts();
         self.inner.tasks.close();
         let _ = tokio::time::timeout(grace, self.inner.tasks.wait()).await;
     }

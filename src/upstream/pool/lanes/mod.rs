@@ -49,8 +49,8 @@ pub(super) struct LanePartition {
 #[derive(Debug, Default)]
 struct LaneState {
     table: Table,
-    /// Each open lane socket's task.
-    tasks: HashMap<u64, mpsc::UnboundedSender<Command>>,
+    /// Each open lane socket's task, and when the socket was opened.
+    tasks: HashMap<u64, (mpsc::UnboundedSender<Command>, Instant)>,
 }
 
 /// A lane leased for one turn, and the head it continues.
@@ -127,6 +127,13 @@ impl Pool {
             })
     }
 
+    /// Wakes every waiting lane checkout (the pool is closing: they give up at once).
+    pub(super) fn wake_lane_checkouts(&self) {
+        for partition in lock(&self.inner.lanes.partitions).values() {
+            partition.available.notify_waiters();
+        }
+    }
+
     /// Credentials with lane state.
     pub(super) fn lane_credentials(&self) -> Vec<Credential> {
         lock(&self.inner.lanes.partitions).keys().cloned().collect()
@@ -165,17 +172,12 @@ impl LanePartition {
         if taken.evicted {
             pool.metrics.head_evicted();
         }
-        let commands = lock(&self.state).tasks.get(&taken.mux).cloned();
-        let (commands, stale) = match commands {
-            Some(commands) => (commands, None),
+        let task = lock(&self.state).tasks.get(&taken.mux).cloned();
+        let (commands, opened) = task.unwrap_or_else(|| {
             // The task is gone (never in practice: a socket leaves the table before its task
             // ends); a closed channel makes the turn see a closed socket and retry.
-            None => {
-                let (commands, stale) = mpsc::unbounded_channel();
-                (commands, Some(stale))
-            }
-        };
-        drop(stale);
+            (mpsc::unbounded_channel().0, Instant::now())
+        });
         LaneCheckout {
             matched: taken.matched,
             lease: LaneLease {
@@ -187,7 +189,7 @@ impl LanePartition {
                 commands,
                 events: None,
                 reused: taken.reused,
-                opened: Instant::now(),
+                opened,
                 done: false,
             },
         }
@@ -226,7 +228,7 @@ impl LanePartition {
         let (commands, receiver) = mpsc::unbounded_channel();
         let taken = {
             let mut state = lock(&self.state);
-            state.tasks.insert(id, commands);
+            state.tasks.insert(id, (commands, opened));
             let (lanes, sockets) = (state.table.lanes_in_use(), state.tasks.len() - 1);
             let taken = state.table.add_mux(id, stored);
             pool.metrics.lanes_changed(
@@ -238,16 +240,14 @@ impl LanePartition {
         self.available.notify_waiters();
         pool.tasks
             .spawn(mux::Task::new(socket, receiver, self.clone(), pool.clone()).run());
-        let mut checkout = self.lease(pool, taken);
-        checkout.lease.opened = opened;
-        Ok(checkout)
+        Ok(self.lease(pool, taken))
     }
 
     /// A turn on `lane` of socket `mux` ended; `head` says what the lane now holds.
     fn finish(&self, pool: &Inner, mux: u64, lane: usize, head: Finish) {
         let now = Instant::now();
         let close = self.with_table(pool, |table| table.finish(mux, lane, head, now));
-        if close && let Some(task) = lock(&self.state).tasks.get(&mux) {
+        if close && let Some((task, _)) = lock(&self.state).tasks.get(&mux) {
             let _ = task.send(Command::Close(CloseReason::MaxAge));
         }
         self.available.notify_waiters();
@@ -299,7 +299,7 @@ impl LaneLease {
         self.reused
     }
 
-    /// When the socket was opened (for a lane taken on an open socket: when it was taken).
+    /// When the socket was opened.
     pub fn opened(&self) -> Instant {
         self.opened
     }
