@@ -206,17 +206,26 @@ fn last_type(sse: &str) -> String {
 #[tokio::test]
 async fn the_lane_limit_moves_a_turn_to_another_socket_and_a_dying_socket_fails_only_its_own_turns()
 {
-    // Two lanes a socket: the third conversation's lane is refused and goes to a new socket.
+    // Three lanes a socket: the fourth conversation's lane is refused and goes to a new socket.
     let on = lanes_bridge(SimulatorConfig {
-        max_named_lanes: 2,
+        max_named_lanes: 3,
         ..SimulatorConfig::default()
     })
     .await;
     let stream = |name: &str, fault: &str| body(&[user(name)], true, Some(fault));
-    let dies = started(&on, &stream("a", "stall_within:500,close_mid_stream")).await;
-    let cut = started(&on, &stream("b", "stall_within:3000")).await;
-    let moved = started(&on, &stream("c", "stall_within:1000")).await;
-    let beside = started(&on, &stream("d", "stall_within:1000")).await;
+    let dies = started(&on, &stream("a", "stall_within:2000,close_mid_stream")).await;
+    let cut = started(&on, &stream("b", "stall_within:5000")).await;
+    // Not started yet when its socket dies: sent again on the other socket, unseen.
+    let waiting = tokio::spawn({
+        let (url, body) = (
+            on.url(),
+            body(&[user("w")], false, Some("stall_before:2500")),
+        );
+        async move { turn(&url, &body).await.0 }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let moved = started(&on, &stream("c", "stall_within:3000")).await;
+    let beside = started(&on, &stream("d", "stall_within:3000")).await;
 
     let [dies, cut, moved, beside] =
         [dies, cut, moved, beside].map(|task| async { task.await.unwrap() });
@@ -245,11 +254,15 @@ async fn the_lane_limit_moves_a_turn_to_another_socket_and_a_dying_socket_fails_
     assert_eq!(socket_of(&dies), socket_of(&cut));
     assert_eq!(socket_of(&moved), socket_of(&beside));
     assert_ne!(socket_of(&dies), socket_of(&moved));
-    assert_eq!(
-        on.metric("wsbridge_upstream_recoveries_total{cause=\"stream_limit\"}")
-            .await,
-        1.0
-    );
+    let waiting = waiting.await.unwrap();
+    assert!(output_text(&waiting).contains("You said: w"), "{waiting}");
+    let stats = on.sim.stats();
+    let waited_on = by_response(&stats)[waiting["id"].as_str().unwrap()].socket;
+    assert_eq!(waited_on, Some(socket_of(&moved)));
+    for (cause, count) in [("stream_limit", 1.0), ("socket_closed", 1.0)] {
+        let series = format!("wsbridge_upstream_recoveries_total{{cause=\"{cause}\"}}");
+        assert_eq!(on.metric(&series).await, count, "{cause}");
+    }
     let lane_sockets = on
         .wait_for_metric("wsbridge_upstream_lane_sockets", |n| n == 1.0)
         .await;

@@ -5,9 +5,42 @@
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::continuation::Head;
-use crate::upstream::pool::{LaneLease, Lease};
+use super::{BridgeError, Engine};
+use crate::auth::Credential;
+use crate::continuation::{Affinity, Head, Matched};
+use crate::protocol::OpenAiError;
+use crate::upstream::pool::{Checkout, CheckoutError, LaneCheckout, LaneLease, Lease};
 use crate::upstream::socket::CloseReason;
+
+impl Engine {
+    /// A socket of the credential's own (`upstream.lanes` off) or a lane of a shared one.
+    pub(super) async fn checkout(
+        &self,
+        credential: &Credential,
+        affinity: Affinity<'_>,
+    ) -> Result<(Conduit, Option<Matched>), CheckoutError> {
+        if self.upstream.lanes {
+            let LaneCheckout { lease, matched } =
+                self.pool.checkout_lane(credential, affinity).await?;
+            return Ok((Conduit::Lane(lease), matched));
+        }
+        let Checkout { lease, matched } = self.pool.checkout(credential, affinity).await?;
+        Ok((Conduit::Socket(lease), matched))
+    }
+}
+
+/// The answer to a request naming its own `stream_id` while lanes are on: wsbridge names the
+/// lanes itself, and over REST the parameter does not exist.
+pub(super) fn client_stream_id() -> BridgeError {
+    BridgeError::Upstream {
+        error: OpenAiError::invalid_request(
+            "Unrecognized request argument supplied: stream_id (a WebSocket-only parameter).",
+        )
+        .with_param("stream_id")
+        .with_code("unknown_parameter"),
+        headers: Default::default(),
+    }
+}
 
 #[derive(Debug)]
 #[expect(

@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::protocol::OpenAiError;
 use crate::protocol::error::{Meaning, upstream_error_headers};
 use crate::protocol::event::{Admit, TurnFilter};
-use crate::upstream::pool::{Census, Checkout, CheckoutError, LaneCheckout, Pool};
+use crate::upstream::pool::{Census, CheckoutError, Pool};
 use crate::upstream::rest::RestCooldown;
 use crate::upstream::socket::CloseReason;
 use crate::upstream::socket::{ConnectError, Connector};
@@ -152,16 +152,7 @@ impl Engine {
             return Err(self.fallback(FallbackReason::FrameTooLarge));
         }
         if self.upstream.lanes && request.contains_key("stream_id") {
-            // wsbridge names the lanes itself; a REST request never carries one.
-            return Err(BridgeError::Upstream {
-                error: OpenAiError::invalid_request(
-                    "Unrecognized request argument supplied: stream_id (a WebSocket-only \
-                     parameter).",
-                )
-                .with_param("stream_id")
-                .with_code("unknown_parameter"),
-                headers: Default::default(),
-            });
+            return Err(conduit::client_stream_id());
         }
         if self.rest.active(credential) {
             return Err(self.fallback(FallbackReason::UpgradeRefused));
@@ -235,21 +226,6 @@ impl Engine {
                 outcome => return outcome,
             }
         }
-    }
-
-    /// A socket of the credential's own (`upstream.lanes` off) or a lane of a shared one.
-    async fn checkout(
-        &self,
-        credential: &Credential,
-        affinity: crate::continuation::Affinity<'_>,
-    ) -> Result<(Conduit, Option<Matched>), CheckoutError> {
-        if self.upstream.lanes {
-            let LaneCheckout { lease, matched } =
-                self.pool.checkout_lane(credential, affinity).await?;
-            return Ok((Conduit::Lane(lease), matched));
-        }
-        let Checkout { lease, matched } = self.pool.checkout(credential, affinity).await?;
-        Ok((Conduit::Socket(lease), matched))
     }
 
     fn checkout_failed(&self, error: CheckoutError) -> BridgeError {

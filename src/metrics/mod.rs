@@ -18,6 +18,7 @@ use crate::outcome::{
 };
 
 mod chat;
+mod lanes;
 use crate::protocol::event::Dropped;
 
 /// Which surface served a request.
@@ -101,9 +102,7 @@ struct Upstream {
     upstream_bytes: Counter,
     dropped_events: Family<DroppedLabels, Counter>,
     credentials: Gauge,
-    /// `upstream.lanes`: lanes busy or holding a head, and the sockets carrying them.
-    lanes_in_use: Gauge,
-    lane_sockets: Gauge,
+    lanes: lanes::LaneMetrics,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -179,21 +178,8 @@ impl Upstream {
              no stored heads and no REST cool-down)",
             Gauge::default(),
         );
-        let lanes_in_use = add(
-            registry,
-            "upstream_lanes_in_use",
-            "stream_id lanes (upstream.lanes) with a turn in flight or holding a conversation's head",
-            Gauge::default(),
-        );
-        let lane_sockets = add(
-            registry,
-            "upstream_lane_sockets",
-            "Upstream WebSockets carrying stream_id lanes (also counted in upstream_sockets)",
-            Gauge::default(),
-        );
         Self {
-            lanes_in_use,
-            lane_sockets,
+            lanes: lanes::LaneMetrics::register(registry),
             sockets,
             socket_opens,
             socket_closes,
@@ -343,16 +329,6 @@ impl Metrics {
         self.continuations
             .get_or_create(&ContinuationLabels { outcome })
             .inc();
-    }
-
-    /// Lanes in use and lane sockets changed by these amounts.
-    pub fn lanes_changed(&self, lanes: i64, sockets: i64) {
-        if lanes != 0 {
-            self.upstream.lanes_in_use.inc_by(lanes);
-        }
-        if sockets != 0 {
-            self.upstream.lane_sockets.inc_by(sockets);
-        }
     }
 
     pub fn head_evicted(&self) {
