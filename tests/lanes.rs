@@ -285,3 +285,31 @@ async fn a_request_naming_its_own_stream_id_is_refused_before_anything_goes_upst
     );
     assert_eq!(on.sim.stats().sockets_opened, 0);
 }
+
+#[tokio::test]
+async fn a_lane_whose_response_does_not_start_in_time_retires_its_socket() {
+    let on = bridge_with(SimulatorConfig::default(), |config| {
+        config.upstream.lanes = true;
+        config.upstream.first_event_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let slow = on
+        .post(&body(&[user("slow")], false, Some("stall_before:1500")))
+        .await;
+    assert_eq!(slow.status, 504, "{}", slow.body);
+    // The upstream may never finish that lane: no new turn goes to its socket.
+    let (next, _) = turn(&on.url(), &body(&[user("next")], false, None)).await;
+    assert!(output_text(&next).contains("You said: next"));
+    assert_eq!(on.sim.stats().sockets_opened, 2);
+    let closed = on
+        .wait_for_metric(
+            "wsbridge_upstream_socket_closes_total{reason=\"turn_failed\"}",
+            |n| n == 1.0,
+        )
+        .await;
+    assert_eq!(
+        closed, 1.0,
+        "closed once only abandoned lanes were left on it"
+    );
+    assert_eq!(on.metric("wsbridge_upstream_lane_sockets").await, 1.0);
+}

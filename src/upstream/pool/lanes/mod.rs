@@ -246,10 +246,8 @@ impl LanePartition {
     /// A turn on `lane` of socket `mux` ended; `head` says what the lane now holds.
     fn finish(&self, pool: &Inner, mux: u64, lane: usize, head: Finish) {
         let now = Instant::now();
-        let close = self.with_table(pool, |table| table.finish(mux, lane, head, now));
-        if close && let Some((task, _)) = lock(&self.state).tasks.get(&mux) {
-            let _ = task.send(Command::Close(CloseReason::MaxAge));
-        }
+        // A retiring socket left idle is closed by its task's next tick.
+        self.with_table(pool, |table| table.finish(mux, lane, head, now));
         self.available.notify_waiters();
     }
 
@@ -260,6 +258,10 @@ impl LanePartition {
 
     fn is_idle(&self, mux: u64) -> bool {
         lock(&self.state).table.is_idle(mux)
+    }
+
+    fn is_retiring(&self, mux: u64) -> bool {
+        lock(&self.state).table.is_retiring(mux)
     }
 
     /// Socket `mux`'s task is ending: its lanes and heads go.
@@ -365,7 +367,11 @@ impl LaneLease {
         if reason == CloseReason::LimitReached {
             self.partition.retire(&self.pool, self.mux);
         }
-        if self.commands.send(Command::Abandon(self.lane)).is_err() {
+        if self
+            .commands
+            .send(Command::Abandon(self.lane, reason))
+            .is_err()
+        {
             self.partition
                 .finish(&self.pool, self.mux, self.lane, Finish::Head(None));
         }

@@ -4,8 +4,10 @@
 //!
 //! A turn whose client went away cannot be stopped upstream without closing the socket and
 //! every other lane on it, so its lane is abandoned instead: its events are dropped until its
-//! terminal event, and then the lane is free again. The task ends when the socket closes
-//! (every turn on it sees the close), when it is retired and idle, or when it sat idle for
+//! terminal event, and then the lane is free again. A turn that failed while its response
+//! still runs (silent, no first event in time) retires the socket, whose slot the upstream
+//! may never give back. The task ends when the socket closes (every turn on it sees the
+//! close), when it is retired with no turn left but abandoned ones, or when it sat idle for
 //! `pool.idle_timeout`.
 
 use std::collections::HashMap;
@@ -35,10 +37,9 @@ pub(super) enum Command {
         frame: Utf8Bytes,
         events: mpsc::UnboundedSender<Utf8Bytes>,
     },
-    /// The turn on `lane` was given up: free the lane once its terminal event has passed.
-    Abandon(usize),
-    /// A turn ended on a retiring socket that is now idle: close it.
-    Close(CloseReason),
+    /// The turn on `lane` was given up, for this reason: free the lane once its terminal
+    /// event has passed.
+    Abandon(usize, CloseReason),
 }
 
 /// Where a lane's events go while its turn runs.
@@ -87,8 +88,7 @@ impl Task {
                             break CloseReason::ServerClosed;
                         }
                     }
-                    Some(Command::Abandon(lane)) => self.abandon(lane),
-                    Some(Command::Close(reason)) => break reason,
+                    Some(Command::Abandon(lane, reason)) => self.abandon(lane, reason),
                     None => break CloseReason::Shutdown,
                 },
                 inbound = self.socket.read() => match inbound {
@@ -132,15 +132,20 @@ impl Task {
             self.socket.keep_alive(every)?;
         }
         let id = self.socket.id();
-        if shutdown.is_cancelled() || self.socket.age() >= config.max_age {
-            let reason = if shutdown.is_cancelled() {
-                CloseReason::Shutdown
-            } else {
-                CloseReason::MaxAge
-            };
-            if self.partition.retire(&self.pool, id) || idle {
-                return Err(reason);
-            }
+        let reason = if shutdown.is_cancelled() {
+            CloseReason::Shutdown
+        } else if self.socket.age() >= config.max_age {
+            CloseReason::MaxAge
+        } else {
+            // Retired for a lane that never finished (see `abandon`), if at all.
+            CloseReason::TurnFailed
+        };
+        if reason != CloseReason::TurnFailed && self.partition.retire(&self.pool, id) {
+            return Err(reason);
+        }
+        // Retired, and no turn left but abandoned ones: nobody waits for this socket.
+        if idle && self.partition.is_retiring(id) {
+            return Err(reason);
         }
         if idle && quiet_since.elapsed() >= config.idle_timeout && self.partition.is_idle(id) {
             return Err(CloseReason::IdleTimeout);
@@ -148,9 +153,18 @@ impl Task {
         Ok(())
     }
 
-    fn abandon(&mut self, lane: usize) {
+    /// A client that went away leaves its lane generating: its events are dropped until the
+    /// terminal one. A turn that failed while its response still runs (silent, no first
+    /// event in time, an invalid event) means a lane the upstream may never finish, holding
+    /// one of the socket's slots: the socket takes no new turn and closes once the others end.
+    fn abandon(&mut self, lane: usize, reason: CloseReason) {
         match self.routes.get_mut(&lane) {
-            Some(route) => route.events = None,
+            Some(route) => {
+                route.events = None;
+                if reason != CloseReason::ClientGone {
+                    self.partition.retire(&self.pool, self.socket.id());
+                }
+            }
             None => self
                 .partition
                 .finish(&self.pool, self.socket.id(), lane, Finish::Head(None)),

@@ -315,6 +315,11 @@ impl Table {
         self.mux(id).is_none_or(|mux| mux.in_flight == 0)
     }
 
+    /// True when `id` takes no new turn (or is gone).
+    pub fn is_retiring(&self, id: u64) -> bool {
+        self.mux(id).is_none_or(|mux| mux.retiring)
+    }
+
     /// Lanes busy or holding a head.
     pub fn lanes_in_use(&self) -> usize {
         self.muxes
