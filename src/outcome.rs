@@ -52,6 +52,8 @@ pub enum RecoveryCause {
     LimitReached,
     /// A continuation wsbridge made was `previous_response_not_found`: resent in full.
     PreviousResponseNotFound,
+    /// The upstream refused a new `stream_id` lane (`websocket_stream_limit_reached`).
+    StreamLimit,
 }
 
 /// Why a `POST /v1/responses` went over REST instead of a WebSocket.

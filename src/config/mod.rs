@@ -144,6 +144,8 @@ pub struct UpstreamConfig {
     pub rest_fallback_cooldown: Duration,
     /// `tls_roots` and the certificates of `ca_file`, read at load time.
     pub trust: Trust,
+    /// HTTP conversations share sockets over `stream_id` lanes (docs/architecture.md, "Lanes").
+    pub lanes: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -102,6 +102,9 @@ pub struct RawUpstream {
     /// A PEM file of extra CAs trusted besides `tls_roots` (empty: none; a relative path is
     /// from the working directory).
     pub ca_file: String,
+    /// Spread concurrent conversations of a credential over `stream_id` lanes of fewer
+    /// sockets (for upstreams that support lanes).
+    pub lanes: bool,
 }
 
 impl Default for RawUpstream {
@@ -121,6 +124,7 @@ impl Default for RawUpstream {
             rest_fallback_cooldown_secs: 300,
             tls_roots: TlsRoots::Both,
             ca_file: String::new(),
+            lanes: false,
         }
     }
 }

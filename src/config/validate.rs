@@ -135,6 +135,7 @@ fn upstream(raw: RawUpstream) -> Result<UpstreamConfig, Invalid> {
                 ),
             },
         },
+        lanes: raw.lanes,
     })
 }
 

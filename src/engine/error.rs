@@ -15,6 +15,12 @@ use crate::upstream::socket::ConnectError;
 /// The code of the error a request gets when wsbridge is shutting down.
 pub const SHUTTING_DOWN: &str = "server_shutting_down";
 
+/// The upstream refused a new `stream_id` lane on a socket (`websocket_stream_limit_reached`):
+/// another socket takes it (docs/architecture.md, "Lanes").
+pub fn is_stream_limit(error: &OpenAiError) -> bool {
+    error.code.as_deref() == Some("websocket_stream_limit_reached")
+}
+
 /// A turn that did not start (nothing reached the client).
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -78,6 +84,7 @@ impl BridgeError {
             Self::Refused { status, .. } => status.is_server_error(),
             Self::Upstream { error, .. } => {
                 error.meaning() == crate::protocol::error::Meaning::ConnectionLimit
+                    || is_stream_limit(error)
             }
             _ => false,
         }

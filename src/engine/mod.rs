@@ -13,6 +13,7 @@
 //! [`BridgeError`] while nothing has reached the client. [`Turn::next`] yields the rest and
 //! applies the one end-of-turn rule (head recorded, socket released or closed).
 
+mod conduit;
 mod error;
 mod turn;
 
@@ -34,10 +35,11 @@ use crate::metrics::Metrics;
 use crate::protocol::OpenAiError;
 use crate::protocol::error::{Meaning, upstream_error_headers};
 use crate::protocol::event::{Admit, TurnFilter};
-use crate::upstream::pool::{Census, Checkout, CheckoutError, Lease, Pool};
+use crate::upstream::pool::{Census, CheckoutError, Pool};
 use crate::upstream::rest::RestCooldown;
 use crate::upstream::socket::CloseReason;
-use crate::upstream::socket::{ConnectError, Connector, Socket};
+use crate::upstream::socket::{ConnectError, Connector};
+use conduit::Conduit;
 use turn::Kind;
 
 /// What every turn shares.
@@ -150,6 +152,9 @@ impl Engine {
         if full_frame.len() > self.upstream.max_frame_bytes && !plan.may_continue() {
             return Err(self.fallback(FallbackReason::FrameTooLarge));
         }
+        if self.upstream.lanes && request.contains_key("stream_id") {
+            return Err(conduit::client_stream_id());
+        }
         if self.rest.active(credential) {
             return Err(self.fallback(FallbackReason::UpgradeRefused));
         }
@@ -187,7 +192,6 @@ impl Engine {
             attempt += 1;
             let only_continuation = full_frame.len() > self.upstream.max_frame_bytes;
             let checkout = self
-                .pool
                 .checkout(credential, plan.affinity(only_continuation))
                 .await
                 .map_err(|error| self.checkout_failed(error));
@@ -210,6 +214,9 @@ impl Engine {
                     let cause = match &error {
                         BridgeError::Unreachable(_) | BridgeError::Refused { .. } => {
                             RecoveryCause::ConnectFailed
+                        }
+                        BridgeError::Upstream { error, .. } if error::is_stream_limit(error) => {
+                            RecoveryCause::StreamLimit
                         }
                         BridgeError::Upstream { .. } => RecoveryCause::LimitReached,
                         _ => RecoveryCause::SocketClosed,
@@ -255,19 +262,17 @@ impl Engine {
         credential: &Credential,
         plan: &Plan<'_>,
         full_frame: &Utf8Bytes,
-        checkout: Checkout,
+        checkout: (Conduit, Option<Matched>),
         body_len: usize,
         bridged: &mut bool,
     ) -> Result<Turn, BridgeError> {
-        let Checkout { mut lease, matched } = checkout;
+        let (mut lease, matched) = checkout;
         let (mut route, mut frame) = route_and_frame(plan, matched.as_ref(), full_frame);
         if frame.len() > self.upstream.max_frame_bytes {
             // Nothing was sent: the socket and its head stay as they were.
-            lease.release();
+            lease.release_unused();
             return Err(self.fallback(FallbackReason::FrameTooLarge));
         }
-        // The socket's head is replaced by this turn's (or dropped if it does not complete).
-        lease.socket().set_head(None);
         loop {
             if !*bridged {
                 // What a full resend would have sent, counted once the request went upstream.
@@ -290,6 +295,16 @@ impl Engine {
                     return Err(error);
                 }
             };
+            if matches!(lease, Conduit::Lane(_)) && error::is_stream_limit(&error) {
+                // This socket takes no more lanes: another one will (nothing was generated).
+                if let Conduit::Lane(lane) = lease {
+                    lane.refused();
+                }
+                return Err(BridgeError::Upstream {
+                    error,
+                    headers: Default::default(),
+                });
+            }
             if route != Continuation::Continued || error.meaning() != Meaning::PreviousResponseGone
             {
                 let nested = event.get("error").is_some_and(Value::is_object);
@@ -306,7 +321,7 @@ impl Engine {
             route = Continuation::Recovered;
             frame = full_frame.clone();
             if frame.len() > self.upstream.max_frame_bytes {
-                lease.release();
+                lease.release(None);
                 return Err(self.fallback(FallbackReason::FrameTooLarge));
             }
         }
@@ -317,13 +332,16 @@ impl Engine {
     /// failure, how the socket must be closed.
     async fn send(
         &self,
-        lease: &mut Lease,
+        lease: &mut Conduit,
         frame: Utf8Bytes,
         filter: &mut TurnFilter,
     ) -> Result<First, (BridgeError, CloseReason)> {
-        self.metrics.frame_sent(frame.len());
+        if let Conduit::Socket(_) = lease {
+            // A lane's socket task counts the frame it writes, `stream_id` included.
+            self.metrics.frame_sent(frame.len());
+        }
         let timeout = self.upstream.first_event_timeout;
-        match tokio::time::timeout(timeout, self.first_event(lease.socket(), frame, filter)).await {
+        match tokio::time::timeout(timeout, self.first_event(lease, frame, filter)).await {
             Ok(Ok(first)) => Ok(first),
             Ok(Err(failure)) => {
                 let reason = match failure {
@@ -343,7 +361,7 @@ impl Engine {
     /// WebSocket form), and is closed after a flat one or the connection limit.
     fn request_error(
         &self,
-        lease: Lease,
+        lease: Conduit,
         event: &Value,
         error: OpenAiError,
         nested: bool,
@@ -351,7 +369,7 @@ impl Engine {
         if error.meaning() == Meaning::ConnectionLimit {
             lease.close(CloseReason::LimitReached);
         } else if nested {
-            lease.release();
+            lease.release(None);
         } else {
             lease.close(CloseReason::TurnFailed);
         }
@@ -364,14 +382,14 @@ impl Engine {
     /// `response.created` or a request-scoped `error`.
     async fn first_event(
         &self,
-        socket: &mut Socket,
+        socket: &mut Conduit,
         frame: Utf8Bytes,
         filter: &mut TurnFilter,
     ) -> Result<First, BridgeError> {
         socket
             .send(frame)
             .await
-            .map_err(|_| BridgeError::ClosedBeforeStart)?;
+            .map_err(|()| BridgeError::ClosedBeforeStart)?;
         loop {
             let text = socket
                 .next_event()

@@ -23,17 +23,17 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::Engine;
+use super::conduit::Conduit;
 use crate::continuation::Continuation;
 use crate::continuation::HeadSeed;
 use crate::metrics::Metrics;
 use crate::protocol::event::{Admit, Envelope, InvalidEvent, TurnFilter};
-use crate::upstream::pool::Lease;
 use crate::upstream::socket::CloseReason;
 
 /// A turn whose first event has arrived.
 #[derive(Debug)]
 pub struct Turn {
-    lease: Option<Lease>,
+    lease: Option<Conduit>,
     /// The first event, already admitted by `filter`, not yet handed out, and its `type`.
     first: Option<(Utf8Bytes, Kind)>,
     filter: TurnFilter,
@@ -154,7 +154,7 @@ pub enum Next {
 
 impl Turn {
     pub(super) fn new(
-        lease: Lease,
+        lease: Conduit,
         first: (Utf8Bytes, Kind),
         filter: TurnFilter,
         route: Continuation,
@@ -162,8 +162,8 @@ impl Turn {
         engine: &Engine,
     ) -> Self {
         let mut lease = lease;
-        let socket_reused = lease.socket().turns() > 1;
-        let socket_opened = lease.socket().opened();
+        let socket_reused = lease.reused();
+        let socket_opened = lease.opened();
         Self {
             socket_reused,
             socket_opened,
@@ -229,7 +229,7 @@ impl Turn {
                 () = &mut self.grace_expired => {
                     return self.broken(Break::ShuttingDown, CloseReason::Shutdown);
                 }
-                read = lease.socket().next_event() => read,
+                read = lease.next_event() => read,
                 () = &mut self.timer => {
                     let now = Instant::now();
                     if now >= self.heard + self.idle_timeout {
@@ -294,15 +294,14 @@ impl Turn {
             }
             "response.completed" | "response.incomplete" => {
                 event.terminal = true;
-                if let Some(mut lease) = self.lease.take() {
-                    lease.socket().set_head(self.seed.head(event.text()));
-                    lease.release();
+                if let Some(lease) = self.lease.take() {
+                    lease.release(self.seed.head(event.text()));
                 }
             }
             "response.failed" => {
                 event.terminal = true;
                 if let Some(lease) = self.lease.take() {
-                    lease.release();
+                    lease.release(None);
                 }
             }
             "error" => {

@@ -18,6 +18,7 @@ use crate::outcome::{
 };
 
 mod chat;
+mod lanes;
 use crate::protocol::event::Dropped;
 
 /// Which surface served a request.
@@ -101,6 +102,7 @@ struct Upstream {
     upstream_bytes: Counter,
     dropped_events: Family<DroppedLabels, Counter>,
     credentials: Gauge,
+    lanes: lanes::LaneMetrics,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -177,6 +179,7 @@ impl Upstream {
             Gauge::default(),
         );
         Self {
+            lanes: lanes::LaneMetrics::register(registry),
             sockets,
             socket_opens,
             socket_closes,
@@ -406,11 +409,12 @@ impl CloseReason {
 }
 
 impl RecoveryCause {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::SocketClosed,
         Self::ConnectFailed,
         Self::LimitReached,
         Self::PreviousResponseNotFound,
+        Self::StreamLimit,
     ];
 }
 

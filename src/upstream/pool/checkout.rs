@@ -87,7 +87,7 @@ impl Pool {
 }
 
 impl Inner {
-    fn busy(&self) -> CheckoutError {
+    pub(super) fn busy(&self) -> CheckoutError {
         CheckoutError::Busy {
             retry_after: self.config.checkout_timeout.max(Duration::from_secs(1)),
         }

@@ -35,6 +35,7 @@
 mod checkout;
 #[cfg(test)]
 mod fake;
+mod lanes;
 mod lease;
 mod partition;
 mod sweep;
@@ -48,6 +49,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use lanes::{LaneCheckout, LaneLease};
 pub use lease::Lease;
 use partition::{Idle, Partition, State};
 
@@ -82,6 +84,8 @@ struct Inner {
     connector: Connector,
     metrics: Arc<Metrics>,
     partitions: Mutex<HashMap<Credential, Arc<Partition>>>,
+    /// Lane sockets (`upstream.lanes`), kept apart from the sockets above.
+    lanes: lanes::Lanes,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -117,6 +121,7 @@ impl Pool {
             connector,
             metrics,
             partitions: Mutex::new(HashMap::new()),
+            lanes: lanes::Lanes::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -142,27 +147,34 @@ impl Pool {
         lock(&partition.state).index.forget_stored(response_id);
     }
 
-    /// Credentials the pool holds state for (sockets, stored heads, a turn).
+    /// Credentials the pool holds state for (sockets, lane sockets, stored heads, a turn).
     pub fn credentials(&self) -> usize {
-        lock(&self.inner.partitions).len()
+        let lanes = self.lane_credentials();
+        let partitions = lock(&self.inner.partitions);
+        let lanes_only = lanes.iter().filter(|c| !partitions.contains_key(c)).count();
+        partitions.len() + lanes_only
     }
 
     /// True while the pool holds state for `credential`.
     pub fn holds(&self, credential: &Credential) -> bool {
         lock(&self.inner.partitions).contains_key(credential)
+            || self.lane_credentials().contains(credential)
     }
 
-    /// Sockets by state over all credentials.
+    /// Sockets by state over all credentials (a lane socket is busy while any lane of it is).
     pub fn census(&self) -> Census {
         let partitions: Vec<Arc<Partition>> =
             lock(&self.inner.partitions).values().cloned().collect();
-        partitions.iter().fold([0; 3], |mut sum, partition| {
-            let state = lock(&partition.state);
-            sum[0] += state.idle.len();
-            sum[1] += state.busy;
-            sum[2] += state.connecting;
-            sum
-        })
+        let (idle, busy, _) = self.lane_census();
+        partitions
+            .iter()
+            .fold([idle, busy, 0], |mut sum, partition| {
+                let state = lock(&partition.state);
+                sum[0] += state.idle.len();
+                sum[1] += state.busy;
+                sum[2] += state.connecting;
+                sum
+            })
     }
 
     /// Closes idle sockets now and leased ones when their turn ends; waits up to `grace` for
@@ -173,6 +185,7 @@ impl Pool {
         for partition in lock(&self.inner.partitions).values() {
             partition.turns.close();
         }
+        self.wake_lane_checkouts();
         self.inner.tasks.close();
         let _ = tokio::time::timeout(grace, self.inner.tasks.wait()).await;
     }
