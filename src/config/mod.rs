@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::continuation::ReasoningPolicy;
 pub use crate::net::TlsRoots;
-use crate::net::Trust;
+use crate::net::{ProxySetting, Trust};
 use crate::simulator::config::SimulatorConfig;
 pub use error::{ConfigError, Origin};
 pub use raw::RawConfig;
@@ -129,6 +129,8 @@ pub struct UpstreamConfig {
     pub rest_fallback_cooldown: Duration,
     /// `tls_roots` and the certificates of `ca_file`, read at load time.
     pub trust: Trust,
+    /// `upstream.proxy`, or the proxy variables when it is empty.
+    pub proxy: ProxySetting,
 }
 
 #[derive(Debug, Clone)]
@@ -244,7 +246,8 @@ pub struct LogConfig {
 pub struct Sources {
     /// A config file to read; `None` means built-in defaults only.
     pub file: Option<PathBuf>,
-    /// `(name, value)` pairs of the environment; only `WSBRIDGE_*` names are read.
+    /// `(name, value)` pairs of the environment; only `WSBRIDGE_*` names, `auth.api_key_env`'s
+    /// variable and the proxy variables (`HTTPS_PROXY`, `NO_PROXY`, …) are read.
     pub env: Vec<(String, String)>,
     /// Command-line overrides, applied last.
     pub overrides: Vec<Override>,

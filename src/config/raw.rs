@@ -87,6 +87,9 @@ pub struct RawUpstream {
     /// A PEM file of extra CAs trusted besides `tls_roots` (empty: none; a relative path is
     /// from the working directory).
     pub ca_file: String,
+    /// The HTTP proxy upstream connections go through: empty reads the proxy variables
+    /// (`HTTPS_PROXY`, `NO_PROXY`, …), `none` ignores them, else `http://[user:pass@]host:port`.
+    pub proxy: String,
 }
 
 impl Default for RawUpstream {
@@ -103,6 +106,7 @@ impl Default for RawUpstream {
             rest_fallback_cooldown_secs: 300,
             tls_roots: TlsRoots::Both,
             ca_file: String::new(),
+            proxy: String::new(),
         }
     }
 }

@@ -9,15 +9,15 @@ use std::time::Duration;
 use super::raw::{RawAuth, RawConfig, RawContinuation, RawLog, RawPool, RawServer, RawUpstream};
 use super::{
     AuthConfig, AuthMode, BaseUrl, ChatConfig, Config, ConfigSource, ContinuationConfig, LogConfig,
-    PoolConfig, Secret, ServerConfig, UpstreamConfig,
+    PoolConfig, Secret, ServerConfig, UpstreamConfig, UpstreamMode,
 };
-use crate::net::{CaBundle, Trust};
+use crate::net::{CaBundle, ProxySetting, Trust};
 use crate::setting::{Invalid, at_least_one, invalid, parse_addr, within_ten_years};
 
 /// Every section, validated. `env` is where `auth.api_key_env` is looked up.
 pub(super) fn validate(raw: RawConfig, env: &[(String, String)]) -> Result<Config, Invalid> {
     let server = server(raw.server)?;
-    let upstream = upstream(raw.upstream)?;
+    let upstream = upstream(raw.upstream, env)?;
     let pool = pool(raw.pool)?;
     Ok(Config {
         auth: auth(raw.auth, server.listen, env)?,
@@ -84,7 +84,7 @@ fn server(raw: RawServer) -> Result<ServerConfig, Invalid> {
     })
 }
 
-fn upstream(raw: RawUpstream) -> Result<UpstreamConfig, Invalid> {
+fn upstream(raw: RawUpstream, env: &[(String, String)]) -> Result<UpstreamConfig, Invalid> {
     let base_url =
         BaseUrl::parse(&raw.base_url).map_err(|why| invalid("upstream.base_url", why))?;
     let positive_millis = |key, value| millis(key, at_least_one(key, value)?);
@@ -120,6 +120,12 @@ fn upstream(raw: RawUpstream) -> Result<UpstreamConfig, Invalid> {
                         .map_err(|why| invalid("upstream.ca_file", why))?,
                 ),
             },
+        },
+        // The in-process simulator is reached directly, whatever the proxy variables say.
+        proxy: match raw.mode {
+            UpstreamMode::Simulator => ProxySetting::Direct,
+            UpstreamMode::Remote => ProxySetting::resolve(&raw.proxy, env)
+                .map_err(|why| invalid("upstream.proxy", why))?,
         },
     })
 }

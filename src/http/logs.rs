@@ -10,7 +10,9 @@ use axum::body::{Body, Bytes};
 use axum::http::header;
 
 use super::Proxy;
+use crate::config::BaseUrl;
 use crate::metrics::Route;
+use crate::net::{self, ProxySetting};
 
 /// The start-up line: where it listens and what is in force (upstream without secrets, auth
 /// mode, pool limits, continuation policy, chat mode, where the configuration came from).
@@ -55,6 +57,36 @@ pub(super) fn log_started(proxy: &Proxy) {
         proxy.addr(),
         proxy.base_url()
     );
+}
+
+/// How upstream connections are made, once at start: through which proxy (credentials
+/// redacted) and from which setting, or directly, and which hosts `NO_PROXY` exempts.
+pub(super) fn log_route(setting: &ProxySetting, route: &net::Route, base: &BaseUrl) {
+    let candidate = setting.candidate(base.is_https());
+    let (no_proxy_from, no_proxy) = setting
+        .no_proxy()
+        .map_or(("", ""), |(from, list)| (from, list.text.as_str()));
+    match (route, candidate) {
+        (net::Route::Tunnel(proxy), _) => tracing::info!(
+            proxy = %proxy,
+            from = candidate.map_or("", |source| source.from),
+            no_proxy,
+            "upstream connections go through the HTTP proxy {proxy} (CONNECT tunnels);              {no_proxy_from} bypasses it for: {}",
+            if no_proxy.is_empty() { "no host" } else { no_proxy }
+        ),
+        (net::Route::Direct, Some(source)) => tracing::info!(
+            proxy = %source.server,
+            from = source.from,
+            no_proxy,
+            "the upstream {} is in {no_proxy_from}: connecting directly, not through the              proxy {} from {}",
+            base.host(),
+            source.server,
+            source.from
+        ),
+        (net::Route::Direct, None) => {
+            tracing::info!("upstream connections are direct (no outbound proxy)")
+        }
+    }
 }
 
 /// The id a request is known by: in its span, its `x-request-id` header and its access line.

@@ -4,7 +4,6 @@
 //! the request that leased it during a turn. Events are read as text frames and handed on as
 //! they came ([`Utf8Bytes`] shares the received buffer), so nothing is re-serialised.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use super::transport::{Dial, Stream};
 use crate::auth::Credential;
 use crate::continuation::Head;
+use crate::net::Outbound;
 pub use crate::outcome::CloseReason;
 
 /// An open upstream WebSocket.
@@ -223,11 +223,11 @@ pub struct Connector {
 impl Connector {
     pub fn new(
         url: String,
-        tls: Arc<rustls::ClientConfig>,
+        outbound: Outbound,
         timeout: Duration,
         max_message_bytes: usize,
     ) -> Self {
-        Self::with_dial(url, Dial::Net(tls), timeout, max_message_bytes)
+        Self::with_dial(url, Dial::Net(outbound), timeout, max_message_bytes)
     }
 
     /// A connector that reaches the upstream through `dial` (tests dial in memory).

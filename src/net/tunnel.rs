@@ -1,0 +1,195 @@
+//! Opening the TCP connection under an upstream WebSocket or REST request along a [`Route`]:
+//! straight to the upstream, or to an HTTP proxy that is asked to `CONNECT` to it
+//! (docs/architecture.md, "Outbound proxy"). TLS for `https://` / `wss://` runs inside the
+//! tunnel, end to end with the upstream; the proxy only relays bytes.
+//!
+//! Every connection resolves its host afresh (`TcpStream::connect` and hyper's
+//! `HttpConnector` both call the system resolver each time; nothing here caches an address).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::http::{StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::proxy::{ProxyServer, Route};
+
+/// Why a proxy did not open a tunnel.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("cannot reach the proxy {proxy}: {cause}")]
+    Unreachable { proxy: String, cause: io::Error },
+    /// The proxy answered the CONNECT with a status other than 2xx (407: its credentials are
+    /// missing or wrong; 403: the target is not allowed; 502: it cannot reach the target).
+    #[error("proxy refused CONNECT: {status} {reason} (proxy {proxy}, target {target})")]
+    Refused {
+        status: u16,
+        reason: String,
+        proxy: String,
+        target: String,
+    },
+    #[error("proxy {proxy} broke the CONNECT exchange: {why}")]
+    Malformed { proxy: String, why: String },
+}
+
+impl From<TunnelError> for io::Error {
+    fn from(error: TunnelError) -> Self {
+        let kind = match &error {
+            TunnelError::Unreachable { cause, .. } => cause.kind(),
+            _ => io::ErrorKind::ConnectionRefused,
+        };
+        io::Error::new(kind, error)
+    }
+}
+
+/// The largest CONNECT answer head read; a proxy's is a few hundred bytes.
+const MAX_ANSWER_HEAD: usize = 16 << 10;
+
+impl Route {
+    /// A TCP connection to `host:port` (an IPv6 literal without brackets), through the proxy
+    /// when there is one. Nagle is off on it.
+    pub async fn connect(&self, host: &str, port: u16) -> io::Result<TcpStream> {
+        match self {
+            Self::Direct => {
+                let tcp = TcpStream::connect((host, port)).await?;
+                super::no_delay(&tcp);
+                Ok(tcp)
+            }
+            Self::Tunnel(proxy) => {
+                let mut tcp = TcpStream::connect((proxy.host.as_str(), proxy.port))
+                    .await
+                    .map_err(|cause| TunnelError::Unreachable {
+                        proxy: proxy.to_string(),
+                        cause,
+                    })?;
+                super::no_delay(&tcp);
+                open_tunnel(&mut tcp, proxy, host, port).await?;
+                Ok(tcp)
+            }
+        }
+    }
+}
+
+/// Asks the proxy on `tcp` to CONNECT to `host:port` and reads its answer. On success the
+/// connection is a byte pipe to the target; nothing of the target's has been read yet (the
+/// client speaks first in TLS and HTTP, so a proxy sends nothing after its 2xx head).
+pub async fn open_tunnel(
+    tcp: &mut TcpStream,
+    proxy: &ProxyServer,
+    host: &str,
+    port: u16,
+) -> Result<(), TunnelError> {
+    let target = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    if let Some(authorization) = proxy.authorization() {
+        head.push_str("Proxy-Authorization: ");
+        head.push_str(authorization);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    let broken = |why: String| TunnelError::Malformed {
+        proxy: proxy.to_string(),
+        why,
+    };
+    tcp.write_all(head.as_bytes())
+        .await
+        .map_err(|error| broken(format!("writing the request: {error}")))?;
+    let mut answer = Vec::with_capacity(512);
+    let end = loop {
+        if let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if answer.len() > MAX_ANSWER_HEAD {
+            return Err(broken(format!(
+                "an answer head over {MAX_ANSWER_HEAD} bytes"
+            )));
+        }
+        let mut chunk = [0u8; 1024];
+        let read = tcp
+            .read(&mut chunk)
+            .await
+            .map_err(|error| broken(format!("reading the answer: {error}")))?;
+        if read == 0 {
+            return Err(broken("it closed the connection before answering".into()));
+        }
+        answer.extend_from_slice(&chunk[..read]);
+    };
+    let status = status_of(&answer[..end]).ok_or_else(|| broken("no HTTP status line".into()))?;
+    if !status.is_success() {
+        return Err(TunnelError::Refused {
+            status: status.as_u16(),
+            reason: status.canonical_reason().unwrap_or("").to_owned(),
+            proxy: proxy.to_string(),
+            target,
+        });
+    }
+    if end < answer.len() {
+        return Err(broken(
+            "it sent data after its 2xx answer, before the target spoke".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The status of an `HTTP/1.x SSS reason` line.
+fn status_of(head: &[u8]) -> Option<StatusCode> {
+    let line = head.split(|&b| b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?.trim_end();
+    let mut words = line.split(' ');
+    if !words.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    StatusCode::from_bytes(words.next()?.as_bytes()).ok()
+}
+
+/// The connector under hyper-rustls for the REST client: hyper's `HttpConnector` to the
+/// upstream, or [`Route::connect`] through the proxy (within `timeout`).
+/// hyper-rustls then runs TLS (with ALPN `h2`, `http/1.1`) on what this returns.
+#[derive(Debug, Clone)]
+pub struct RouteConnector {
+    pub http: HttpConnector,
+    pub route: Route,
+    pub timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for RouteConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.http.poll_ready(cx).map_err(io::Error::other)
+    }
+
+    fn call(&mut self, target: Uri) -> Self::Future {
+        if self.route == Route::Direct {
+            let connect = self.http.call(target);
+            return Box::pin(async move { connect.await.map_err(io::Error::other) });
+        }
+        let route = self.route.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let host = target.host().ok_or_else(|| io::Error::other("no host"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let secure = target.scheme_str() == Some("https");
+            let port = target.port_u16().unwrap_or(if secure { 443 } else { 80 });
+            match tokio::time::timeout(timeout, route.connect(host, port)).await {
+                Ok(tcp) => Ok(TokioIo::new(tcp?)),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting through the proxy timed out after {timeout:?}"),
+                )),
+            }
+        })
+    }
+}
