@@ -372,3 +372,25 @@ async fn wrong_or_missing_proxy_credentials_give_a_502_naming_407_and_never_the_
     assert!(!proxy.tunnels().is_empty());
     stop(child_process);
 }
+
+#[test]
+fn an_unusable_proxy_variable_stops_the_start_naming_it_without_its_password() {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wsbridge"));
+    for name in common::child::INHERITED {
+        command.env_remove(name);
+    }
+    let output = command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("ALL_PROXY", "socks5://alice:s3cret@socks.corp.example:1080")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`upstream.proxy`"), "{stderr}");
+    assert!(
+        stderr.contains("ALL_PROXY = `socks5://***@socks.corp.example:1080`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("upstream.proxy = \"none\""), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+}

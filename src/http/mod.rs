@@ -402,7 +402,8 @@ async fn healthz() -> impl IntoResponse {
     )
 }
 
-/// Ready when a pooled socket is idle, else when the upstream answers a TCP connect.
+/// Ready when a pooled socket is idle, else when the first hop (the upstream, or the proxy
+/// that reaches it) answers a TCP connect.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let [idle, busy, _] = app.engine.census();
     let ready = idle > 0 || upstream_reachable(&app.config.upstream.base_url, &app.route).await;

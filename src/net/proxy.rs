@@ -331,8 +331,8 @@ impl ProxySetting {
                 })
                 .map_err(|why| {
                     format!(
-                        "environment variable {from}: {why}; set upstream.proxy = \"none\" \
-                         to connect directly"
+                        "it is empty, so the proxy variables are read, and {from} = {why}; set \
+                         upstream.proxy = \"none\" to connect directly"
                     )
                 }),
         };

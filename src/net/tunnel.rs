@@ -193,3 +193,94 @@ impl tower_service::Service<Uri> for RouteConnector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A one-shot proxy that reads the CONNECT head, answers `answer` and hands back the head.
+    async fn proxy_answering(
+        answer: &'static [u8],
+    ) -> (ProxyServer, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server =
+            ProxyServer::parse(&format!("http://us%3Aer:pa%20ss@127.0.0.1:{port}")).unwrap();
+        let head = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                tcp.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            tcp.write_all(answer).await.unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        (server, head)
+    }
+
+    #[tokio::test]
+    async fn connect_names_the_target_and_sends_the_decoded_credentials() {
+        let (server, head) = proxy_answering(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+        let route = Route::Tunnel(std::sync::Arc::new(server));
+        route.connect("::1", 443).await.unwrap();
+        // base64("us:er:pa ss")
+        assert_eq!(
+            head.await.unwrap(),
+            "CONNECT [::1]:443 HTTP/1.1\r\nHost: [::1]:443\r\n\
+             Proxy-Authorization: Basic dXM6ZXI6cGEgc3M=\r\n\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_names_the_status_and_the_proxy_without_its_credentials() {
+        let (server, _head) =
+            proxy_answering(b"HTTP/1.0 403 Go Away\r\ncontent-length: 0\r\n\r\n").await;
+        let error = Route::Tunnel(std::sync::Arc::new(server.clone()))
+            .connect("upstream.example", 443)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "proxy refused CONNECT: 403 Forbidden (proxy http://***@127.0.0.1:{}, target \
+                 upstream.example:443)",
+                server.port
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_answer_or_an_absent_proxy_is_an_error_saying_so() {
+        for (answer, says) in [
+            (&b"SSH-2.0-OpenSSH\r\n\r\n"[..], "no HTTP status line"),
+            (
+                b"HTTP/1.1 200 OK\r\n\r\nearly",
+                "sent data after its 2xx answer",
+            ),
+        ] {
+            let (server, _head) = proxy_answering(answer).await;
+            let error = Route::Tunnel(std::sync::Arc::new(server))
+                .connect("upstream.example", 443)
+                .await
+                .unwrap_err();
+            assert!(error.to_string().contains(says), "{error}");
+        }
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let server = ProxyServer::parse(&format!("http://u:secret@127.0.0.1:{port}")).unwrap();
+        let error = Route::Tunnel(std::sync::Arc::new(server))
+            .connect("upstream.example", 443)
+            .await
+            .unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.starts_with("cannot reach the proxy http://***@127.0.0.1:"),
+            "{text}"
+        );
+        assert!(!text.contains("secret"), "{text}");
+    }
+}

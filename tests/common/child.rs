@@ -11,7 +11,7 @@ use super::PATIENCE;
 pub type Log = Arc<Mutex<Vec<String>>>;
 
 /// Variables a developer's or CI machine may set that would change what a child does.
-const INHERITED: [&str; 11] = [
+pub const INHERITED: [&str; 11] = [
     "RUST_LOG",
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
