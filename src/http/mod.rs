@@ -24,15 +24,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -41,11 +37,9 @@ use crate::auth::Auth;
 use crate::config::{BaseUrl, Config, UpstreamMode};
 use crate::engine::Engine;
 use crate::metrics::{Metrics, Route};
-use crate::net::{Outbound, RouteConnector};
+use crate::net::{Outbound, RestClient, rest_client};
 use crate::protocol::OpenAiError;
 use crate::simulator::{Simulator, SimulatorHandle};
-
-type HttpsClient = Client<hyper_rustls::HttpsConnector<RouteConnector>, Body>;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -54,7 +48,7 @@ pub struct App {
     auth: Auth,
     /// The turn engine (and through it, the pool).
     engine: Engine,
-    client: HttpsClient,
+    client: RestClient,
     /// Direct or through a proxy: readiness checks the first hop.
     route: crate::net::Route,
     metrics: Arc<Metrics>,
@@ -219,27 +213,6 @@ fn upstream_route(config: &Config) -> crate::net::Route {
     let route = proxy.route(base.is_https(), base.host(), base.port());
     logs::log_route(proxy, &route, base);
     route
-}
-
-/// The HTTP client for pass-through and REST fallback, along the upstream's route: h2 when the
-/// upstream offers it through ALPN, else HTTP/1.1 (rustls).
-fn rest_client(outbound: &Outbound, connect_timeout: Duration) -> HttpsClient {
-    // Nagle off upstream too: a request head and its body (or a small SSE chunk) must not
-    // wait for an ACK.
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let connector = RouteConnector {
-        http,
-        route: outbound.route.clone(),
-        timeout: connect_timeout,
-    };
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*outbound.tls).clone())
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(connector);
-    Client::builder(TokioExecutor::new()).build(https)
 }
 
 /// After the shutdown grace, how long connections get to write their last events.

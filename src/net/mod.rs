@@ -10,11 +10,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod client;
 mod proxy;
 mod tunnel;
 
+pub use client::{RestClient, RouteConnector, rest_client};
 pub use proxy::{NoProxy, ProxyServer, ProxySetting, ProxySource, Route};
-pub use tunnel::{RouteConnector, TunnelError};
+pub use tunnel::TunnelError;
 
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;

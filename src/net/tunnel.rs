@@ -6,15 +6,9 @@
 //! Every connection resolves its host afresh (`TcpStream::connect` and hyper's
 //! `HttpConnector` both call the system resolver each time; nothing here caches an address).
 
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
-use axum::http::{StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
+use axum::http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -150,48 +144,6 @@ fn status_of(head: &[u8]) -> Option<StatusCode> {
         return None;
     }
     StatusCode::from_bytes(words.next()?.as_bytes()).ok()
-}
-
-/// The connector under hyper-rustls for the REST client: hyper's `HttpConnector` to the
-/// upstream, or [`Route::connect`] through the proxy (within `timeout`).
-/// hyper-rustls then runs TLS (with ALPN `h2`, `http/1.1`) on what this returns.
-#[derive(Debug, Clone)]
-pub struct RouteConnector {
-    pub http: HttpConnector,
-    pub route: Route,
-    pub timeout: Duration,
-}
-
-impl tower_service::Service<Uri> for RouteConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.http.poll_ready(cx).map_err(io::Error::other)
-    }
-
-    fn call(&mut self, target: Uri) -> Self::Future {
-        if self.route == Route::Direct {
-            let connect = self.http.call(target);
-            return Box::pin(async move { connect.await.map_err(io::Error::other) });
-        }
-        let route = self.route.clone();
-        let timeout = self.timeout;
-        Box::pin(async move {
-            let host = target.host().ok_or_else(|| io::Error::other("no host"))?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let secure = target.scheme_str() == Some("https");
-            let port = target.port_u16().unwrap_or(if secure { 443 } else { 80 });
-            match tokio::time::timeout(timeout, route.connect(host, port)).await {
-                Ok(tcp) => Ok(TokioIo::new(tcp?)),
-                Err(_) => Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connecting through the proxy timed out after {timeout:?}"),
-                )),
-            }
-        })
-    }
 }
 
 #[cfg(test)]
