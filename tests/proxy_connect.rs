@@ -225,6 +225,8 @@ async fn readme_variables_route_through_the_proxy_and_its_password_is_never_logg
         "WSBRIDGE_UPSTREAM_CA_FILE".into(),
         pki.ca_file.display().to_string(),
     ));
+    // No background connect may be mid-handshake when the connections are counted.
+    env.push(("WSBRIDGE_POOL_MIN_IDLE".into(), "0".into()));
     let upstream = format!("https://{UPSTREAM_NAME}:{}/v1", terminator.addr.port());
     let (child_process, base, log) = child(&upstream, &env).await;
     let (turn, models) = turn_and_models(&base).await;

@@ -272,6 +272,27 @@ mod tests {
     }
 
     #[test]
+    fn the_proxy_variables_are_read_unless_upstream_proxy_is_set_or_the_simulator_runs() {
+        use crate::net::{ProxySetting, Route};
+        let variables = [("HTTPS_PROXY", "http://u:p@proxy:3128")];
+        let via_env = load("", &variables).unwrap().upstream.proxy;
+        assert!(matches!(
+            via_env.route(true, "api.openai.com", 443),
+            Route::Tunnel(_)
+        ));
+        let none = load("[upstream]\nproxy = \"none\"\n", &variables).unwrap();
+        assert_eq!(none.upstream.proxy, ProxySetting::Direct);
+        let bad = [("ALL_PROXY", "socks5://s:1080")];
+        let error = load("", &bad).unwrap_err().to_string();
+        assert!(
+            error.starts_with("invalid value for `upstream.proxy`"),
+            "{error}"
+        );
+        let simulated = load("[upstream]\nmode = \"simulator\"\n", &bad).unwrap();
+        assert_eq!(simulated.upstream.proxy, ProxySetting::Direct);
+    }
+
+    #[test]
     fn chat_mode_is_bridge_by_default_and_names_what_it_accepts() {
         assert_eq!(Config::default().chat.mode, ChatMode::Bridge);
         let config = load("[chat]\nmode = \"passthrough\"\n", &[]).unwrap();
