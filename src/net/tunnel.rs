@@ -32,6 +32,17 @@ pub enum TunnelError {
     Malformed { proxy: String, why: String },
 }
 
+impl TunnelError {
+    /// True when `error` is a proxy's 4xx answer to a CONNECT (407, 403): the proxy's
+    /// decision, which a retry would meet again.
+    pub fn refused_for_good(error: &io::Error) -> bool {
+        let tunnel = error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<Self>());
+        matches!(tunnel, Some(Self::Refused { status, .. }) if (400..500).contains(status))
+    }
+}
+
 impl From<TunnelError> for io::Error {
     fn from(error: TunnelError) -> Self {
         let kind = match &error {
