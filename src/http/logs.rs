@@ -63,29 +63,37 @@ pub(super) fn log_started(proxy: &Proxy) {
 /// redacted) and from which setting, or directly, and which hosts `NO_PROXY` exempts.
 pub(super) fn log_route(setting: &ProxySetting, route: &net::Route, base: &BaseUrl) {
     let candidate = setting.candidate(base.is_https());
+    let from = candidate.map_or("", |source| source.from);
     let (no_proxy_from, no_proxy) = setting
         .no_proxy()
         .map_or(("", ""), |(from, list)| (from, list.text.as_str()));
-    match (route, candidate) {
-        (net::Route::Tunnel(proxy), _) => tracing::info!(
-            proxy = %proxy,
-            from = candidate.map_or("", |source| source.from),
-            no_proxy,
-            "upstream connections go through the HTTP proxy {proxy} (CONNECT tunnels);              {no_proxy_from} bypasses it for: {}",
-            if no_proxy.is_empty() { "no host" } else { no_proxy }
-        ),
-        (net::Route::Direct, Some(source)) => tracing::info!(
-            proxy = %source.server,
-            from = source.from,
-            no_proxy,
-            "the upstream {} is in {no_proxy_from}: connecting directly, not through the              proxy {} from {}",
-            base.host(),
-            source.server,
-            source.from
-        ),
-        (net::Route::Direct, None) => {
-            tracing::info!("upstream connections are direct (no outbound proxy)")
+    match route {
+        net::Route::Tunnel(proxy) => {
+            let bypass = if no_proxy.is_empty() {
+                "no host bypasses it".to_owned()
+            } else {
+                format!("{no_proxy_from} bypasses it for: {no_proxy}")
+            };
+            tracing::info!(
+                proxy = %proxy,
+                from,
+                no_proxy,
+                "upstream connections go through the HTTP proxy {proxy} from {from} \
+                 (CONNECT tunnels); {bypass}"
+            );
         }
+        net::Route::Direct => match candidate {
+            Some(source) => tracing::info!(
+                proxy = %source.server,
+                from,
+                no_proxy,
+                "the upstream {} is in {no_proxy_from}: connecting directly, not through the \
+                 proxy {} from {from}",
+                base.host(),
+                source.server,
+            ),
+            None => tracing::info!("upstream connections are direct (no outbound proxy)"),
+        },
     }
 }
 
