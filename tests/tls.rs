@@ -7,17 +7,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 
 use serde_json::{Value, json};
 use wsbridge::Proxy;
 use wsbridge::config::{Config, Sources};
 use wsbridge::simulator::stats::Transport;
 
+use common::child::{serve, stop};
 use common::tls::{Pki, Terminator};
-use common::{KEY, PATIENCE, output_text, post_json, request};
+use common::{KEY, output_text, post_json, request};
 
 /// README's "Custom CA" configuration, with the port and the CA file of this test.
 fn readme_custom_ca_config(port: u16, ca_file: &std::path::Path) -> String {
@@ -99,53 +98,6 @@ async fn streams_continuations_and_pass_through_work_over_tls_with_ca_file() {
     );
     assert_eq!(terminator.refused(), 0);
     proxy.shutdown().await;
-}
-
-/// What a `wsbridge serve` child logs, kept as it goes.
-type Log = Arc<Mutex<Vec<String>>>;
-
-/// Starts `wsbridge serve` at `upstream` with `env` (and no inherited `SSL_CERT_*` or
-/// `RUST_LOG`); returns the child, its base URL and its log.
-async fn serve(upstream: &str, env: &[(&str, &str)]) -> (Child, String, Log) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsbridge"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--upstream", upstream])
-        .env_remove("RUST_LOG")
-        .env_remove("SSL_CERT_FILE")
-        .env_remove("SSL_CERT_DIR")
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let log = Log::default();
-    let kept = log.clone();
-    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            kept.lock().unwrap().push(line);
-        }
-    });
-    let marker = "listening on http://";
-    let addr = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let found = log.lock().unwrap().iter().find_map(|line| {
-                let at = line.find(marker)? + marker.len();
-                line[at..].split_whitespace().next().map(str::to_owned)
-            });
-            if let Some(addr) = found {
-                return addr;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no listening line: {:?}", log.lock().unwrap()));
-    (child, format!("http://{addr}/v1"), log)
-}
-
-fn stop(mut child: Child) {
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 /// One streamed turn and one pass-through request through a `wsbridge serve` child.

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::continuation::ReasoningPolicy;
 pub use crate::net::TlsRoots;
-use crate::net::Trust;
+use crate::net::{ProxySetting, Trust};
 pub use crate::protocol::key::KeyHeader;
 use crate::simulator::config::SimulatorConfig;
 pub use error::{ConfigError, Origin};
@@ -146,6 +146,8 @@ pub struct UpstreamConfig {
     pub trust: Trust,
     /// HTTP conversations share sockets over `stream_id` lanes (docs/architecture.md, "Lanes").
     pub lanes: bool,
+    /// `upstream.proxy`, or the proxy variables when it is empty.
+    pub proxy: ProxySetting,
 }
 
 #[derive(Debug, Clone)]
@@ -263,7 +265,8 @@ pub struct LogConfig {
 pub struct Sources {
     /// A config file to read; `None` means built-in defaults only.
     pub file: Option<PathBuf>,
-    /// `(name, value)` pairs of the environment; only `WSBRIDGE_*` names are read.
+    /// `(name, value)` pairs of the environment; only `WSBRIDGE_*` names, `auth.api_key_env`'s
+    /// variable and the proxy variables (`HTTPS_PROXY`, `NO_PROXY`, …) are read.
     pub env: Vec<(String, String)>,
     /// Command-line overrides, applied last.
     pub overrides: Vec<Override>,

@@ -105,6 +105,9 @@ pub struct RawUpstream {
     /// Spread concurrent conversations of a credential over `stream_id` lanes of fewer
     /// sockets (for upstreams that support lanes).
     pub lanes: bool,
+    /// The HTTP proxy upstream connections go through: empty reads the proxy variables
+    /// (`HTTPS_PROXY`, `NO_PROXY`, …), `none` ignores them, else `http://[user:pass@]host:port`.
+    pub proxy: String,
 }
 
 impl Default for RawUpstream {
@@ -125,6 +128,7 @@ impl Default for RawUpstream {
             tls_roots: TlsRoots::Both,
             ca_file: String::new(),
             lanes: false,
+            proxy: String::new(),
         }
     }
 }

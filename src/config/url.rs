@@ -112,7 +112,8 @@ impl BaseUrl {
             .unwrap_or(if self.is_https() { 443 } else { 80 })
     }
 
-    fn is_https(&self) -> bool {
+    /// `https://` (so `wss://` for the WebSocket).
+    pub fn is_https(&self) -> bool {
         self.uri.scheme_str() == Some("https")
     }
 

@@ -10,15 +10,15 @@ use super::profile::{self, Explicit, Limits, Profile};
 use super::raw::{RawAuth, RawConfig, RawContinuation, RawLog, RawPool, RawServer, RawUpstream};
 use super::{
     AuthConfig, AuthMode, BaseUrl, ChatConfig, Config, ConfigSource, ContinuationConfig, LogConfig,
-    PoolConfig, Secret, ServerConfig, UpstreamConfig,
+    PoolConfig, Secret, ServerConfig, UpstreamConfig, UpstreamMode,
 };
-use crate::net::{CaBundle, Trust};
+use crate::net::{CaBundle, ProxySetting, Trust};
 use crate::setting::{Invalid, at_least_one, invalid, parse_addr, within_ten_years};
 
 /// Every section, validated. `env` is where `auth.api_key_env` is looked up.
 pub(super) fn validate(raw: RawConfig, env: &[(String, String)]) -> Result<Config, Invalid> {
     let server = server(raw.server)?;
-    let mut upstream = upstream(raw.upstream)?;
+    let mut upstream = upstream(raw.upstream, env)?;
     let pool = pool(raw.pool, upstream.profile.limits(), &mut upstream.explicit)?;
     Ok(Config {
         auth: auth(raw.auth, server.listen, env)?,
@@ -85,7 +85,7 @@ fn server(raw: RawServer) -> Result<ServerConfig, Invalid> {
     })
 }
 
-fn upstream(raw: RawUpstream) -> Result<UpstreamConfig, Invalid> {
+fn upstream(raw: RawUpstream, env: &[(String, String)]) -> Result<UpstreamConfig, Invalid> {
     let base_url =
         BaseUrl::parse(&raw.base_url).map_err(|why| invalid("upstream.base_url", why))?;
     let profile = Profile::resolve(raw.profile, base_url.host());
@@ -136,6 +136,12 @@ fn upstream(raw: RawUpstream) -> Result<UpstreamConfig, Invalid> {
             },
         },
         lanes: raw.lanes,
+        // The in-process simulator is reached directly, whatever the proxy variables say.
+        proxy: match raw.mode {
+            UpstreamMode::Simulator => ProxySetting::Direct,
+            UpstreamMode::Remote => ProxySetting::resolve(&raw.proxy, env)
+                .map_err(|why| invalid("upstream.proxy", why))?,
+        },
     })
 }
 
@@ -282,6 +288,27 @@ mod tests {
             assert!(error.contains(&path), "{error}");
             assert!(error.contains(why), "{error}");
         }
+    }
+
+    #[test]
+    fn the_proxy_variables_are_read_unless_upstream_proxy_is_set_or_the_simulator_runs() {
+        use crate::net::{ProxySetting, Route};
+        let variables = [("HTTPS_PROXY", "http://u:p@proxy:3128")];
+        let via_env = load("", &variables).unwrap().upstream.proxy;
+        assert!(matches!(
+            via_env.route(true, "api.openai.com", 443),
+            Route::Tunnel(_)
+        ));
+        let none = load("[upstream]\nproxy = \"none\"\n", &variables).unwrap();
+        assert_eq!(none.upstream.proxy, ProxySetting::Direct);
+        let bad = [("ALL_PROXY", "socks5://s:1080")];
+        let error = load("", &bad).unwrap_err().to_string();
+        assert!(
+            error.starts_with("invalid value for `upstream.proxy`"),
+            "{error}"
+        );
+        let simulated = load("[upstream]\nmode = \"simulator\"\n", &bad).unwrap();
+        assert_eq!(simulated.upstream.proxy, ProxySetting::Direct);
     }
 
     #[test]

@@ -32,6 +32,7 @@ use crate::config::{Config, UpstreamConfig};
 use crate::continuation::Continuation;
 use crate::continuation::{Digester, Matched, Plan, ReasoningPolicy, Rules};
 use crate::metrics::Metrics;
+use crate::net::Outbound;
 use crate::protocol::OpenAiError;
 use crate::protocol::error::{Meaning, upstream_error_headers};
 use crate::protocol::event::{Admit, TurnFilter};
@@ -61,11 +62,11 @@ pub struct Engine {
 
 impl Engine {
     /// The engine over a new pool of upstream sockets for `config`'s upstream.
-    pub fn new(config: &Config, tls: Arc<rustls::ClientConfig>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: &Config, outbound: Outbound, metrics: Arc<Metrics>) -> Self {
         let upstream = config.upstream.clone();
         let connector = Connector::new(
             upstream.base_url.websocket_url(),
-            tls,
+            outbound,
             upstream.connect_timeout,
             upstream.max_message_bytes,
         )

@@ -10,7 +10,9 @@ use axum::body::{Body, Bytes};
 use axum::http::header;
 
 use super::Proxy;
+use crate::config::BaseUrl;
 use crate::metrics::Route;
+use crate::net::{self, ProxySetting};
 
 /// The start-up line: where it listens and what is in force (upstream without secrets, auth
 /// mode, pool limits, the upstream profile and what it derived, continuation policy, chat
@@ -58,6 +60,44 @@ pub(super) fn log_started(proxy: &Proxy) {
         proxy.addr(),
         proxy.base_url()
     );
+}
+
+/// How upstream connections are made, once at start: through which proxy (credentials
+/// redacted) and from which setting, or directly, and which hosts `NO_PROXY` exempts.
+pub(super) fn log_route(setting: &ProxySetting, route: &net::Route, base: &BaseUrl) {
+    let candidate = setting.candidate(base.is_https());
+    let from = candidate.map_or("", |source| source.from);
+    let (no_proxy_from, no_proxy) = setting
+        .no_proxy()
+        .map_or(("", ""), |(from, list)| (from, list.text.as_str()));
+    match route {
+        net::Route::Tunnel(proxy) => {
+            let bypass = if no_proxy.is_empty() {
+                "no host bypasses it".to_owned()
+            } else {
+                format!("{no_proxy_from} bypasses it for: {no_proxy}")
+            };
+            tracing::info!(
+                proxy = %proxy,
+                from,
+                no_proxy,
+                "upstream connections go through the HTTP proxy {proxy} from {from} \
+                 (CONNECT tunnels); {bypass}"
+            );
+        }
+        net::Route::Direct => match candidate {
+            Some(source) => tracing::info!(
+                proxy = %source.server,
+                from,
+                no_proxy,
+                "the upstream {} is in {no_proxy_from}: connecting directly, not through the \
+                 proxy {} from {from}",
+                base.host(),
+                source.server,
+            ),
+            None => tracing::info!("upstream connections are direct (no outbound proxy)"),
+        },
+    }
 }
 
 /// The id a request is known by: in its span, its `x-request-id` header and its access line.

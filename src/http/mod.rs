@@ -24,15 +24,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -41,10 +37,9 @@ use crate::auth::Auth;
 use crate::config::{BaseUrl, Config, UpstreamMode};
 use crate::engine::Engine;
 use crate::metrics::{Metrics, Route};
+use crate::net::{Outbound, RestClient, rest_client};
 use crate::protocol::OpenAiError;
 use crate::simulator::{Simulator, SimulatorHandle};
-
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -53,7 +48,9 @@ pub struct App {
     auth: Auth,
     /// The turn engine (and through it, the pool).
     engine: Engine,
-    client: HttpsClient,
+    client: RestClient,
+    /// Direct or through a proxy: readiness checks the first hop.
+    route: crate::net::Route,
     metrics: Arc<Metrics>,
 }
 
@@ -91,10 +88,13 @@ impl Proxy {
         let simulator = start_simulator(&mut config).await?;
         let auth = Auth::from_config(&config.auth, config.upstream.auth_header)
             .map_err(StartError::Config)?;
-        let tls = crate::net::tls_config(&config.upstream.trust)?;
-        let client = rest_client(&tls);
+        let outbound = Outbound {
+            tls: crate::net::tls_config(&config.upstream.trust)?,
+            route: upstream_route(&config),
+        };
+        let client = rest_client(&outbound, config.upstream.connect_timeout);
         let metrics = Arc::new(Metrics::default());
-        let engine = Engine::new(&config, tls, metrics.clone());
+        let engine = Engine::new(&config, outbound.clone(), metrics.clone());
         if let Some(credential) = auth.fixed() {
             engine.prewarm(credential);
         }
@@ -113,6 +113,7 @@ impl Proxy {
             auth,
             engine,
             client,
+            route: outbound.route,
             metrics,
         });
         let shutdown = server::Shutdown::default();
@@ -206,19 +207,13 @@ async fn start_simulator(config: &mut Config) -> Result<Option<SimulatorHandle>,
     Ok(Some(handle))
 }
 
-/// The HTTP client for pass-through and REST fallback (HTTP/1.1 and h2, rustls).
-fn rest_client(tls: &Arc<rustls::ClientConfig>) -> HttpsClient {
-    // Nagle off upstream too: a request head and its body (or a small SSE chunk) must not
-    // wait for an ACK.
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((**tls).clone())
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new()).build(https)
+/// The route to the configured upstream (direct or through a proxy), logged once.
+fn upstream_route(config: &Config) -> crate::net::Route {
+    let base = &config.upstream.base_url;
+    let proxy = &config.upstream.proxy;
+    let route = proxy.route(base.is_https(), base.host(), base.port());
+    logs::log_route(proxy, &route, base);
+    route
 }
 
 /// After the shutdown grace, how long connections get to write their last events.
@@ -381,10 +376,11 @@ async fn healthz() -> impl IntoResponse {
     )
 }
 
-/// Ready when a pooled socket is idle, else when the upstream answers a TCP connect.
+/// Ready when a pooled socket is idle, else when the first hop (the upstream, or the proxy
+/// that reaches it) answers a TCP connect.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let [idle, busy, _] = app.engine.census();
-    let ready = idle > 0 || upstream_reachable(&app.config.upstream.base_url).await;
+    let ready = idle > 0 || upstream_reachable(&app.config.upstream.base_url, &app.route).await;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -403,8 +399,13 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
-async fn upstream_reachable(base: &BaseUrl) -> bool {
-    let connect = tokio::net::TcpStream::connect((base.host(), base.port()));
+/// A TCP connect to the first hop: the upstream, or the proxy that reaches it.
+async fn upstream_reachable(base: &BaseUrl, route: &crate::net::Route) -> bool {
+    let (host, port) = match route {
+        crate::net::Route::Direct => (base.host(), base.port()),
+        crate::net::Route::Tunnel(proxy) => (proxy.host.as_str(), proxy.port),
+    };
+    let connect = tokio::net::TcpStream::connect((host, port));
     matches!(
         tokio::time::timeout(Duration::from_secs(2), connect).await,
         Ok(Ok(_))

@@ -4,7 +4,6 @@
 //! the request that leased it during a turn. Events are read as text frames and handed on as
 //! they came ([`Utf8Bytes`] shares the received buffer), so nothing is re-serialised.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use super::transport::{Dial, Stream};
 use crate::auth::Credential;
 use crate::continuation::Head;
+use crate::net::{Outbound, TunnelError};
 pub use crate::outcome::CloseReason;
 
 /// An open upstream WebSocket.
@@ -196,6 +196,9 @@ pub enum ConnectError {
     },
     /// DNS, TCP, TLS or the handshake failed.
     Failed(String),
+    /// The outbound proxy refused the tunnel with a 4xx (its credentials, its rules): another
+    /// attempt would be refused alike, and repeated wrong credentials can lock an account.
+    ProxyRefused(String),
     /// No upgrade within `upstream.connect_timeout`.
     TimedOut,
 }
@@ -204,7 +207,9 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Refused { status, .. } => write!(f, "upgrade refused with {status}"),
-            Self::Failed(message) => write!(f, "connect failed: {message}"),
+            Self::Failed(message) | Self::ProxyRefused(message) => {
+                write!(f, "connect failed: {message}")
+            }
             Self::TimedOut => f.write_str("connect timed out"),
         }
     }
@@ -225,11 +230,11 @@ pub struct Connector {
 impl Connector {
     pub fn new(
         url: String,
-        tls: Arc<rustls::ClientConfig>,
+        outbound: Outbound,
         timeout: Duration,
         max_message_bytes: usize,
     ) -> Self {
-        Self::with_dial(url, Dial::Net(tls), timeout, max_message_bytes)
+        Self::with_dial(url, Dial::Net(outbound), timeout, max_message_bytes)
     }
 
     /// A connector that reaches the upstream through `dial` (tests dial in memory).
@@ -303,6 +308,9 @@ impl Connector {
                     headers: parts.headers,
                     body: body.map(Bytes::from).unwrap_or_default(),
                 })
+            }
+            Ok(Err(tungstenite::Error::Io(error))) if TunnelError::refused_for_good(&error) => {
+                Err(ConnectError::ProxyRefused(error.to_string()))
             }
             Ok(Err(error)) => Err(ConnectError::Failed(error.to_string())),
         }

@@ -1,15 +1,15 @@
 //! The byte stream under an upstream WebSocket ([`Transport`]) and how one is dialled
 //! ([`Dial`]) (docs/architecture.md, "Pool").
 //!
-//! In the binary there is one way: TCP to the upstream's host, with TLS for `wss://` (through
-//! tokio-tungstenite's `MaybeTlsStream` around the [`Transport`]). Unit tests add an in-memory
+//! In the binary there is one way: TCP to the upstream's host, directly or through an HTTP
+//! proxy's CONNECT tunnel (`net::Route`, docs/architecture.md, "Outbound proxy"), with TLS for
+//! `wss://` (through tokio-tungstenite's `MaybeTlsStream` around the [`Transport`]). Unit tests add an in-memory
 //! variant, so the pool can be driven by a fake upstream task on paused time. Both are enum
 //! variants, not trait objects: with one variant compiled in, the match on every read and
 //! write is gone after inlining.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -18,6 +18,8 @@ use tokio_tungstenite::tungstenite::handshake::client::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, error::UrlError};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::net::Outbound;
 
 /// The connection an upstream WebSocket runs over.
 #[derive(Debug)]
@@ -34,8 +36,9 @@ pub type Stream = WebSocketStream<MaybeTlsStream<Transport>>;
 /// How a connector reaches the upstream.
 #[derive(Debug)]
 pub enum Dial {
-    /// TCP to the URL's host and port; TLS with this configuration for `wss://`.
-    Net(Arc<rustls::ClientConfig>),
+    /// TCP to the URL's host and port along the route; TLS with the configuration for
+    /// `wss://` (no ALPN: the upgrade needs HTTP/1.1).
+    Net(Outbound),
     /// Each connection is an in-memory pipe whose far end goes to this channel (a test's fake
     /// upstream accepts it).
     #[cfg(test)]
@@ -50,7 +53,7 @@ impl Dial {
         config: WebSocketConfig,
     ) -> Result<(Stream, Response), tungstenite::Error> {
         match self {
-            Self::Net(tls) => {
+            Self::Net(outbound) => {
                 let uri = request.uri();
                 let host = uri.host().ok_or(UrlError::NoHostName)?;
                 // An IPv6 literal comes bracketed in a URL, bare in an address.
@@ -63,9 +66,8 @@ impl Dial {
                         _ => None,
                     })
                     .ok_or(UrlError::UnsupportedUrlScheme)?;
-                let tcp = TcpStream::connect((host, port)).await?;
-                crate::net::no_delay(&tcp);
-                let tls = tokio_tungstenite::Connector::Rustls(tls.clone());
+                let tcp = outbound.route.connect(host, port).await?;
+                let tls = tokio_tungstenite::Connector::Rustls(outbound.tls.clone());
                 tokio_tungstenite::client_async_tls_with_config(
                     request,
                     Transport::Tcp(tcp),

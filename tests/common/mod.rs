@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 pub mod chat;
+pub mod child;
+pub mod connect_proxy;
 pub mod tls;
 
 use std::time::Duration;

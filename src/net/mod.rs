@@ -1,6 +1,7 @@
-//! Socket settings shared by the proxy and the simulator, and the TLS client configuration
-//! shared by the upstream WebSockets and the REST client, with the roots it trusts
-//! (`upstream.tls_roots`, `upstream.ca_file`).
+//! Socket settings shared by the proxy and the simulator, and how the upstream is reached
+//! ([`Outbound`]): the TLS client configuration shared by the upstream WebSockets and the REST
+//! client, with the roots it trusts (`upstream.tls_roots`, `upstream.ca_file`), and the route
+//! to it, direct or through an HTTP proxy (`proxy`, `tunnel`).
 //!
 //! Nagle's algorithm is off on every connection wsbridge accepts or opens: an event is written
 //! as it comes, never held back waiting for an ACK (which costs up to 40 ms with delayed ACKs).
@@ -8,6 +9,14 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+mod client;
+mod proxy;
+mod tunnel;
+
+pub use client::{RestClient, RouteConnector, rest_client};
+pub use proxy::{NoProxy, ProxyServer, ProxySetting, ProxySource, Route};
+pub use tunnel::TunnelError;
 
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -26,6 +35,14 @@ pub fn without_nagle(
     listener: tokio::net::TcpListener,
 ) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
     axum::serve::ListenerExt::tap_io(listener, |tcp| no_delay(tcp))
+}
+
+/// How every upstream connection is made: the route (direct or through a proxy) and the TLS
+/// configuration for `https://` / `wss://` on top of it.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub tls: Arc<rustls::ClientConfig>,
+    pub route: Route,
 }
 
 /// `upstream.tls_roots`: which certificate authorities the upstream's certificate may chain
