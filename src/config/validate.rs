@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::raw::{RawAuth, RawConfig, RawContinuation, RawLog, RawPool, RawServer, RawUpstream};
 use super::{
     AuthConfig, AuthMode, BaseUrl, ChatConfig, Config, ConfigSource, ContinuationConfig, LogConfig,
-    PoolConfig, Secret, ServerConfig, UpstreamConfig,
+    PoolConfig, RelayConfig, Secret, ServerConfig, UpstreamConfig,
 };
 use crate::net::{CaBundle, Trust};
 use crate::setting::{Invalid, at_least_one, invalid, parse_addr, within_ten_years};
@@ -27,6 +27,10 @@ pub(super) fn validate(raw: RawConfig, env: &[(String, String)]) -> Result<Confi
         continuation: continuation(raw.continuation)?,
         chat: ChatConfig {
             mode: raw.chat.mode,
+        },
+        relay: RelayConfig {
+            max_replay_bytes: usize::try_from(raw.relay.max_replay_bytes)
+                .map_err(|_| invalid("relay.max_replay_bytes", "is too large"))?,
         },
         log: log(raw.log)?,
         simulator: crate::simulator::config::validate(raw.simulator)?,

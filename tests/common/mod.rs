@@ -192,10 +192,22 @@ pub struct Ws {
 }
 
 pub async fn ws_connect(url: &str, key: &str) -> Result<Ws, tungstenite::Error> {
+    let authorization = format!("Bearer {key}");
+    ws_connect_with(url, &[("authorization", &authorization)]).await
+}
+
+/// [`ws_connect`] with any headers (none: no key at all).
+pub async fn ws_connect_with(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, tungstenite::Error> {
     let mut request = url.into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
     let (socket, response) =
         tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
             .await
@@ -476,6 +488,8 @@ pub fn metric(text: &str, series: &str) -> f64 {
 pub struct Scripted {
     pub base_url: String,
     pub received: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    /// Every text frame received, as its bytes came.
+    pub raw: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub sockets: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -491,12 +505,13 @@ pub async fn scripted(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let raw = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sockets = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let script: std::sync::Arc<Script> = std::sync::Arc::new(script);
-    let (seen, opened) = (received.clone(), sockets.clone());
+    let (seen, opened, seen_raw) = (received.clone(), sockets.clone(), raw.clone());
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (seen, script) = (seen.clone(), script.clone());
+            let (seen, script, seen_raw) = (seen.clone(), script.clone(), seen_raw.clone());
             opened.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
@@ -506,6 +521,7 @@ pub async fn scripted(
                     let Message::Text(text) = message else {
                         continue;
                     };
+                    seen_raw.lock().unwrap().push(text.to_string());
                     let frame: Value = serde_json::from_str(&text).unwrap();
                     let index = {
                         let mut seen = seen.lock().unwrap();
@@ -528,6 +544,7 @@ pub async fn scripted(
     Scripted {
         base_url: format!("http://{addr}/v1"),
         received,
+        raw,
         sockets,
     }
 }
