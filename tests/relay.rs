@@ -420,3 +420,136 @@ async fn an_upgrade_the_upstream_refuses_gets_the_upstreams_status() {
         other => panic!("expected a 426, got {:?}", other.map(|_| ())),
     }
 }
+
+#[tokio::test]
+async fn stopping_the_proxy_closes_an_idle_client_socket_with_going_away() {
+    let bridge = bridge_with(SimulatorConfig::default(), |_| {}).await;
+    let mut ws = relayed(&bridge).await;
+    ws.create(json!({"model": "gpt-test", "input": "before the stop"}))
+        .await;
+    assert_eq!(ws.outcome().await, "response.completed");
+    let Bridge { sim, proxy } = bridge;
+    let stopping = tokio::spawn(proxy.shutdown());
+    let (events, code) = ws.until_closed().await;
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(code, Some(1001), "SDKs reconnect after 1001");
+    tokio::time::timeout(PATIENCE, stopping)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(sim);
+}
+
+#[tokio::test]
+async fn an_upstream_close_mid_response_reaches_the_client_with_its_code_and_reason() {
+    let upstream = common::scripted(|_, _| {
+        let mut frames = common::answer("resp_1", "cut short");
+        frames.truncate(3);
+        frames.push(format!("{}:4003:upstream says stop", common::CLOSE));
+        frames
+    })
+    .await;
+    let proxy = common::proxy_for(&upstream, |_| {}).await;
+    let url = format!("ws://{}/v1/responses", proxy.addr());
+    let mut ws = common::ws_connect(&url, KEY).await.unwrap();
+    ws.create(json!({"model": "m", "input": "hi"})).await;
+    let frame = loop {
+        match tokio::time::timeout(PATIENCE, ws.socket.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(frame))) => break frame.unwrap(),
+            Some(Ok(_)) => {}
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(frame.code), 4003);
+    assert_eq!(
+        frame.reason.as_str(),
+        "upstream says stop",
+        "the upstream's own reason"
+    );
+    assert_eq!(
+        upstream.sockets.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "nothing replayed"
+    );
+}
+
+#[tokio::test]
+async fn a_client_close_mid_response_reaches_the_upstream_with_its_code_and_reason() {
+    let upstream = common::scripted(|_, _| {
+        let mut frames = common::answer("resp_1", "never finished");
+        frames.truncate(3);
+        frames
+    })
+    .await;
+    let proxy = common::proxy_for(&upstream, |_| {}).await;
+    let url = format!("ws://{}/v1/responses", proxy.addr());
+    let mut ws = common::ws_connect(&url, KEY).await.unwrap();
+    ws.create(json!({"model": "m", "input": "hi"})).await;
+    for _ in 0..3 {
+        ws.event().await;
+    }
+    let bye = tungstenite::protocol::CloseFrame {
+        code: 4000.into(),
+        reason: "user cancelled".into(),
+    };
+    ws.socket.close(Some(bye)).await.unwrap();
+    let expected = format!("{}:4000:user cancelled", common::CLOSE);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !upstream.raw.lock().unwrap().contains(&expected) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            upstream.raw.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_create_answered_with_the_connection_limit_goes_again_on_a_fresh_socket_rebuilt() {
+    let limit = json!({"type": "error", "status": 400, "error": {"type": "invalid_request_error", "code": "websocket_connection_limit_reached", "message": "Responses websocket connection limit reached (60 minutes). Create a new websocket connection to continue."}});
+    let upstream = common::scripted(move |index, _| match index {
+        0 => common::answer("resp_1", "first answer"),
+        1 => vec![limit.to_string(), common::CLOSE.into()],
+        _ => common::answer("resp_2", "second answer"),
+    })
+    .await;
+    let proxy = common::proxy_for(&upstream, |_| {}).await;
+    let url = format!("ws://{}/v1/responses", proxy.addr());
+    let mut ws = common::ws_connect(&url, KEY).await.unwrap();
+    ws.create(chain_turn("one", None)).await;
+    assert_eq!(ws.outcome().await, "response.completed");
+    ws.create(chain_turn("two", Some("resp_1"))).await;
+    let events = ws.turn().await;
+    assert_eq!(
+        output_text(final_response(&events)),
+        "second answer",
+        "no error shown"
+    );
+    let frames = upstream.frames();
+    assert_eq!(frames.len(), 3);
+    assert_eq!(
+        frames[1]["previous_response_id"], "resp_1",
+        "as the client sent it"
+    );
+    assert_eq!(
+        frames[2].get("previous_response_id"),
+        None,
+        "rebuilt on the fresh socket"
+    );
+    assert_eq!(
+        frames[2]["input"],
+        json!([
+            {"role": "user", "content": "one"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "first answer", "annotations": []}]},
+            {"role": "user", "content": "two"},
+        ])
+    );
+    assert_eq!(
+        upstream.sockets.load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+}

@@ -488,12 +488,13 @@ pub fn metric(text: &str, series: &str) -> f64 {
 pub struct Scripted {
     pub base_url: String,
     pub received: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
-    /// Every text frame received, as its bytes came.
+    /// Every text frame received, as its bytes came, and a close frame as `CLOSE:CODE:REASON`.
     pub raw: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub sockets: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// A script frame that closes the socket instead of sending anything.
+/// A script frame that closes the socket instead of sending anything; `CLOSE:CODE:REASON`
+/// closes it with that close frame.
 pub const CLOSE: &str = "\u{0}close";
 
 type Script = dyn Fn(usize, &Value) -> Vec<String> + Send + Sync;
@@ -518,6 +519,10 @@ pub async fn scripted(
                     return;
                 };
                 while let Some(Ok(message)) = ws.next().await {
+                    if let Message::Close(Some(frame)) = &message {
+                        let close = format!("{CLOSE}:{}:{}", u16::from(frame.code), frame.reason);
+                        seen_raw.lock().unwrap().push(close);
+                    }
                     let Message::Text(text) = message else {
                         continue;
                     };
@@ -529,8 +534,14 @@ pub async fn scripted(
                         seen.len() - 1
                     };
                     for out in script(index, &frame) {
-                        if out == CLOSE {
-                            let _ = ws.close(None).await;
+                        if let Some(rest) = out.strip_prefix(CLOSE) {
+                            let frame = rest.strip_prefix(':').and_then(|r| r.split_once(':')).map(
+                                |(code, reason)| tungstenite::protocol::CloseFrame {
+                                    code: code.parse::<u16>().unwrap().into(),
+                                    reason: reason.to_owned().into(),
+                                },
+                            );
+                            let _ = ws.close(frame).await;
                             return;
                         }
                         if ws.send(Message::Text(out.into())).await.is_err() {
