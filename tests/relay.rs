@@ -553,3 +553,49 @@ async fn a_create_answered_with_the_connection_limit_goes_again_on_a_fresh_socke
         2
     );
 }
+
+#[tokio::test]
+async fn interleaved_lanes_are_recorded_by_stream_id_and_rebuilt_on_a_fresh_socket() {
+    let turn = |text: &str, lane: &str, words: &str, previous: Option<&str>| {
+        let mut body = chain_turn(text, previous);
+        body["stream_id"] = json!(lane);
+        body["metadata"] = json!({"sim_words": words});
+        body
+    };
+    // Straight to a simulator: alpha, then its continuation.
+    let sim = common::default_simulator().await;
+    let mut direct = common::ws_connect(&sim.ws_url(), KEY).await.unwrap();
+    direct.create(turn("alpha", "a", "40", None)).await;
+    let first = final_response(&direct.turn().await).clone();
+    direct
+        .create(turn("more", "a", "5", Some(first["id"].as_str().unwrap())))
+        .await;
+    let expected = output_text(final_response(&direct.turn().await));
+
+    let bridge = bridge_with(common::paced(3), |config| {
+        config.pool.max_age = Duration::from_millis(600);
+    })
+    .await;
+    let mut ws = relayed(&bridge).await;
+    ws.create(turn("alpha", "a", "40", None)).await;
+    ws.create(turn("beta", "b", "2", None)).await;
+    let mut completed = Vec::new();
+    while completed.len() < 2 {
+        let event = ws.event().await;
+        if event["type"] == "response.completed" {
+            completed.push(event);
+        }
+    }
+    assert_eq!(completed[0]["stream_id"], "b", "the short lane ends first");
+    let alpha = completed[1]["response"]["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    ws.create(turn("more", "a", "5", Some(&alpha))).await;
+    let events = ws.turn().await;
+    assert_eq!(output_text(final_response(&events)), expected);
+    assert_eq!(
+        bridge
+            .metric("wsbridge_relay_context_rebuilds_total{outcome=\"rebuilt\"}")
+            .await,
+        1.0
+    );
+}

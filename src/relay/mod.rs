@@ -16,6 +16,7 @@
 //! (which stops generation upstream).
 
 mod chain;
+mod in_flight;
 mod session;
 
 use std::sync::Arc;

@@ -16,7 +16,6 @@
 //! is awaited before the next read, so a slow client slows its upstream socket (and nothing
 //! else). Pings are answered by each side's WebSocket layer on its next read.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +26,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use super::chain::{self, Chain, Frame};
+use super::chain::{Chain, Frame};
+use super::in_flight::{InFlight, Pending};
 use super::{Relay, Upstream};
 use crate::auth::Credential;
 use crate::engine::BridgeError;
@@ -36,18 +36,6 @@ use crate::protocol::OpenAiError;
 use crate::protocol::error::Meaning;
 use crate::protocol::sse::event_type;
 use crate::upstream::socket::Inbound;
-
-/// A `response.create` the upstream has not finished answering.
-struct Pending {
-    frame: Map<String, Value>,
-    /// The frame as the client sent it.
-    text: Utf8Bytes,
-    /// Its part of the conversation, recorded in the chain when it completes.
-    turn: Option<chain::Turn>,
-    /// An event of its response reached the client: it is never sent again.
-    started: bool,
-    attempts: u32,
-}
 
 /// Whether the session goes on.
 enum Flow {
@@ -70,7 +58,7 @@ pub(super) struct Session {
     query: Option<String>,
     /// `None` after it was lost between turns: reopened by the next client frame.
     upstream: Option<Upstream>,
-    pending: VecDeque<Pending>,
+    pending: InFlight,
     chain: Chain,
 }
 
@@ -86,7 +74,7 @@ impl Session {
             credential,
             query,
             upstream: Some(upstream),
-            pending: VecDeque::new(),
+            pending: InFlight::default(),
             chain: Chain::default(),
         }
     }
@@ -171,14 +159,7 @@ impl Session {
         };
         let sent = match create {
             Some((frame, text)) => {
-                let turn = Some(chain::Turn::of(&frame));
-                self.pending.push_back(Pending {
-                    frame,
-                    text,
-                    turn,
-                    started: false,
-                    attempts: 1,
-                });
+                self.pending.push(Pending::new(frame, text));
                 self.send_pending(self.pending.len() - 1).await
             }
             None => match &mut self.upstream {
@@ -251,7 +232,7 @@ impl Session {
             peer = upstream.socket().peer_close().cloned();
             upstream.close(reason);
         }
-        if self.pending.iter().any(|pending| pending.started) {
+        if self.pending.any_started() {
             // Part of a response reached the client: it sees the end a direct client would.
             let frame = peer.unwrap_or(CloseFrame {
                 code: CloseCode::Error,
@@ -275,14 +256,10 @@ impl Session {
     /// Sends the pending creates again on a fresh socket: nothing of theirs reached the client.
     async fn resend(&mut self, client: &mut WebSocket) -> Flow {
         loop {
-            let attempts = self.pending.front().map_or(0, |pending| pending.attempts);
-            if attempts >= self.relay.max_attempts {
+            if self.pending.attempt() >= self.relay.max_attempts {
                 return self
                     .fail_pending(client, &BridgeError::ClosedBeforeStart)
                     .await;
-            }
-            for pending in &mut self.pending {
-                pending.attempts += 1;
             }
             if let Err(error) = self.reopen().await {
                 return self.fail_pending(client, &error).await;
@@ -305,8 +282,7 @@ impl Session {
     async fn fail_pending(&mut self, client: &mut WebSocket, error: &BridgeError) -> Flow {
         let error = error.to_openai();
         while let Some(pending) = self.pending.pop_front() {
-            let stream_id = pending.frame.get("stream_id").and_then(Value::as_str);
-            if let Flow::End = send_error(client, &error, stream_id).await {
+            if let Flow::End = send_error(client, &error, pending.lane()).await {
                 return Flow::End;
             }
         }
@@ -316,23 +292,20 @@ impl Session {
     /// An upstream event: noted (which create it answers) and sent to the client as it came,
     /// except a connection limit that the client must not see.
     async fn event(&mut self, client: &mut WebSocket, text: Utf8Bytes) -> Flow {
+        let owner = self.pending.owner(&text);
         match event_type(&text).as_deref() {
             Some("error") => {
-                if self.is_hidden_limit(&text) {
+                if !self.pending.is_started(owner) && is_connection_limit(&text) {
                     return self.upstream_lost(client, CloseReason::LimitReached).await;
                 }
-                // A request-scoped error answers the oldest create; a flat one ends its stream.
-                self.pending.pop_front();
+                // A request-scoped error answers its create; a flat one ends its stream.
+                self.pending.remove(owner);
             }
-            Some("response.completed" | "response.incomplete") => self.completed(&text),
+            Some("response.completed" | "response.incomplete") => self.completed(owner, &text),
             Some("response.failed") => {
-                self.pending.pop_front();
+                self.pending.remove(owner);
             }
-            _ => {
-                if let Some(pending) = self.pending.front_mut() {
-                    pending.started = true;
-                }
-            }
+            _ => self.pending.started(owner),
         }
         self.relay
             .metrics
@@ -347,20 +320,9 @@ impl Session {
         Flow::Continue
     }
 
-    /// `websocket_connection_limit_reached` before any event of the oldest create reached the
-    /// client (or with none in flight): the socket is finished, and nothing is lost.
-    fn is_hidden_limit(&self, text: &str) -> bool {
-        if self.pending.front().is_some_and(|pending| pending.started) {
-            return false;
-        }
-        serde_json::from_str::<Value>(text).is_ok_and(|event| {
-            OpenAiError::from_upstream_event(&event).meaning() == Meaning::ConnectionLimit
-        })
-    }
-
-    /// The oldest create's response completed: it is the chain's latest now.
-    fn completed(&mut self, text: &str) {
-        let Some(mut pending) = self.pending.pop_front() else {
+    /// Create `owner`'s response completed: it is the chain's latest now.
+    fn completed(&mut self, owner: Option<usize>, text: &str) {
+        let Some(mut pending) = self.pending.remove(owner) else {
             return;
         };
         let socket = self.upstream.as_mut().map_or(0, |u| u.socket().id());
@@ -426,6 +388,14 @@ async fn read(upstream: &mut Option<Upstream>) -> Inbound {
         Some(upstream) => upstream.socket().read().await,
         None => std::future::pending().await,
     }
+}
+
+/// `websocket_connection_limit_reached`, however the upstream words it: a socket that is
+/// finished, hidden from the client when none of what it answered reached the client.
+fn is_connection_limit(text: &str) -> bool {
+    serde_json::from_str::<Value>(text).is_ok_and(|event| {
+        OpenAiError::from_upstream_event(&event).meaning() == Meaning::ConnectionLimit
+    })
 }
 
 /// Answers the client with an `error` event (the socket stays open).
