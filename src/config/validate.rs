@@ -282,6 +282,17 @@ mod tests {
     }
 
     #[test]
+    fn relay_max_replay_bytes_defaults_to_16_mib_and_takes_its_variable() {
+        assert_eq!(Config::default().relay.max_replay_bytes, 16 << 20);
+        let config = load("", &[("WSBRIDGE_RELAY_MAX_REPLAY_BYTES", "4096")]).unwrap();
+        assert_eq!(config.relay.max_replay_bytes, 4096);
+        let error = load("[relay]\nmax_replay_bytes = -1\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("relay.max_replay_bytes"), "{error}");
+    }
+
+    #[test]
     fn worker_threads_zero_means_one_per_core_and_a_count_is_kept() {
         assert_eq!(load("", &[]).unwrap().server.worker_threads, None);
         let one = load("", &[("WSBRIDGE_SERVER_WORKER_THREADS", "1")]).unwrap();
