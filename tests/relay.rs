@@ -99,10 +99,11 @@ async fn frames_pass_unchanged_both_ways() {
         matches!(pong, Some(Ok(Message::Pong(ref p))) if p[..] == [7]),
         "{pong:?}"
     );
+    let uri = format!("{}uri:/v1/responses?trace=1", common::CLOSE);
     assert_eq!(
         *upstream.raw.lock().unwrap(),
-        [create, steer],
-        "the client's bytes, as they were"
+        [uri.as_str(), create, steer],
+        "the client's query kept on the upstream URL, then its bytes as they were"
     );
 }
 

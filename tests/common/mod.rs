@@ -488,7 +488,8 @@ pub fn metric(text: &str, series: &str) -> f64 {
 pub struct Scripted {
     pub base_url: String,
     pub received: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
-    /// Every text frame received, as its bytes came, and a close frame as `CLOSE:CODE:REASON`.
+    /// Every text frame received, as its bytes came, a close frame as `CLOSE:CODE:REASON`, and
+    /// each upgrade's request URI as `CLOSEuri:URI`.
     pub raw: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub sockets: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -515,7 +516,13 @@ pub async fn scripted(
             let (seen, script, seen_raw) = (seen.clone(), script.clone(), seen_raw.clone());
             opened.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                let record_uri = |request: &tungstenite::handshake::server::Request, response| {
+                    let uri = format!("{CLOSE}uri:{}", request.uri());
+                    seen_raw.lock().unwrap().push(uri);
+                    Ok(response)
+                };
+                let accepted = tokio_tungstenite::accept_hdr_async(tcp, record_uri).await;
+                let Ok(mut ws) = accepted else {
                     return;
                 };
                 while let Some(Ok(message)) = ws.next().await {
