@@ -516,6 +516,7 @@ pub async fn scripted(
             let (seen, script, seen_raw) = (seen.clone(), script.clone(), seen_raw.clone());
             opened.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
+                #[allow(clippy::result_large_err, reason = "tungstenite's callback signature")]
                 let record_uri = |request: &tungstenite::handshake::server::Request, response| {
                     let uri = format!("{CLOSE}uri:{}", request.uri());
                     seen_raw.lock().unwrap().push(uri);
