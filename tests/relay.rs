@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use wsbridge::config::{AuthConfig, Secret};
 use wsbridge::simulator::SimulatorConfig;
 use wsbridge::simulator::faults::FaultConfig;
+use wsbridge::simulator::stats::Outcome;
 
 use common::{Bridge, KEY, PATIENCE, Seen, Ws, bridge_with, final_response, output_text};
 
@@ -216,9 +217,6 @@ async fn bad_client_frames_get_the_upstreams_error_events_and_the_socket_stays_o
 #[tokio::test]
 async fn a_client_leaving_mid_response_closes_its_upstream_socket_and_the_pool_refills() {
     let bridge = bridge_with(common::paced(20), |config| config.pool.min_idle = 1).await;
-    bridge
-        .wait_for_metric("wsbridge_upstream_sockets{state=\"idle\"}", |n| n == 1.0)
-        .await;
     let mut ws = relayed(&bridge).await;
     ws.create(
         json!({"model": "gpt-test", "input": "a long one", "metadata": {"sim_words": "400"}}),
@@ -227,11 +225,14 @@ async fn a_client_leaving_mid_response_closes_its_upstream_socket_and_the_pool_r
     assert_eq!(ws.event().await["type"], "response.created");
     ws.socket.close(None).await.unwrap();
     drop(ws);
+    let stopped = |s: &wsbridge::simulator::stats::StatsSnapshot| {
+        s.sockets_closed >= 1 && s.turns.iter().any(|t| t.outcome == Outcome::Closed)
+    };
     let stats = bridge
         .sim
-        .wait_for(|s| s.sockets_closed >= 1, PATIENCE)
+        .wait_for(stopped, PATIENCE)
         .await
-        .expect("the upstream socket must close");
+        .expect("the upstream socket must close, cutting the answer short");
     assert_eq!(stats.sockets_closed, 1);
     let closed = bridge
         .wait_for_metric(
@@ -244,6 +245,12 @@ async fn a_client_leaving_mid_response_closes_its_upstream_socket_and_the_pool_r
         .wait_for_metric("wsbridge_upstream_sockets{state=\"idle\"}", |n| n == 1.0)
         .await;
     assert_eq!(idle, 1.0, "the pool is back to min_idle");
+    assert_eq!(
+        bridge
+            .metric("wsbridge_upstream_sockets{state=\"busy\"}")
+            .await,
+        0.0
+    );
     assert_eq!(bridge.metric("wsbridge_relay_client_sockets").await, 0.0);
 }
 
