@@ -157,21 +157,39 @@ impl Session {
             }
             _ => None,
         };
-        let sent = match create {
-            Some((frame, text)) => {
-                self.pending.push(Pending::new(frame, text));
-                self.send_pending(self.pending.len() - 1).await
-            }
-            None => match &mut self.upstream {
-                Some(upstream) => upstream.socket().forward(message, false).await.is_ok(),
-                None => false,
-            },
+        let Some((frame, text)) = create else {
+            return self.forward_other(client, message).await;
         };
-        if sent {
+        self.pending.push(Pending::new(frame, text));
+        if self.send_pending(self.pending.len() - 1).await {
             Flow::Continue
         } else {
+            // Not sent: it goes again on a fresh socket with whatever else is pending.
             self.upstream_lost(client, CloseReason::ServerClosed).await
         }
+    }
+
+    /// Any other client frame (steer, inject, unknown): sent as it came, once more on a fresh
+    /// socket when the current one turns out to be gone.
+    async fn forward_other(&mut self, client: &mut WebSocket, message: Message) -> Flow {
+        for _ in 0..2 {
+            if let Some(upstream) = &mut self.upstream
+                && upstream
+                    .socket()
+                    .forward(message.clone(), false)
+                    .await
+                    .is_ok()
+            {
+                return Flow::Continue;
+            }
+            if let Flow::End = self.upstream_lost(client, CloseReason::ServerClosed).await {
+                return Flow::End;
+            }
+            if let Err(error) = self.ensure_upstream().await {
+                return send_error(client, &error.to_openai(), None).await;
+            }
+        }
+        Flow::Continue
     }
 
     /// Between turns, a socket that was lost or reached `pool.max_age` is replaced.
