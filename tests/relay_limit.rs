@@ -72,6 +72,13 @@ async fn the_upstream_connection_limit_is_hidden_from_a_store_false_chain() {
     let answers = twelve_turns(&mut ws, Duration::from_millis(300)).await;
     assert_eq!(answers, direct);
     assert_limit_hidden(&bridge, 3).await;
+    let reported = bridge
+        .metric("wsbridge_relay_upstream_switches_total{reason=\"limit_reached\"}")
+        .await;
+    assert!(
+        reported >= 2.0,
+        "the upstream reported its limit {reported} times, unseen"
+    );
 }
 
 #[tokio::test]
