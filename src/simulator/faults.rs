@@ -274,7 +274,11 @@ mod tests {
             (d.keepalives, d.keepalive_interval),
             (3, Duration::from_millis(10))
         );
-        assert!(Directives::parse("close_after_turn").unwrap().close_after_turn);
+        assert!(
+            Directives::parse("close_after_turn")
+                .unwrap()
+                .close_after_turn
+        );
         assert!(Directives::parse("explode").is_err());
         assert!(Directives::parse("error:200:ok").is_err());
         assert!(
