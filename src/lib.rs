@@ -12,6 +12,8 @@
 //!   pass-through for the rest, health, readiness and metrics;
 //! - [`engine`]: the turn engine every front-end drives (plan, lease, send, recover before
 //!   the first event, one end-of-turn rule);
+//! - [`relay`]: client WebSockets on `GET /v1/responses` relayed over pooled upstream sockets,
+//!   the connection limit hidden;
 //! - [`upstream`]: upstream WebSockets and the per-credential pool;
 //! - [`continuation`]: canonical item digests, heads, continuation frames;
 //! - [`auth`]: resolving a request's upstream credential (passthrough or injected key);
@@ -38,6 +40,7 @@ pub mod metrics;
 pub mod net;
 pub mod outcome;
 pub mod protocol;
+pub mod relay;
 pub mod setting;
 pub mod shutdown;
 pub mod simulator;

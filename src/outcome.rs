@@ -149,3 +149,35 @@ impl ChatFinish {
         }
     }
 }
+
+/// Which way a relayed WebSocket frame went (`GET /v1/responses`, docs/architecture.md,
+/// "WebSocket relay").
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum RelayDirection {
+    /// A client's frame, sent to the upstream.
+    ClientToUpstream,
+    /// An upstream event, sent to the client.
+    UpstreamToClient,
+}
+
+/// What became of a relayed `response.create` naming a `store: false` response that only an
+/// upstream socket gone since held.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum RebuildOutcome {
+    /// Sent with the conversation's full input instead of `previous_response_id`.
+    Rebuilt,
+    /// The conversation outgrew `relay.max_replay_bytes`: sent as it came (the upstream
+    /// answers `previous_response_not_found`).
+    TooLarge,
+}
+
+/// Why a relayed client socket moved to a fresh upstream socket.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum RelaySwitch {
+    /// The upstream socket reached `pool.max_age` between turns.
+    MaxAge,
+    /// The upstream socket closed or broke between turns (or before a turn's first event).
+    Dropped,
+    /// The upstream reported `websocket_connection_limit_reached`.
+    LimitReached,
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use http_body_util::BodyExt;
-use serde_json::{Value, json};
+use serde_json::json;
 use wsbridge::simulator::SimulatorConfig;
 use wsbridge::simulator::faults::FaultConfig;
 use wsbridge::simulator::stats::Transport;
@@ -195,20 +195,6 @@ async fn other_paths_pass_through_with_status_and_body_as_upstream_sent_them() {
     assert_eq!(proxied.body, direct.body);
     let no_key = common::request("GET", &format!("{}/models", bridge.url()), None, None).await;
     assert_eq!(no_key.status, 401);
-}
-
-#[tokio::test]
-async fn a_websocket_upgrade_on_get_responses_is_refused_with_426() {
-    let bridge = bridge().await;
-    let ws_url = format!("ws://{}/v1/responses", bridge.proxy.addr());
-    match common::ws_connect(&ws_url, KEY).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), 426);
-            let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
-            assert_eq!(body["error"]["type"], "invalid_request_error");
-        }
-        other => panic!("expected a 426, got {:?}", other.map(|_| ())),
-    }
 }
 
 #[tokio::test]

@@ -52,6 +52,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub continuation: ContinuationConfig,
     pub chat: ChatConfig,
+    pub relay: RelayConfig,
     pub log: LogConfig,
     pub simulator: SimulatorConfig,
     /// Where this configuration came from, and what was ignored on the way.
@@ -171,6 +172,14 @@ pub enum ChatMode {
 #[derive(Debug, Clone)]
 pub struct ChatConfig {
     pub mode: ChatMode,
+}
+
+/// `[relay]`: client sockets on `GET /v1/responses` relayed over pooled upstream sockets.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// The most bytes of a conversation's items one client socket keeps to rebuild a
+    /// `store: false` chain on a fresh upstream socket; 0 never rebuilds.
+    pub max_replay_bytes: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -22,6 +22,7 @@ pub struct RawConfig {
     pub auth: RawAuth,
     pub continuation: RawContinuation,
     pub chat: RawChat,
+    pub relay: RawRelay,
     pub log: RawLog,
     pub simulator: RawSimulator,
 }
@@ -195,6 +196,22 @@ pub struct RawChat {
     /// every field has a faithful equivalent) or `passthrough` (all go to the upstream's
     /// `/v1/chat/completions` as they came).
     pub mode: ChatMode,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRelay {
+    /// Per relayed client socket: the most bytes of conversation items kept to rebuild a
+    /// `store: false` chain on a fresh upstream socket (0: never rebuild).
+    pub max_replay_bytes: u64,
+}
+
+impl Default for RawRelay {
+    fn default() -> Self {
+        Self {
+            max_replay_bytes: 16 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use super::profile::{self, Explicit, Limits, Profile};
 use super::raw::{RawAuth, RawConfig, RawContinuation, RawLog, RawPool, RawServer, RawUpstream};
 use super::{
     AuthConfig, AuthMode, BaseUrl, ChatConfig, Config, ConfigSource, ContinuationConfig, LogConfig,
-    PoolConfig, Secret, ServerConfig, UpstreamConfig, UpstreamMode,
+    PoolConfig, RelayConfig, Secret, ServerConfig, UpstreamConfig, UpstreamMode,
 };
 use crate::net::{CaBundle, ProxySetting, Trust};
 use crate::setting::{Invalid, at_least_one, invalid, parse_addr, within_ten_years};
@@ -28,6 +28,10 @@ pub(super) fn validate(raw: RawConfig, env: &[(String, String)]) -> Result<Confi
         continuation: continuation(raw.continuation)?,
         chat: ChatConfig {
             mode: raw.chat.mode,
+        },
+        relay: RelayConfig {
+            max_replay_bytes: usize::try_from(raw.relay.max_replay_bytes)
+                .map_err(|_| invalid("relay.max_replay_bytes", "is too large"))?,
         },
         log: log(raw.log)?,
         simulator: crate::simulator::config::validate(raw.simulator)?,
@@ -321,6 +325,17 @@ mod tests {
             .to_string();
         assert!(error.contains("chat.mode"), "{error}");
         assert!(error.contains("`bridge` or `passthrough`"), "{error}");
+    }
+
+    #[test]
+    fn relay_max_replay_bytes_defaults_to_16_mib_and_takes_its_variable() {
+        assert_eq!(Config::default().relay.max_replay_bytes, 16 << 20);
+        let config = load("", &[("WSBRIDGE_RELAY_MAX_REPLAY_BYTES", "4096")]).unwrap();
+        assert_eq!(config.relay.max_replay_bytes, 4096);
+        let error = load("[relay]\nmax_replay_bytes = -1\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("relay.max_replay_bytes"), "{error}");
     }
 
     #[test]

@@ -98,6 +98,11 @@ impl Engine {
         self.pool.prewarm(credential);
     }
 
+    /// The pool, for a front-end that holds a socket longer than a turn (the WebSocket relay).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Upstream sockets by state: idle, busy, connecting.
     pub fn census(&self) -> Census {
         self.pool.census()

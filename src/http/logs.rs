@@ -120,6 +120,7 @@ pub(super) const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_sta
 pub(super) fn route_name(route: Route, headers: &axum::http::HeaderMap) -> &'static str {
     match route {
         Route::Responses => "responses",
+        Route::Relay => "relay",
         Route::Passthrough => "passthrough",
         Route::Operations => "operations",
         Route::Chat => match headers

@@ -4,7 +4,7 @@
 //! POST /v1/responses ─▶ responses::create ─▶ pool lease ─▶ SSE / JSON   (REST fallback: passthrough)
 //! POST /v1/chat/completions ─▶ chat::create ─▶ the same turn engine ─▶ chunks / chat.completion
 //!                                               (or the upstream's chat endpoint: passthrough)
-//! GET  /v1/responses + Upgrade ─▶ 426 (WebSocket clients fall back to HTTP at once)
+//! GET  /v1/responses + Upgrade ─▶ relay::upgrade ─▶ crate::relay (frames both ways over a pooled socket)
 //! any  /v1/*        ─▶ passthrough::handle (streamed both ways)
 //! /healthz /readyz /metrics
 //! ```
@@ -12,6 +12,7 @@
 pub mod chat;
 mod logs;
 pub mod passthrough;
+mod relay;
 pub mod responses;
 pub mod server;
 
@@ -48,6 +49,8 @@ pub struct App {
     auth: Auth,
     /// The turn engine (and through it, the pool).
     engine: Engine,
+    /// Client WebSockets on `GET /v1/responses`, relayed over the engine's pool.
+    relay: Arc<crate::relay::Relay>,
     client: RestClient,
     /// Direct or through a proxy: readiness checks the first hop.
     route: crate::net::Route,
@@ -98,6 +101,15 @@ impl Proxy {
         if let Some(credential) = auth.fixed() {
             engine.prewarm(credential);
         }
+        let shutdown = server::Shutdown::default();
+        let connections = TaskTracker::new();
+        let relay = Arc::new(crate::relay::Relay::new(
+            &config,
+            engine.pool().clone(),
+            metrics.clone(),
+            shutdown.stop.clone(),
+            connections.clone(),
+        ));
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -112,12 +124,11 @@ impl Proxy {
             config,
             auth,
             engine,
+            relay,
             client,
             route: outbound.route,
             metrics,
         });
-        let shutdown = server::Shutdown::default();
-        let connections = TaskTracker::new();
         let limits = server::Limits {
             max_connections: app.config.server.max_connections,
             header_read_timeout: app.config.server.header_read_timeout,
@@ -172,6 +183,7 @@ impl Proxy {
                 "in-flight requests did not finish within the shutdown grace; ending them"
             );
             self.app.engine.expire();
+            self.app.relay.expire();
             if tokio::time::timeout(FLUSH, self.connections.wait())
                 .await
                 .is_err()
@@ -291,6 +303,8 @@ async fn observe(State(app): State<Arc<App>>, mut request: Request, next: Next) 
     let post = method == axum::http::Method::POST;
     let route = if path == "/v1/responses" && post {
         Route::Responses
+    } else if path == "/v1/responses" && relay::wants_websocket(request.headers()) {
+        Route::Relay
     } else if path == "/v1/chat/completions" && post {
         Route::Chat
     } else if path == "/v1" || path.starts_with("/v1/") {
@@ -348,23 +362,11 @@ async fn observe(State(app): State<Arc<App>>, mut request: Request, next: Next) 
     response.map(|body| logs::with_access_line(body, line))
 }
 
-/// `GET /v1/responses`: a WebSocket upgrade is refused at once with 426 so WebSocket-first
-/// clients (Codex, `responses.connect()`) fall back to HTTP; anything else passes through.
+/// `GET /v1/responses`: a WebSocket upgrade is relayed (`relay::upgrade`); anything else
+/// passes through.
 async fn responses_get(state: State<Arc<App>>, request: Request) -> Response {
-    let wants_websocket = request
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.eq_ignore_ascii_case("websocket"));
-    if wants_websocket {
-        return OpenAiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "invalid_request_error",
-            "wsbridge serves the Responses API over HTTP: use POST /v1/responses (it uses \
-             WebSockets upstream for you).",
-        )
-        .with_code("websocket_not_supported")
-        .into_response();
+    if relay::wants_websocket(request.headers()) {
+        return relay::upgrade(state.0, request).await;
     }
     passthrough::handle(state, request).await
 }

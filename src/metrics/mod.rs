@@ -14,11 +14,12 @@ use prometheus_client::registry::Registry;
 
 use crate::outcome::{
     ChatFinish, ChatPassthrough, ChatRoute, CloseReason, Continuation, FallbackReason,
-    RecoveryCause,
+    RebuildOutcome, RecoveryCause, RelayDirection, RelaySwitch,
 };
 
 mod chat;
 mod lanes;
+mod relay;
 use crate::protocol::event::Dropped;
 
 /// Which surface served a request.
@@ -28,6 +29,8 @@ pub enum Route {
     Responses,
     /// `POST /v1/chat/completions`, bridged or passed through.
     Chat,
+    /// `GET /v1/responses` upgraded to a WebSocket and relayed (counted at the upgrade, `101`).
+    Relay,
     /// Any other `/v1/*` request, proxied as it is.
     Passthrough,
     /// `/healthz`, `/readyz`, `/metrics`, unknown paths.
@@ -86,6 +89,7 @@ pub struct Metrics {
     time_to_first_byte: Family<RouteLabels, Histogram>,
     continuations: Family<ContinuationLabels, Counter>,
     chat: chat::ChatMetrics,
+    relay: relay::RelayMetrics,
     request_bytes: Counter,
     upstream: Upstream,
 }
@@ -217,6 +221,7 @@ impl Default for Metrics {
             Family::<ContinuationLabels, Counter>::default(),
         );
         let chat = chat::ChatMetrics::register(&mut registry);
+        let relay = relay::RelayMetrics::register(&mut registry);
         let request_bytes = add(
             &mut registry,
             "client_request_bytes",
@@ -230,6 +235,7 @@ impl Default for Metrics {
             requests,
             continuations,
             chat,
+            relay,
             request_bytes,
             time_to_first_byte,
         }
@@ -286,6 +292,11 @@ impl Metrics {
             );
         }
         self.chat.zero();
+        self.relay.zero();
+        drop(self.requests.get_or_create(&RequestLabels {
+            route: Route::Relay,
+            status: 101,
+        }));
     }
 
     pub fn request(&self, route: Route, status: u16) {
@@ -385,9 +396,10 @@ impl Metrics {
 
 /// Every variant of the labelled enums, to create their series at zero.
 impl Route {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Responses,
         Self::Chat,
+        Self::Relay,
         Self::Passthrough,
         Self::Operations,
     ];
@@ -467,7 +479,10 @@ snake_case_labels!(
     Dropped,
     ChatRoute,
     ChatPassthrough,
-    ChatFinish
+    ChatFinish,
+    RelayDirection,
+    RebuildOutcome,
+    RelaySwitch
 );
 
 /// The `content-type` of [`Metrics::render`].

@@ -12,7 +12,9 @@
 //! - `keepalive:N[:MS]`: N `keepalive` events after `response.in_progress`, MS apart;
 //! - `repeat_sequence`: the first delta is sent twice, with the same `sequence_number`;
 //! - `late_event`: 20 ms after the terminal event, one more delta of the finished response
-//!   (a straggler that reaches whatever the socket carries next).
+//!   (a straggler that reaches whatever the socket carries next);
+//! - `close_after_turn`: WebSocket only, drop the connection (no close frame) right after the
+//!   terminal event of a completed turn: a socket lost between turns.
 //!
 //! Socket faults: refused upgrades (`upgrade_status`, `upgrade_count`), sockets closed right
 //! after the upgrade (`close_after_upgrade`), and sockets that go silent at their first ping
@@ -78,6 +80,8 @@ pub struct Directives {
     pub repeat_sequence: bool,
     /// A delta of this response after its terminal event.
     pub late_event: bool,
+    /// WebSocket: the connection is dropped once the turn completed.
+    pub close_after_turn: bool,
 }
 
 impl Directives {
@@ -106,6 +110,7 @@ impl Directives {
             ("response_failed", []) => self.response_failed = true,
             ("repeat_sequence", []) => self.repeat_sequence = true,
             ("late_event", []) => self.late_event = true,
+            ("close_after_turn", []) => self.close_after_turn = true,
             ("error", [status, code]) => {
                 let status = status
                     .parse::<u16>()
@@ -145,6 +150,7 @@ impl Directives {
         self.response_failed |= other.response_failed;
         self.repeat_sequence |= other.repeat_sequence;
         self.late_event |= other.late_event;
+        self.close_after_turn |= other.close_after_turn;
         if other.error.is_some() {
             self.error = other.error;
         }
@@ -267,6 +273,11 @@ mod tests {
         assert_eq!(
             (d.keepalives, d.keepalive_interval),
             (3, Duration::from_millis(10))
+        );
+        assert!(
+            Directives::parse("close_after_turn")
+                .unwrap()
+                .close_after_turn
         );
         assert!(Directives::parse("explode").is_err());
         assert!(Directives::parse("error:200:ok").is_err());

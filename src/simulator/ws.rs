@@ -310,6 +310,9 @@ impl Connection {
                 if let Some(stored) = played.stored {
                     self.lock_cache().insert(lane.clone(), stored);
                 }
+                if prepared.directives.close_after_turn {
+                    let _ = tx.send(Outgoing::Abort).await;
+                }
             }
             Outcome::Failed => evict_parent(),
             Outcome::Closed | Outcome::Error => {

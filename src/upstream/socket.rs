@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
 use super::transport::{Dial, Stream};
@@ -38,6 +38,10 @@ pub struct Socket {
     span: tracing::Span,
     /// The largest message read so far, in bytes.
     largest_message: usize,
+    /// The close frame the upstream sent, if it closed with one (a relay forwards it).
+    peer_close: Option<CloseFrame>,
+    /// The close frame [`Socket::close`] sends (none: a plain close).
+    close_frame: Option<CloseFrame>,
 }
 
 /// A socket that received a message larger than this is closed after its turn instead of
@@ -95,6 +99,29 @@ impl Socket {
         self.largest_message > LARGE_MESSAGE_BYTES
     }
 
+    /// The close frame the upstream closed this socket with, once [`Socket::read`] saw it.
+    pub fn peer_close(&self) -> Option<&CloseFrame> {
+        self.peer_close.as_ref()
+    }
+
+    /// The code and reason [`Socket::close`] sends: a relayed client's own close frame.
+    pub fn set_close_frame(&mut self, frame: CloseFrame) {
+        self.close_frame = Some(frame);
+    }
+
+    /// Sends a client's frame as it came, whatever it is (a relayed client socket's events);
+    /// a `response.create` counts a turn.
+    pub async fn forward(
+        &mut self,
+        message: Message,
+        creates_turn: bool,
+    ) -> Result<(), tungstenite::Error> {
+        if creates_turn {
+            self.turns += 1;
+        }
+        self.ws.send(message).await
+    }
+
     /// Sends one client event (a `response.create` frame) and counts a turn.
     pub async fn send(&mut self, frame: Utf8Bytes) -> Result<(), tungstenite::Error> {
         self.turns += 1;
@@ -115,9 +142,11 @@ impl Socket {
             }
             Some(Ok(Message::Ping(_) | Message::Frame(_))) => Inbound::Control,
             Some(Ok(Message::Binary(_))) => Inbound::Closed(CloseReason::ProtocolError),
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+            Some(Ok(Message::Close(frame))) => {
+                self.peer_close = frame;
                 Inbound::Closed(CloseReason::ServerClosed)
             }
+            Some(Err(_)) | None => Inbound::Closed(CloseReason::ServerClosed),
         }
     }
 
@@ -181,7 +210,8 @@ impl Socket {
 
     /// Closes politely (a close frame, briefly waiting for the reply), then drops the socket.
     pub async fn close(mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(None)).await;
+        let frame = self.close_frame.take();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(frame)).await;
     }
 }
 
@@ -266,9 +296,22 @@ impl Connector {
 
     /// Connects and upgrades with `credential`'s headers, within the connect timeout.
     pub async fn connect(&self, credential: &Credential) -> Result<Socket, ConnectError> {
-        let mut request = self
-            .url
-            .as_str()
+        self.connect_with_query(credential, None).await
+    }
+
+    /// [`Connector::connect`] with `query` appended to the URL (a relayed client's query
+    /// string, kept as it asked).
+    pub async fn connect_with_query(
+        &self,
+        credential: &Credential,
+        query: Option<&str>,
+    ) -> Result<Socket, ConnectError> {
+        let url = match query {
+            Some(query) => std::borrow::Cow::Owned(format!("{}?{query}", self.url)),
+            None => std::borrow::Cow::Borrowed(self.url.as_str()),
+        };
+        let mut request = url
+            .as_ref()
             .into_client_request()
             .map_err(|error| ConnectError::Failed(error.to_string()))?;
         for (name, value) in &self.headers {
@@ -299,6 +342,8 @@ impl Connector {
                     awaiting_pong: false,
                     span,
                     largest_message: 0,
+                    peer_close: None,
+                    close_frame: None,
                 })
             }
             Ok(Err(tungstenite::Error::Http(response))) => {

@@ -194,10 +194,22 @@ pub struct Ws {
 }
 
 pub async fn ws_connect(url: &str, key: &str) -> Result<Ws, tungstenite::Error> {
+    let authorization = format!("Bearer {key}");
+    ws_connect_with(url, &[("authorization", &authorization)]).await
+}
+
+/// [`ws_connect`] with any headers (none: no key at all).
+pub async fn ws_connect_with(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, tungstenite::Error> {
     let mut request = url.into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
     let (socket, response) =
         tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
             .await
@@ -478,10 +490,14 @@ pub fn metric(text: &str, series: &str) -> f64 {
 pub struct Scripted {
     pub base_url: String,
     pub received: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    /// Every text frame received, as its bytes came, a close frame as `CLOSE:CODE:REASON`, and
+    /// each upgrade's request URI as `CLOSEuri:URI`.
+    pub raw: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub sockets: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// A script frame that closes the socket instead of sending anything.
+/// A script frame that closes the socket instead of sending anything; `CLOSE:CODE:REASON`
+/// closes it with that close frame.
 pub const CLOSE: &str = "\u{0}close";
 
 type Script = dyn Fn(usize, &Value) -> Vec<String> + Send + Sync;
@@ -493,21 +509,34 @@ pub async fn scripted(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let raw = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sockets = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let script: std::sync::Arc<Script> = std::sync::Arc::new(script);
-    let (seen, opened) = (received.clone(), sockets.clone());
+    let (seen, opened, seen_raw) = (received.clone(), sockets.clone(), raw.clone());
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (seen, script) = (seen.clone(), script.clone());
+            let (seen, script, seen_raw) = (seen.clone(), script.clone(), seen_raw.clone());
             opened.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                #[allow(clippy::result_large_err, reason = "tungstenite's callback signature")]
+                let record_uri = |request: &tungstenite::handshake::server::Request, response| {
+                    let uri = format!("{CLOSE}uri:{}", request.uri());
+                    seen_raw.lock().unwrap().push(uri);
+                    Ok(response)
+                };
+                let accepted = tokio_tungstenite::accept_hdr_async(tcp, record_uri).await;
+                let Ok(mut ws) = accepted else {
                     return;
                 };
                 while let Some(Ok(message)) = ws.next().await {
+                    if let Message::Close(Some(frame)) = &message {
+                        let close = format!("{CLOSE}:{}:{}", u16::from(frame.code), frame.reason);
+                        seen_raw.lock().unwrap().push(close);
+                    }
                     let Message::Text(text) = message else {
                         continue;
                     };
+                    seen_raw.lock().unwrap().push(text.to_string());
                     let frame: Value = serde_json::from_str(&text).unwrap();
                     let index = {
                         let mut seen = seen.lock().unwrap();
@@ -515,8 +544,14 @@ pub async fn scripted(
                         seen.len() - 1
                     };
                     for out in script(index, &frame) {
-                        if out == CLOSE {
-                            let _ = ws.close(None).await;
+                        if let Some(rest) = out.strip_prefix(CLOSE) {
+                            let frame = rest.strip_prefix(':').and_then(|r| r.split_once(':')).map(
+                                |(code, reason)| tungstenite::protocol::CloseFrame {
+                                    code: code.parse::<u16>().unwrap().into(),
+                                    reason: reason.to_owned().into(),
+                                },
+                            );
+                            let _ = ws.close(frame).await;
                             return;
                         }
                         if ws.send(Message::Text(out.into())).await.is_err() {
@@ -530,6 +565,7 @@ pub async fn scripted(
     Scripted {
         base_url: format!("http://{addr}/v1"),
         received,
+        raw,
         sockets,
     }
 }

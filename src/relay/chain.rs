@@ -1,0 +1,261 @@
+//! [`Chain`]: what one relayed client socket remembers of its conversation, so that a
+//! `store: false` chain survives a change of upstream socket (docs/architecture.md,
+//! "WebSocket relay").
+//!
+//! An upstream socket keeps its latest response in memory, and with `store: false` nothing
+//! else has it: a `response.create` naming it on another socket gets
+//! `previous_response_not_found`. The relay keeps, for the latest response it carried, every
+//! item of the conversation that led to it (each turn's input, then its output), as the JSON
+//! text of each item, up to `relay.max_replay_bytes`. When the client continues that response
+//! after its socket is gone, [`Chain::frame_for`] writes the client's frame again with the
+//! whole conversation as `input` and no `previous_response_id`.
+//!
+//! Output messages and function calls are kept without their `id` (a `store: false` item id
+//! names nothing the upstream can load; docs/protocol.md, "previous_response_id on a socket"),
+//! reasoning items too when they carry `encrypted_content`.
+
+use serde_json::{Map, Value};
+
+use crate::protocol::items::{ItemKind, kind};
+
+/// The latest response a client socket carried, and the items leading to it.
+#[derive(Debug, Default)]
+pub struct Chain {
+    latest: Option<Latest>,
+}
+
+#[derive(Debug)]
+struct Latest {
+    response_id: String,
+    /// `None`: too large to keep (or unknown: it continued a response the relay never saw).
+    items: Option<Items>,
+    store: bool,
+    /// The upstream socket that produced it (the relay numbers its upstream sockets).
+    socket: u64,
+}
+
+#[derive(Debug, Default)]
+struct Items {
+    json: Vec<String>,
+    bytes: usize,
+}
+
+impl Items {
+    fn push(&mut self, item: &Value, limit: usize) -> bool {
+        let text = item.to_string();
+        self.bytes += text.len() + 1;
+        self.json.push(text);
+        self.bytes <= limit
+    }
+}
+
+/// What a `response.create` contributes to the chain, kept until its response ends.
+#[derive(Debug)]
+pub struct Turn {
+    previous: Option<String>,
+    input: Vec<Value>,
+    store: bool,
+}
+
+impl Turn {
+    /// The chain part of a `response.create` frame: `input` (a string is one user message),
+    /// `previous_response_id`, `store` (true unless `false`, the API's default).
+    pub fn of(frame: &Map<String, Value>) -> Self {
+        let input = match frame.get("input") {
+            Some(Value::String(text)) => {
+                vec![serde_json::json!({"role": "user", "content": text})]
+            }
+            Some(Value::Array(items)) => items.clone(),
+            _ => Vec::new(),
+        };
+        Self {
+            previous: frame
+                .get("previous_response_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            input,
+            store: frame.get("store") != Some(&Value::Bool(false)),
+        }
+    }
+}
+
+/// What [`Chain::frame_for`] decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// Send the client's frame as it came.
+    AsItCame,
+    /// Send this instead: the full conversation as `input`.
+    Rebuilt(String),
+    /// It needs a rebuild that the bound did not allow: send it as it came.
+    TooLarge,
+}
+
+impl Chain {
+    /// The frame a `response.create` needs on upstream socket `socket`: rebuilt when it
+    /// continues the latest response, which was `store: false` and produced on another socket.
+    pub fn frame_for(&self, frame: &Map<String, Value>, socket: u64) -> Frame {
+        let Some(latest) = &self.latest else {
+            return Frame::AsItCame;
+        };
+        let continues = frame.get("previous_response_id").and_then(Value::as_str)
+            == Some(latest.response_id.as_str());
+        if !continues || latest.store || latest.socket == socket {
+            return Frame::AsItCame;
+        }
+        let Some(items) = &latest.items else {
+            return Frame::TooLarge;
+        };
+        let mut rest = frame.clone();
+        rest.remove("previous_response_id");
+        let input = rest.remove("input");
+        let mut text = Value::Object(rest).to_string();
+        text.pop();
+        text.push_str(",\"input\":[");
+        let mut first = true;
+        for item in &items.json {
+            if !first {
+                text.push(',');
+            }
+            first = false;
+            text.push_str(item);
+        }
+        for item in Turn::of(&Map::from_iter(
+            input.map(|input| ("input".to_owned(), input)),
+        ))
+        .input
+        {
+            if !first {
+                text.push(',');
+            }
+            first = false;
+            text.push_str(&item.to_string());
+        }
+        text.push_str("]}");
+        Frame::Rebuilt(text)
+    }
+
+    /// `turn` ended with a completed (or incomplete) response `response` on socket `socket`:
+    /// it is the latest now, with the items that led to it.
+    pub fn completed(&mut self, turn: Turn, response: &Value, socket: u64, limit: usize) {
+        let Some(response_id) = response.get("id").and_then(Value::as_str) else {
+            self.latest = None;
+            return;
+        };
+        let base = match (&turn.previous, self.latest.take()) {
+            (None, _) => Some(Items::default()),
+            (Some(previous), Some(latest)) if *previous == latest.response_id => latest.items,
+            // It continued something the relay never carried: its history is unknown.
+            (Some(_), _) => None,
+        };
+        let output = response.get("output").and_then(Value::as_array);
+        let items = base.and_then(|mut items| {
+            let input = turn.input.iter();
+            let output = output.into_iter().flatten().map(without_id);
+            let fits = input
+                .chain(output.collect::<Vec<_>>().iter())
+                .all(|item| items.push(item, limit));
+            fits.then_some(items)
+        });
+        self.latest = Some(Latest {
+            response_id: response_id.to_owned(),
+            items,
+            store: turn.store,
+            socket,
+        });
+    }
+}
+
+/// An output item as it goes back as input: a message or function call without its `id` and
+/// `status`, a reasoning item with `encrypted_content` without its `id` (see the module docs);
+/// anything else whole (some item types require their id).
+fn without_id(item: &Value) -> Value {
+    let mut item = item.clone();
+    let strip = match kind(&item) {
+        ItemKind::Message | ItemKind::FunctionCall => true,
+        ItemKind::Reasoning => item.get("encrypted_content").is_some_and(Value::is_string),
+        ItemKind::FunctionCallOutput | ItemKind::Other => false,
+    };
+    if strip && let Some(fields) = item.as_object_mut() {
+        fields.remove("id");
+        fields.remove("status");
+    }
+    item
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn map(value: Value) -> Map<String, Value> {
+        value.as_object().unwrap().clone()
+    }
+
+    fn response(id: &str, text: &str) -> Value {
+        json!({"id": id, "output": [{"id": format!("msg_{id}"), "type": "message", "status": "completed", "role": "assistant", "content": [{"type": "output_text", "text": text}]}]})
+    }
+
+    #[test]
+    fn a_store_false_continuation_on_another_socket_gets_the_whole_conversation() {
+        let mut chain = Chain::default();
+        let first =
+            map(json!({"type": "response.create", "model": "m", "store": false, "input": "hi"}));
+        chain.completed(Turn::of(&first), &response("r1", "hello"), 1, 1 << 20);
+        let second = map(
+            json!({"type": "response.create", "model": "m", "store": false, "previous_response_id": "r1", "input": [{"role": "user", "content": "more"}], "instructions": "be brief"}),
+        );
+        assert_eq!(chain.frame_for(&second, 1), Frame::AsItCame, "same socket");
+        let Frame::Rebuilt(text) = chain.frame_for(&second, 2) else {
+            panic!("not rebuilt");
+        };
+        let rebuilt: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            rebuilt,
+            json!({"type": "response.create", "model": "m", "store": false, "instructions": "be brief", "input": [
+                {"role": "user", "content": "hi"},
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "hello"}]},
+                {"role": "user", "content": "more"},
+            ]})
+        );
+        chain.completed(Turn::of(&second), &response("r2", "ok"), 2, 1 << 20);
+        let third = map(
+            json!({"type": "response.create", "store": false, "previous_response_id": "r2", "input": "last"}),
+        );
+        let Frame::Rebuilt(text) = chain.frame_for(&third, 3) else {
+            panic!("not rebuilt");
+        };
+        let rebuilt: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(rebuilt["input"].as_array().unwrap().len(), 5);
+        assert_eq!(
+            rebuilt["input"][4],
+            json!({"role": "user", "content": "last"})
+        );
+    }
+
+    #[test]
+    fn stored_responses_unknown_ids_and_chains_over_the_bound_are_sent_as_they_came() {
+        let mut chain = Chain::default();
+        let stored = map(json!({"type": "response.create", "input": "hi"}));
+        chain.completed(Turn::of(&stored), &response("r1", "hello"), 1, 1 << 20);
+        let next =
+            map(json!({"type": "response.create", "previous_response_id": "r1", "input": "x"}));
+        assert_eq!(
+            chain.frame_for(&next, 2),
+            Frame::AsItCame,
+            "store defaults to true"
+        );
+        let other =
+            map(json!({"type": "response.create", "previous_response_id": "r0", "input": "x"}));
+        assert_eq!(chain.frame_for(&other, 2), Frame::AsItCame);
+
+        let big = map(json!({"type": "response.create", "store": false, "input": "x".repeat(100)}));
+        chain.completed(Turn::of(&big), &response("r2", "hello"), 1, 64);
+        let next = map(
+            json!({"type": "response.create", "store": false, "previous_response_id": "r2", "input": "x"}),
+        );
+        assert_eq!(chain.frame_for(&next, 2), Frame::TooLarge);
+    }
+}
