@@ -270,3 +270,41 @@ async fn the_vercel_profile_sends_a_frame_over_4_mib_over_rest() {
     assert_eq!(common::metric(&metrics.body, series), 1.0);
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_relayed_websocket_client_reaches_the_azure_shape_with_both_queries() {
+    let sim = azure_simulator().await;
+    let config = readme_azure_config(&sim);
+    let proxy = proxy(&config, &[("AZURE_OPENAI_API_KEY", KEY)], |_| {}).await;
+    // Pooled (no client query), then a socket of its own for a client query: the base's
+    // `api-version` is on both upgrades, the client's parameter after it.
+    for url in [
+        format!("ws://{}/v1/responses", proxy.addr()),
+        format!("ws://{}/v1/responses?trace=1", proxy.addr()),
+    ] {
+        let mut ws = common::ws_connect_with(&url, &[("api-key", KEY)])
+            .await
+            .unwrap();
+        ws.create(json!({"model": "m", "input": "hi"})).await;
+        let events = ws.turn().await;
+        assert_eq!(
+            events.last().unwrap()["type"],
+            "response.completed",
+            "{events:?}"
+        );
+    }
+    let (upgrades, _) = seen(&sim);
+    let queries: Vec<Option<&str>> = upgrades.iter().map(|u| u.query.as_deref()).collect();
+    assert!(
+        queries.contains(&Some("api-version=preview")),
+        "{queries:?}"
+    );
+    assert!(
+        queries.contains(&Some("api-version=preview&trace=1")),
+        "{queries:?}"
+    );
+    for upgrade in &upgrades {
+        assert_eq!(upgrade.headers["api-key"], MASKED_KEY, "{upgrade:?}");
+    }
+    proxy.shutdown().await;
+}

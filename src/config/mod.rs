@@ -41,7 +41,7 @@ pub use error::{ConfigError, Origin};
 pub use profile::{Profile, UpstreamProfile};
 pub use raw::RawConfig;
 pub use sources::env_names;
-pub use url::BaseUrl;
+pub use url::{BaseUrl, merge_queries};
 
 /// The validated configuration.
 #[derive(Debug, Clone)]

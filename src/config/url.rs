@@ -137,7 +137,7 @@ impl BaseUrl {
 
 /// `base` then those parameters of `request` whose names `base` does not have; `None` when
 /// both are empty.
-fn merge_queries(base: Option<&str>, request: Option<&str>) -> Option<String> {
+pub fn merge_queries(base: Option<&str>, request: Option<&str>) -> Option<String> {
     let name = |pair: &str| pair.split('=').next().unwrap_or_default().to_owned();
     let base: Vec<&str> = base.into_iter().flat_map(|q| q.split('&')).collect();
     let taken: Vec<String> = base.iter().map(|pair| name(pair)).collect();

@@ -306,8 +306,18 @@ impl Connector {
         credential: &Credential,
         query: Option<&str>,
     ) -> Result<Socket, ConnectError> {
+        // The base URL's own query (e.g. Azure's `api-version`) comes first, as on REST.
         let url = match query {
-            Some(query) => std::borrow::Cow::Owned(format!("{}?{query}", self.url)),
+            Some(query) => {
+                let (path, base_query) = match self.url.split_once('?') {
+                    Some((path, base_query)) => (path, Some(base_query)),
+                    None => (self.url.as_str(), None),
+                };
+                match crate::config::merge_queries(base_query, Some(query)) {
+                    Some(merged) => std::borrow::Cow::Owned(format!("{path}?{merged}")),
+                    None => std::borrow::Cow::Borrowed(self.url.as_str()),
+                }
+            }
             None => std::borrow::Cow::Borrowed(self.url.as_str()),
         };
         let mut request = url
