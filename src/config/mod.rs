@@ -14,6 +14,7 @@
 //! [`ConfigSource::warnings`], for `main` to log once logging is set up (which itself depends
 //! on the configuration).
 
+mod cluster;
 mod diagnose;
 mod error;
 pub mod raw;
@@ -45,6 +46,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub continuation: ContinuationConfig,
     pub chat: ChatConfig,
+    /// `None` unless `cluster.peers` is set.
+    pub cluster: Option<ClusterConfig>,
     pub log: LogConfig,
     pub simulator: SimulatorConfig,
     /// Where this configuration came from, and what was ignored on the way.
@@ -152,6 +155,18 @@ pub enum ChatMode {
 #[derive(Debug, Clone)]
 pub struct ChatConfig {
     pub mode: ChatMode,
+}
+
+/// `[cluster]`: this replica and its peers (docs/architecture.md, "Cluster").
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Every replica's base URL (`http://host:port`, no trailing slash), this one included.
+    pub peers: Vec<String>,
+    /// This replica's position in `peers`.
+    pub me: usize,
+    pub secret: Secret,
+    /// `cluster.affinity_header`, lowercase.
+    pub affinity_header: Option<axum::http::HeaderName>,
 }
 
 #[derive(Debug, Clone)]

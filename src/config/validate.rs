@@ -28,6 +28,7 @@ pub(super) fn validate(raw: RawConfig, env: &[(String, String)]) -> Result<Confi
         chat: ChatConfig {
             mode: raw.chat.mode,
         },
+        cluster: super::cluster::validate(raw.cluster)?,
         log: log(raw.log)?,
         simulator: crate::simulator::config::validate(raw.simulator)?,
         source: ConfigSource::default(),
