@@ -14,6 +14,7 @@
 //!   the first event, one end-of-turn rule);
 //! - [`upstream`]: upstream WebSockets and the per-credential pool;
 //! - [`continuation`]: canonical item digests, heads, continuation frames;
+//! - [`cluster`]: owner routing between replicas (forwarding, the signed internal hop);
 //! - [`auth`]: resolving a request's upstream credential (passthrough or injected key);
 //! - [`metrics`]: Prometheus metrics with enum labels;
 //! - [`net`]: socket settings and TLS shared by the proxy and the simulator;
@@ -28,6 +29,7 @@
 
 pub mod auth;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod continuation;
 pub mod engine;

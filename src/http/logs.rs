@@ -100,6 +100,9 @@ pub(super) struct AccessLine {
     pub(super) status: u16,
     pub(super) continuation: Option<String>,
     pub(super) socket: Option<SocketUse>,
+    /// The replica that served a bridged request, in a cluster (docs/architecture.md,
+    /// "Cluster").
+    pub(super) owner: Option<std::sync::Arc<str>>,
     pub(super) started: Instant,
     pub(super) first_byte: Duration,
     pub(super) bytes: u64,
@@ -124,6 +127,7 @@ impl AccessLine {
             status = self.status,
             continuation = %self.continuation.as_deref().unwrap_or("-"),
             socket = %socket,
+            owner = %self.owner.as_deref().unwrap_or("-"),
             ttfb_ms = self.first_byte.as_millis() as u64,
             duration_ms = self.started.elapsed().as_millis() as u64,
             bytes = self.bytes,

@@ -18,6 +18,7 @@ use crate::outcome::{
 };
 
 mod chat;
+mod cluster;
 use crate::protocol::event::Dropped;
 
 /// Which surface served a request.
@@ -85,6 +86,7 @@ pub struct Metrics {
     time_to_first_byte: Family<RouteLabels, Histogram>,
     continuations: Family<ContinuationLabels, Counter>,
     chat: chat::ChatMetrics,
+    cluster: cluster::ClusterMetrics,
     request_bytes: Counter,
     upstream: Upstream,
 }
@@ -214,6 +216,7 @@ impl Default for Metrics {
             Family::<ContinuationLabels, Counter>::default(),
         );
         let chat = chat::ChatMetrics::register(&mut registry);
+        let cluster = cluster::ClusterMetrics::register(&mut registry);
         let request_bytes = add(
             &mut registry,
             "client_request_bytes",
@@ -227,6 +230,7 @@ impl Default for Metrics {
             requests,
             continuations,
             chat,
+            cluster,
             request_bytes,
             time_to_first_byte,
         }
