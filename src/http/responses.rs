@@ -94,8 +94,7 @@ async fn respond(
     let response_id = local
         .as_ref()
         .filter(|local| local.wants_response_id())
-        .and_then(|_| turn.created())
-        .and_then(|created| created.get("id")?.as_str().map(str::to_owned));
+        .and_then(|_| turn.response_id());
     // For the access line: whether this turn ran on a socket that had carried one before.
     let socket = super::SocketUse {
         reused: turn.socket_reused(),
