@@ -10,6 +10,7 @@
 //! ```
 
 pub mod chat;
+mod cluster;
 mod logs;
 pub mod passthrough;
 pub mod responses;
@@ -38,7 +39,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::auth::Auth;
-use crate::cluster::{Cluster, X_WSBRIDGE_FORWARDED};
+use crate::cluster::Cluster;
 use crate::config::{BaseUrl, Config, UpstreamMode};
 use crate::engine::Engine;
 use crate::metrics::{Metrics, Route};
@@ -265,7 +266,7 @@ fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
-            internal_hop,
+            cluster::internal_hop,
         ))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -297,50 +298,6 @@ async fn limit_headers(State(app): State<Arc<App>>, request: Request, next: Next
         .into_response();
     }
     next.run(request).await
-}
-
-/// Owner routing of a bridged request (docs/architecture.md, "Cluster"): `Ok` with the
-/// owner's answer when another replica owns it, else how to serve it here (`None`: no cluster).
-async fn owner_route(
-    app: &App,
-    inbound: crate::cluster::Inbound<'_>,
-    forwarded: Option<crate::cluster::Forwarded>,
-) -> Result<Response, Option<crate::cluster::Local>> {
-    match &app.cluster {
-        None => Err(None),
-        Some(cluster) => cluster.route(inbound, forwarded).await.map_err(Some),
-    }
-}
-
-/// A request with the cluster's internal header (docs/architecture.md, "Cluster"): served
-/// here, marked [`crate::cluster::Forwarded`], when a peer signed it; else 403. Without a
-/// `[cluster]` the header means nothing and is dropped.
-async fn internal_hop(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    let Some(value) = request.headers().get(X_WSBRIDGE_FORWARDED).cloned() else {
-        return next.run(request).await;
-    };
-    let (mut parts, body) = request.into_parts();
-    parts.headers.remove(X_WSBRIDGE_FORWARDED);
-    let Some(cluster) = &app.cluster else {
-        return next.run(Request::from_parts(parts, body)).await;
-    };
-    // The signature covers the body: read it (it is read whole by the handler anyway).
-    let limit = app.config.server.max_body_bytes;
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return OpenAiError::invalid_request(format!(
-            "The request body could not be read, or is over {limit} bytes \
-             (server.max_body_bytes)."
-        ))
-        .into_response();
-    };
-    match cluster.verify(&value, &parts.method, &parts.uri, &bytes) {
-        Ok(forwarded) => {
-            parts.extensions.insert(forwarded);
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
-        }
-        Err(refused) => refused.into_response(),
-    }
 }
 
 /// Metrics, a tracing span with the request id, the `x-request-id` header, and (with

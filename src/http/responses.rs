@@ -70,7 +70,7 @@ async fn respond(
         fields: &request,
         body: &body,
     };
-    let local = match super::owner_route(app, inbound, forwarded).await {
+    let local = match super::cluster::owner_route(app, inbound, forwarded).await {
         Ok(answer) => return answer,
         Err(local) => local,
     };
