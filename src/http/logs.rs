@@ -43,6 +43,17 @@ pub(super) fn log_started(proxy: &Proxy) {
         crate::config::ChatMode::Bridge => "bridge",
         crate::config::ChatMode::Passthrough => "passthrough",
     };
+    // `self of N peers`, or `off`.
+    let cluster = config.cluster.as_ref().map_or_else(
+        || "off".to_owned(),
+        |cluster| {
+            format!(
+                "{} of {} peers",
+                cluster.peers[cluster.me],
+                cluster.peers.len()
+            )
+        },
+    );
     tracing::info!(
         upstream = %upstream,
         auth = %auth,
@@ -50,6 +61,7 @@ pub(super) fn log_started(proxy: &Proxy) {
         pool.max_sockets = config.pool.max_sockets,
         continuation = %continuation_policy,
         chat = %chat,
+        cluster = %cluster,
         config = %config.source,
         "proxy listening on http://{} (OpenAI base URL {})",
         proxy.addr(),
