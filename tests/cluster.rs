@@ -13,42 +13,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{KEY, metric, output_text, post_json, request, request_with};
+use common::cluster::{metric_of, peer_urls, replica, v1};
+use common::{KEY, output_text, post_json, request_with};
 use serde_json::{Value, json};
-use wsbridge::Proxy;
 use wsbridge::cluster::DOWN_FOR;
-use wsbridge::config::{BaseUrl, ClusterConfig, Config, Secret};
+use wsbridge::simulator::SimulatorConfig;
 use wsbridge::simulator::stats::{Transport, TurnRecord};
-use wsbridge::simulator::{SimulatorConfig, SimulatorHandle};
 
-const SECRET: &str = "cluster-test-secret-0123456789";
 /// Tool calls per conversation (1 + CALLS turns), unless a test says otherwise.
 const CALLS: u32 = 5;
-
-/// `http://127.0.0.1:PORT` for `n` free ports.
-fn peer_urls(n: usize) -> Vec<String> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| format!("http://{}", l.local_addr().unwrap()))
-        .collect()
-}
-
-async fn replica(sim: &SimulatorHandle, peers: &[String], me: usize) -> Proxy {
-    let mut config = Config::default();
-    config.server.listen = peers[me].trim_start_matches("http://").parse().unwrap();
-    config.upstream.base_url = BaseUrl::parse(&sim.base_url()).unwrap();
-    config.pool.min_idle = 0;
-    config.cluster = Some(ClusterConfig {
-        peers: peers.to_vec(),
-        me,
-        secret: Secret::new(SECRET),
-        affinity_header: None,
-    });
-    Proxy::start(config).await.unwrap()
-}
 
 /// One client conversation: a tool loop that resends its whole history every turn.
 #[derive(Debug, Clone)]
@@ -163,15 +136,6 @@ fn full_resends(conversation: &Conversation, later: &[&TurnRecord]) -> usize {
         .zip(&conversation.ids)
         .filter(|(turn, previous)| !continued_from(turn, previous))
         .count()
-}
-
-async fn metric_of(url: &str, series: &str) -> f64 {
-    let metrics = request("GET", &format!("{url}/metrics"), None, None).await;
-    metric(&metrics.body, series)
-}
-
-fn v1(peers: &[String]) -> Vec<String> {
-    peers.iter().map(|peer| format!("{peer}/v1")).collect()
 }
 
 #[tokio::test]

@@ -259,6 +259,7 @@ impl Cluster {
         strip_hop_by_hop(&mut headers);
         headers.remove(header::HOST);
         headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::EXPECT);
         let signed = hop::Signed {
             method: &Method::POST,
             uri: inbound.uri,

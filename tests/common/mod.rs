@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 pub mod chat;
+pub mod cluster;
 pub mod tls;
 
 use std::time::Duration;
