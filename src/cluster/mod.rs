@@ -9,8 +9,10 @@
 //! a request whose forward failed is served here: correct, only slower.
 
 mod hop;
+mod members;
 mod owner;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -43,14 +45,13 @@ pub const X_WSBRIDGE_RESPONSE_ID: HeaderName = HeaderName::from_static("x-wsbrid
 /// This replica's view of the cluster.
 #[derive(Debug)]
 pub struct Cluster {
-    peers: Vec<String>,
-    me: usize,
+    members: members::Membership,
     ring: owner::Ring,
     signer: hop::Signer,
     affinity_header: Option<HeaderName>,
     client: Client<HttpConnector, Body>,
-    /// Per peer: skipped until then.
-    down: Mutex<Vec<Option<Instant>>>,
+    /// Peers skipped until then, by URL.
+    down: Mutex<HashMap<String, Instant>>,
     issued: Mutex<owner::Issued>,
     metrics: Arc<Metrics>,
 }
@@ -68,10 +69,10 @@ pub struct Inbound<'a> {
 }
 
 /// The mark a verified forwarded request carries (a request extension): serve it here.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Forwarded {
-    /// The sending replica's index in `cluster.peers`.
-    pub from: usize,
+    /// The sending replica's base URL.
+    pub from: Arc<str>,
 }
 
 /// The replica that served a bridged request, for the access line (a response extension).
@@ -108,10 +109,13 @@ impl Local {
 struct Target {
     /// The conversation's key; `None` when routed by a remembered response id.
     key: Option<u128>,
+    /// An index in `members.peers`.
     owner: usize,
 }
 
 impl Cluster {
+    /// Starts the DNS refresher when the members come from `cluster.peers_dns`, so this runs
+    /// in a tokio runtime.
     pub fn new(config: &ClusterConfig, metrics: Arc<Metrics>) -> Self {
         let secret = config.secret.expose().as_bytes();
         let mut http = HttpConnector::new();
@@ -123,9 +127,8 @@ impl Cluster {
             .pool_idle_timeout(Duration::from_secs(10))
             .build(http);
         Self {
-            down: Mutex::new(vec![None; config.peers.len()]),
-            peers: config.peers.clone(),
-            me: config.me,
+            down: Mutex::default(),
+            members: members::Membership::new(config),
             ring: owner::Ring::new(secret),
             signer: hop::Signer::new(secret),
             affinity_header: config.affinity_header.clone(),
@@ -145,10 +148,13 @@ impl Cluster {
         body: &[u8],
     ) -> Result<Forwarded, Refused> {
         let signed = hop::Signed { method, uri, body };
-        let me = &self.peers[self.me];
+        let members = self.members.get();
+        let me = &members.peers[members.me];
         let now = SystemTime::now();
-        match self.signer.verify(value, me, &self.peers, signed, now) {
-            Ok(from) => Ok(Forwarded { from }),
+        match self.signer.verify(value, me, &members.peers, signed, now) {
+            Ok(from) => Ok(Forwarded {
+                from: Arc::from(members.peers[from].as_str()),
+            }),
             Err(refused) => {
                 self.metrics.cluster_forged_refused();
                 tracing::warn!(
@@ -167,17 +173,22 @@ impl Cluster {
         inbound: Inbound<'_>,
         forwarded: Option<Forwarded>,
     ) -> Result<Response, Local> {
+        let members = self.members.get();
+        let local = |for_peer| Local {
+            owner: Arc::from(members.peers[members.me].as_str()),
+            for_peer,
+        };
         if forwarded.is_some() {
             self.metrics.cluster_served_for_peer();
-            return Err(self.local(true));
+            return Err(local(true));
         }
-        let Some(mut target) = self.target(&inbound) else {
-            return Err(self.local(false));
+        let Some(mut target) = self.target(&members, &inbound) else {
+            return Err(local(false));
         };
         let mut failed = false;
-        while target.owner != self.me {
-            let owner = target.owner;
-            let error = match self.send(owner, inbound).await {
+        while target.owner != members.me {
+            let peer = &members.peers[target.owner];
+            let error = match self.send(&members.peers[members.me], peer, inbound).await {
                 Ok(response) => {
                     self.metrics.cluster_forwarded();
                     return Ok(response);
@@ -186,40 +197,49 @@ impl Cluster {
             };
             failed = true;
             if !error.is_connect() {
-                tracing::warn!(owner = %self.peers[owner], %error, "forwarding failed; serving here");
+                tracing::warn!(owner = %peer, %error, "forwarding failed; serving here");
                 break;
             }
             self.metrics.cluster_owner_unreachable();
-            tracing::warn!(owner = %self.peers[owner], %error, "owner replica unreachable");
-            self.mark_down(owner);
+            tracing::warn!(owner = %peer, %error, "owner replica unreachable");
+            lock(&self.down).insert(peer.clone(), Instant::now() + DOWN_FOR);
             target.owner = match target.key {
-                Some(key) => self.ring.owner(key, &self.peers, |i| self.is_up(i)),
-                None => self.me,
+                Some(key) => self.owner(&members, key),
+                None => members.me,
             };
         }
         if failed {
             self.metrics.cluster_local_fallback();
         }
-        Err(self.local(false))
+        Err(local(false))
     }
 
-    fn local(&self, for_peer: bool) -> Local {
-        Local {
-            owner: Arc::from(self.peers[self.me].as_str()),
-            for_peer,
-        }
+    /// The owner of `key` among the members that are up.
+    fn owner(&self, members: &members::Members, key: u128) -> usize {
+        let down = lock(&self.down);
+        let now = Instant::now();
+        self.ring.owner(key, &members.peers, |index| {
+            index == members.me
+                || down
+                    .get(&members.peers[index])
+                    .is_none_or(|until| now >= *until)
+        })
     }
 
     /// The owner of a request: the replica that issued its `previous_response_id` when this
     /// replica remembers it (else none: it is served here), else by its conversation's key.
-    fn target(&self, inbound: &Inbound<'_>) -> Option<Target> {
+    fn target(&self, members: &members::Members, inbound: &Inbound<'_>) -> Option<Target> {
         if let Some(id) = inbound
             .fields
             .get("previous_response_id")
             .and_then(Value::as_str)
         {
-            let owner = lock(&self.issued).owner(id)?;
-            return self.is_up(owner).then_some(Target { key: None, owner });
+            let issuer = lock(&self.issued).owner(id)?;
+            let owner = members.peers.iter().position(|peer| **peer == *issuer)?;
+            let up = lock(&self.down)
+                .get(&members.peers[owner])
+                .is_none_or(|until| Instant::now() >= *until);
+            return up.then_some(Target { key: None, owner });
         }
         let affinity = self
             .affinity_header
@@ -229,26 +249,19 @@ impl Cluster {
         let key = self
             .ring
             .key(inbound.credential, affinity, inbound.fields)?;
-        let owner = self.ring.owner(key, &self.peers, |i| self.is_up(i));
+        let owner = self.owner(members, key);
         Some(Target {
             key: Some(key),
             owner,
         })
     }
 
-    fn is_up(&self, peer: usize) -> bool {
-        peer == self.me || lock(&self.down)[peer].is_none_or(|until| Instant::now() >= until)
-    }
-
-    fn mark_down(&self, peer: usize) {
-        lock(&self.down)[peer] = Some(Instant::now() + DOWN_FOR);
-    }
-
     /// One forward: the client's headers (minus hop-by-hop ones) and body, signed; the
     /// answer's head and body relayed as they come.
     async fn send(
         &self,
-        owner: usize,
+        me: &str,
+        peer: &str,
         inbound: Inbound<'_>,
     ) -> Result<Response, hyper_util::client::legacy::Error> {
         let path = inbound
@@ -265,7 +278,6 @@ impl Cluster {
             uri: inbound.uri,
             body: inbound.body,
         };
-        let (me, peer) = (&self.peers[self.me], &self.peers[owner]);
         let mark = self.signer.header(me, peer, signed, SystemTime::now());
         headers.insert(X_WSBRIDGE_FORWARDED, mark);
         let mut request = axum::http::Request::new(Body::from(inbound.body.clone()));
@@ -278,9 +290,9 @@ impl Cluster {
         if let Some(id) = parts.headers.remove(X_WSBRIDGE_RESPONSE_ID)
             && let Ok(id) = id.to_str()
         {
-            lock(&self.issued).remember(id.to_owned(), owner);
+            lock(&self.issued).remember(id.to_owned(), Arc::from(peer));
         }
-        parts.extensions.insert(Owner(Arc::from(peer.as_str())));
+        parts.extensions.insert(Owner(Arc::from(peer)));
         Ok(Response::from_parts(parts, Body::new(body)))
     }
 }

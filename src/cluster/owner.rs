@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use siphasher::sip128::{Hasher128, SipHasher13};
@@ -102,7 +103,7 @@ impl Ring {
 /// names it in `previous_response_id` goes there. Bounded: the oldest ids are forgotten.
 #[derive(Debug, Default)]
 pub(super) struct Issued {
-    owners: HashMap<String, usize>,
+    owners: HashMap<String, Arc<str>>,
     order: VecDeque<String>,
 }
 
@@ -110,7 +111,7 @@ pub(super) struct Issued {
 const ISSUED_KEPT: usize = 100_000;
 
 impl Issued {
-    pub(super) fn remember(&mut self, id: String, owner: usize) {
+    pub(super) fn remember(&mut self, id: String, owner: Arc<str>) {
         if self.owners.insert(id.clone(), owner).is_some() {
             return;
         }
@@ -122,8 +123,8 @@ impl Issued {
         }
     }
 
-    pub(super) fn owner(&self, id: &str) -> Option<usize> {
-        self.owners.get(id).copied()
+    pub(super) fn owner(&self, id: &str) -> Option<Arc<str>> {
+        self.owners.get(id).cloned()
     }
 }
 
@@ -208,11 +209,11 @@ mod tests {
     #[test]
     fn issued_ids_are_remembered_up_to_a_bound() {
         let mut issued = Issued::default();
-        issued.remember("resp_a".into(), 2);
-        assert_eq!(issued.owner("resp_a"), Some(2));
+        issued.remember("resp_a".into(), Arc::from("http://b:1"));
+        assert_eq!(issued.owner("resp_a").as_deref(), Some("http://b:1"));
         assert_eq!(issued.owner("resp_b"), None);
         for i in 0..ISSUED_KEPT {
-            issued.remember(format!("resp_{i}"), 1);
+            issued.remember(format!("resp_{i}"), Arc::from("http://a:1"));
         }
         assert_eq!(issued.owner("resp_a"), None);
         assert_eq!(issued.owners.len(), ISSUED_KEPT);

@@ -160,13 +160,25 @@ pub struct ChatConfig {
 /// `[cluster]`: this replica and its peers (docs/architecture.md, "Cluster").
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// Every replica's base URL (`http://host:port`, no trailing slash), this one included.
+    /// Every replica's base URL (`http://host:port`, no trailing slash), this one included;
+    /// empty with `dns`.
     pub peers: Vec<String>,
-    /// This replica's position in `peers`.
-    pub me: usize,
+    /// This replica's base URL (one of `peers`; `http://IP:PORT` with `dns`).
+    pub self_url: String,
     pub secret: Secret,
     /// `cluster.affinity_header`, lowercase.
     pub affinity_header: Option<axum::http::HeaderName>,
+    /// `cluster.peers_dns`: the replicas are what this name resolves to.
+    pub dns: Option<PeersDns>,
+}
+
+/// `cluster.peers_dns` and `cluster.dns_refresh_secs`.
+#[derive(Debug, Clone)]
+pub struct PeersDns {
+    pub host: String,
+    pub port: u16,
+    /// Between two resolutions.
+    pub every: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -171,7 +171,7 @@ pub struct RawChat {
 }
 
 /// Several replicas behind one load balancer (docs/architecture.md, "Cluster").
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawCluster {
     /// Base URLs of every replica, this one included (`http://10.0.0.2:8080`); empty: no
@@ -186,6 +186,23 @@ pub struct RawCluster {
     /// A request header (e.g. `session_id`) whose value, when present, picks the owner instead
     /// of the conversation's first items (empty: none).
     pub affinity_header: String,
+    /// `NAME:PORT` whose addresses are the replicas (a headless Service), instead of `peers`.
+    pub peers_dns: String,
+    /// Seconds between resolutions of `peers_dns`.
+    pub dns_refresh_secs: u64,
+}
+
+impl Default for RawCluster {
+    fn default() -> Self {
+        Self {
+            peers: Vec::new(),
+            self_url: String::new(),
+            secret: String::new(),
+            affinity_header: String::new(),
+            peers_dns: String::new(),
+            dns_refresh_secs: 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

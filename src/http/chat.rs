@@ -112,7 +112,7 @@ impl Request<'_> {
             fields: &bridged.body,
             body: &self.bytes,
         };
-        let local = match super::cluster::owner_route(app, inbound, self.forwarded).await {
+        let local = match super::cluster::owner_route(app, inbound, self.forwarded.clone()).await {
             Ok(answer) => return answer,
             Err(local) => local,
         };

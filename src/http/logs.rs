@@ -43,15 +43,12 @@ pub(super) fn log_started(proxy: &Proxy) {
         crate::config::ChatMode::Bridge => "bridge",
         crate::config::ChatMode::Passthrough => "passthrough",
     };
-    // `self of N peers`, or `off`.
+    // `SELF of N peers`, `SELF, peers from NAME:PORT`, or `off`.
     let cluster = config.cluster.as_ref().map_or_else(
         || "off".to_owned(),
-        |cluster| {
-            format!(
-                "{} of {} peers",
-                cluster.peers[cluster.me],
-                cluster.peers.len()
-            )
+        |cluster| match &cluster.dns {
+            Some(dns) => format!("{}, peers from {}:{}", cluster.self_url, dns.host, dns.port),
+            None => format!("{} of {} peers", cluster.self_url, cluster.peers.len()),
         },
     );
     tracing::info!(

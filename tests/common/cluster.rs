@@ -37,9 +37,10 @@ pub async fn replica_with(
     config.pool.min_idle = 0;
     config.cluster = Some(ClusterConfig {
         peers: peers.to_vec(),
-        me,
+        self_url: peers[me].clone(),
         secret: Secret::new(SECRET),
         affinity_header: None,
+        dns: None,
     });
     tune(&mut config);
     Proxy::start(config).await.unwrap()
