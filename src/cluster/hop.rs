@@ -21,8 +21,8 @@ pub(super) const MAX_SKEW: Duration = Duration::from_secs(60);
 pub enum Refused {
     /// Not `v1;ts=…;from=…;sig=…`.
     Malformed,
-    /// `from` is not one of the other replicas.
-    UnknownPeer,
+    /// `from` is the receiving replica itself.
+    FromSelf,
     /// Older or newer than [`MAX_SKEW`].
     Stale,
     /// The HMAC does not match.
@@ -50,7 +50,7 @@ impl Refused {
     pub fn reason(self) -> &'static str {
         match self {
             Self::Malformed => "it is malformed",
-            Self::UnknownPeer => "it names no other replica of this cluster",
+            Self::FromSelf => "it claims to come from this replica",
             Self::Stale => "its timestamp is too old or in the future",
             Self::BadSignature => "its signature does not verify",
         }
@@ -92,16 +92,16 @@ impl Signer {
         HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("v1"))
     }
 
-    /// Checks a header received by `to` (this replica) from one of `peers`; the sender's
-    /// index in `peers` when it verifies.
+    /// Checks a header received by `to` (this replica); the sender's URL when it verifies.
+    /// The sender need not be a member this replica knows: only replicas hold the secret, and
+    /// with `cluster.peers_dns` a new replica forwards before the others have resolved it.
     pub(super) fn verify(
         &self,
         value: &HeaderValue,
         to: &str,
-        peers: &[String],
         request: Signed<'_>,
         now: SystemTime,
-    ) -> Result<usize, Refused> {
+    ) -> Result<String, Refused> {
         let text = value.to_str().map_err(|_| Refused::Malformed)?;
         let mut fields = text.split(';');
         let (Some("v1"), Some(ts), Some(from), Some(sig), None) = (
@@ -115,17 +115,15 @@ impl Signer {
         };
         let ts: u64 = ts.parse().map_err(|_| Refused::Malformed)?;
         let sig = unhex(sig).ok_or(Refused::Malformed)?;
-        let sender = peers
-            .iter()
-            .position(|peer| peer == from)
-            .filter(|_| from != to)
-            .ok_or(Refused::UnknownPeer)?;
+        if from == to {
+            return Err(Refused::FromSelf);
+        }
         if seconds(now).abs_diff(ts) > MAX_SKEW.as_secs() {
             return Err(Refused::Stale);
         }
         hmac::verify(&self.key, &message(ts, from, to, request), &sig)
             .map_err(|_| Refused::BadSignature)?;
-        Ok(sender)
+        Ok(from.to_owned())
     }
 }
 
@@ -169,10 +167,6 @@ mod tests {
     const A: &str = "http://10.0.0.1:8080";
     const B: &str = "http://10.0.0.2:8080";
 
-    fn peers() -> Vec<String> {
-        vec![A.to_owned(), B.to_owned()]
-    }
-
     #[test]
     fn a_signed_request_verifies_once_and_nothing_else_does() {
         let signer = Signer::new(b"0123456789abcdef");
@@ -184,10 +178,10 @@ mod tests {
         };
         let now = SystemTime::now();
         let header = signer.header(A, B, request, now);
-        assert_eq!(signer.verify(&header, B, &peers(), request, now), Ok(0));
+        assert_eq!(signer.verify(&header, B, request, now), Ok(A.to_owned()));
         let later = now + MAX_SKEW + Duration::from_secs(2);
         assert_eq!(
-            signer.verify(&header, B, &peers(), request, later),
+            signer.verify(&header, B, request, later),
             Err(Refused::Stale)
         );
         // Another body, path, receiver or secret: refused.
@@ -202,18 +196,18 @@ mod tests {
         };
         for changed in [other_body, other_path] {
             assert_eq!(
-                signer.verify(&header, B, &peers(), changed, now),
+                signer.verify(&header, B, changed, now),
                 Err(Refused::BadSignature)
             );
         }
         assert_eq!(
-            signer.verify(&header, A, &peers(), request, now),
-            Err(Refused::UnknownPeer),
+            signer.verify(&header, A, request, now),
+            Err(Refused::FromSelf),
             "a replica never accepts a request from itself"
         );
         let stranger = Signer::new(b"fedcba9876543210");
         assert_eq!(
-            stranger.verify(&header, B, &peers(), request, now),
+            stranger.verify(&header, B, request, now),
             Err(Refused::BadSignature)
         );
         for forged in [
@@ -225,15 +219,16 @@ mod tests {
         ] {
             let value = HeaderValue::from_static(forged);
             assert_eq!(
-                signer.verify(&value, B, &peers(), request, now),
+                signer.verify(&value, B, request, now),
                 Err(Refused::Malformed),
                 "{forged}"
             );
         }
-        let unknown = signer.header("http://10.9.9.9:1", B, request, now);
+        // A replica this one does not know yet, holding the secret: accepted.
+        let newcomer = signer.header("http://10.9.9.9:1", B, request, now);
         assert_eq!(
-            signer.verify(&unknown, B, &peers(), request, now),
-            Err(Refused::UnknownPeer)
+            signer.verify(&newcomer, B, request, now),
+            Ok("http://10.9.9.9:1".to_owned())
         );
     }
 }

@@ -150,10 +150,9 @@ impl Cluster {
         let signed = hop::Signed { method, uri, body };
         let members = self.members.get();
         let me = &members.peers[members.me];
-        let now = SystemTime::now();
-        match self.signer.verify(value, me, &members.peers, signed, now) {
+        match self.signer.verify(value, me, signed, SystemTime::now()) {
             Ok(from) => Ok(Forwarded {
-                from: Arc::from(members.peers[from].as_str()),
+                from: Arc::from(from),
             }),
             Err(refused) => {
                 self.metrics.cluster_forged_refused();
