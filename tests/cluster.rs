@@ -264,7 +264,7 @@ async fn a_fourth_replica_takes_about_a_quarter_of_the_conversations() {
         .map(|(c, l)| full_resends(c, l))
         .sum();
     assert!(
-        // Binomial(24, 1/4): 0 or over 12 has odds under 1 in 1 000; the exact check follows.
+        // Binomial(24, 1/4): 0 or over 12 has odds of about 1 in 1 000; the exact check follows.
         (1..=12).contains(&moved),
         "{moved} of 24 conversations moved (about 6 expected)"
     );
