@@ -16,6 +16,7 @@
 //!   the connection limit hidden;
 //! - [`upstream`]: upstream WebSockets and the per-credential pool;
 //! - [`continuation`]: canonical item digests, heads, continuation frames;
+//! - [`cluster`]: owner routing between replicas (forwarding, the signed internal hop);
 //! - [`auth`]: resolving a request's upstream credential (passthrough or injected key);
 //! - [`metrics`]: Prometheus metrics with enum labels;
 //! - [`net`]: socket settings and TLS shared by the proxy and the simulator;
@@ -30,6 +31,7 @@
 
 pub mod auth;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod continuation;
 pub mod engine;

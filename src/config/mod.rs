@@ -16,6 +16,7 @@
 //! [`ConfigSource::warnings`], for `main` to log once logging is set up (which itself depends
 //! on the configuration).
 
+mod cluster;
 mod diagnose;
 mod error;
 mod headers;
@@ -53,6 +54,8 @@ pub struct Config {
     pub continuation: ContinuationConfig,
     pub chat: ChatConfig,
     pub relay: RelayConfig,
+    /// `None` unless `cluster.peers` is set.
+    pub cluster: Option<ClusterConfig>,
     pub log: LogConfig,
     pub simulator: SimulatorConfig,
     /// Where this configuration came from, and what was ignored on the way.
@@ -180,6 +183,30 @@ pub struct RelayConfig {
     /// The most bytes of a conversation's items one client socket keeps to rebuild a
     /// `store: false` chain on a fresh upstream socket; 0 never rebuilds.
     pub max_replay_bytes: usize,
+}
+
+/// `[cluster]`: this replica and its peers (docs/architecture.md, "Cluster").
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Every replica's base URL (`http://host:port`, no trailing slash), this one included;
+    /// empty with `dns`.
+    pub peers: Vec<String>,
+    /// This replica's base URL (one of `peers`; `http://IP:PORT` with `dns`).
+    pub self_url: String,
+    pub secret: Secret,
+    /// `cluster.affinity_header`, lowercase.
+    pub affinity_header: Option<axum::http::HeaderName>,
+    /// `cluster.peers_dns`: the replicas are what this name resolves to.
+    pub dns: Option<PeersDns>,
+}
+
+/// `cluster.peers_dns` and `cluster.dns_refresh_secs`.
+#[derive(Debug, Clone)]
+pub struct PeersDns {
+    pub host: String,
+    pub port: u16,
+    /// Between two resolutions.
+    pub every: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub continuation: RawContinuation,
     pub chat: RawChat,
     pub relay: RawRelay,
+    pub cluster: RawCluster,
     pub log: RawLog,
     pub simulator: RawSimulator,
 }
@@ -196,6 +197,41 @@ pub struct RawChat {
     /// every field has a faithful equivalent) or `passthrough` (all go to the upstream's
     /// `/v1/chat/completions` as they came).
     pub mode: ChatMode,
+}
+
+/// Several replicas behind one load balancer (docs/architecture.md, "Cluster").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCluster {
+    /// Base URLs of every replica, this one included (`http://10.0.0.2:8080`); empty: no
+    /// cluster.
+    pub peers: Vec<String>,
+    /// This replica's base URL, exactly as it appears in `peers`.
+    #[serde(rename = "self")]
+    pub self_url: String,
+    /// Shared by every replica: signs the requests they forward to each other (at least 16
+    /// bytes).
+    pub secret: String,
+    /// A request header (e.g. `session_id`) whose value, when present, picks the owner instead
+    /// of the conversation's first items (empty: none).
+    pub affinity_header: String,
+    /// `NAME:PORT` whose addresses are the replicas (a headless Service), instead of `peers`.
+    pub peers_dns: String,
+    /// Seconds between resolutions of `peers_dns`.
+    pub dns_refresh_secs: u64,
+}
+
+impl Default for RawCluster {
+    fn default() -> Self {
+        Self {
+            peers: Vec::new(),
+            self_url: String::new(),
+            secret: String::new(),
+            affinity_header: String::new(),
+            peers_dns: String::new(),
+            dns_refresh_secs: 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -33,6 +33,7 @@ pub(super) fn validate(raw: RawConfig, env: &[(String, String)]) -> Result<Confi
             max_replay_bytes: usize::try_from(raw.relay.max_replay_bytes)
                 .map_err(|_| invalid("relay.max_replay_bytes", "is too large"))?,
         },
+        cluster: super::cluster::validate(raw.cluster)?,
         log: log(raw.log)?,
         simulator: crate::simulator::config::validate(raw.simulator)?,
         source: ConfigSource::default(),

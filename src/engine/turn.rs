@@ -205,6 +205,23 @@ impl Turn {
         event.get_mut("response").map(Value::take)
     }
 
+    /// The id in the turn's `response.created` (its first event, read before the turn
+    /// started), for a cluster peer (docs/architecture.md, "Cluster").
+    pub fn response_id(&self) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Created {
+            response: Response,
+        }
+        #[derive(serde::Deserialize)]
+        struct Response {
+            id: String,
+        }
+        let first = self.first.as_ref().map(|(text, _)| text);
+        let text = self.created.as_ref().or(first)?;
+        let created: Created = serde_json::from_str(text).ok()?;
+        Some(created.response.id)
+    }
+
     /// The sequence number for an event a front-end adds itself (after the last relayed).
     pub fn next_sequence(&self) -> u64 {
         self.filter.next_sequence()

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -24,6 +24,7 @@ use super::responses::{SseSource, X_WSBRIDGE_CONTINUATION, broken_response, sse_
 use crate::auth::Credential;
 use crate::chat::stream::{Encoder, End};
 use crate::chat::{self, Bridged, Verdict, completion};
+use crate::cluster::{Forwarded, Inbound};
 use crate::config::ChatMode;
 use crate::engine::{Break, BridgeError, Next, Turn};
 use crate::outcome::{ChatFinish, ChatPassthrough, ChatRoute};
@@ -35,6 +36,7 @@ pub const X_WSBRIDGE_ROUTE: HeaderName = HeaderName::from_static("x-wsbridge-rou
 /// The handler. Its answer gets the request's `x-request-id` from the `observe` middleware.
 pub async fn create(
     State(app): State<Arc<App>>,
+    forwarded: Option<Extension<Forwarded>>,
     uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -59,6 +61,7 @@ pub async fn create(
         headers,
         credential: &credential,
         bytes: read.bytes,
+        forwarded: forwarded.map(|mark| mark.0),
     };
     if app.config.chat.mode == ChatMode::Passthrough {
         return request.pass_through(ChatPassthrough::Mode).await;
@@ -77,6 +80,8 @@ struct Request<'a> {
     headers: HeaderMap,
     credential: &'a Credential,
     bytes: Bytes,
+    /// A peer forwarded it (docs/architecture.md, "Cluster").
+    forwarded: Option<Forwarded>,
 }
 
 impl Request<'_> {
@@ -100,6 +105,17 @@ impl Request<'_> {
     /// One turn on the engine, answered as chunks or as one `chat.completion`.
     async fn bridge(self, bridged: Bridged) -> Response {
         let app = self.app;
+        let inbound = Inbound {
+            credential: self.credential,
+            uri: self.uri,
+            headers: &self.headers,
+            fields: &bridged.body,
+            body: &self.bytes,
+        };
+        let local = match super::cluster::owner_route(app, inbound, self.forwarded.clone()).await {
+            Ok(answer) => return answer,
+            Err(local) => local,
+        };
         let plan = app.engine.chat_plan(&bridged.body);
         let turn = match app
             .engine
@@ -139,6 +155,9 @@ impl Request<'_> {
             .headers_mut()
             .insert(X_WSBRIDGE_CONTINUATION, continuation);
         response.extensions_mut().insert(socket);
+        if let Some(local) = local {
+            local.finish(&mut response, None);
+        }
         response
     }
 }

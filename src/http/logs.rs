@@ -46,6 +46,14 @@ pub(super) fn log_started(proxy: &Proxy) {
         crate::config::ChatMode::Bridge => "bridge",
         crate::config::ChatMode::Passthrough => "passthrough",
     };
+    // `SELF of N peers`, `SELF, peers from NAME:PORT`, or `off`.
+    let cluster = config.cluster.as_ref().map_or_else(
+        || "off".to_owned(),
+        |cluster| match &cluster.dns {
+            Some(dns) => format!("{}, peers from {}:{}", cluster.self_url, dns.host, dns.port),
+            None => format!("{} of {} peers", cluster.self_url, cluster.peers.len()),
+        },
+    );
     tracing::info!(
         upstream = %upstream,
         auth = %auth,
@@ -55,6 +63,7 @@ pub(super) fn log_started(proxy: &Proxy) {
         upstream.auth_header = %config.upstream.auth_header,
         continuation = %continuation_policy,
         chat = %chat,
+        cluster = %cluster,
         config = %config.source,
         "proxy listening on http://{} (OpenAI base URL {})",
         proxy.addr(),
@@ -144,6 +153,9 @@ pub(super) struct AccessLine {
     pub(super) status: u16,
     pub(super) continuation: Option<String>,
     pub(super) socket: Option<SocketUse>,
+    /// The replica that served a bridged request, in a cluster (docs/architecture.md,
+    /// "Cluster").
+    pub(super) owner: Option<std::sync::Arc<str>>,
     pub(super) started: Instant,
     pub(super) first_byte: Duration,
     pub(super) bytes: u64,
@@ -168,6 +180,7 @@ impl AccessLine {
             status = self.status,
             continuation = %self.continuation.as_deref().unwrap_or("-"),
             socket = %socket,
+            owner = %self.owner.as_deref().unwrap_or("-"),
             ttfb_ms = self.first_byte.as_millis() as u64,
             duration_ms = self.started.elapsed().as_millis() as u64,
             bytes = self.bytes,

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod chat;
+mod cluster;
 mod logs;
 pub mod passthrough;
 mod relay;
@@ -35,6 +36,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::auth::Auth;
+use crate::cluster::Cluster;
 use crate::config::{BaseUrl, Config, UpstreamMode};
 use crate::engine::Engine;
 use crate::metrics::{Metrics, Route};
@@ -55,6 +57,8 @@ pub struct App {
     /// Direct or through a proxy: readiness checks the first hop.
     route: crate::net::Route,
     metrics: Arc<Metrics>,
+    /// `[cluster]`: owner routing between replicas (docs/architecture.md, "Cluster").
+    cluster: Option<Cluster>,
 }
 
 /// Why the proxy could not start.
@@ -120,6 +124,10 @@ impl Proxy {
             addr: config.server.listen,
             source,
         })?;
+        let cluster = config
+            .cluster
+            .as_ref()
+            .map(|cluster| Cluster::new(cluster, metrics.clone()));
         let app = Arc::new(App {
             config,
             auth,
@@ -128,6 +136,7 @@ impl Proxy {
             client,
             route: outbound.route,
             metrics,
+            cluster,
         });
         let limits = server::Limits {
             max_connections: app.config.server.max_connections,
@@ -265,6 +274,10 @@ fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
+            cluster::internal_hop,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
             limit_headers,
         ))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
@@ -355,6 +368,10 @@ async fn observe(State(app): State<Arc<App>>, mut request: Request, next: Next) 
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned),
         socket: response.extensions().get::<SocketUse>().copied(),
+        owner: response
+            .extensions()
+            .get::<crate::cluster::Owner>()
+            .map(|owner| owner.0.clone()),
         started,
         first_byte,
         bytes: 0,

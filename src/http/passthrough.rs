@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use super::App;
 use crate::auth::Credential;
 use crate::config::BaseUrl;
+pub use crate::net::strip_hop_by_hop;
 use crate::protocol::OpenAiError;
 
 /// `any /v1/*`: forwards the request upstream.
@@ -145,34 +146,6 @@ fn leaves_its_directory(segment: &str) -> bool {
     }
     let decoded = lower.replace("%2e", ".");
     decoded == "." || decoded == ".."
-}
-
-/// Removes the headers that describe one hop (RFC 9110 §7.6.1), including any named in
-/// `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 
 use super::App;
 use super::passthrough::{self, X_ACCEL_BUFFERING};
+use crate::cluster::{Forwarded, Inbound};
 use crate::engine::{Break, BridgeError, Next, Turn};
 use crate::protocol::{OpenAiError, request, sse};
 
@@ -26,15 +27,17 @@ use crate::protocol::{OpenAiError, request, sse};
 /// (the upstream socket gives none).
 pub async fn create(
     State(app): State<Arc<App>>,
+    forwarded: Option<Extension<Forwarded>>,
     uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    respond(&app, &uri, headers, body).await
+    respond(&app, forwarded.map(|mark| mark.0), &uri, headers, body).await
 }
 
 async fn respond(
     app: &App,
+    forwarded: Option<Forwarded>,
     uri: &Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -60,6 +63,17 @@ async fn respond(
             .with_code("unknown_parameter")
             .into_response();
     }
+    let inbound = Inbound {
+        credential: &credential,
+        uri,
+        headers: &headers,
+        fields: &request,
+        body: &body,
+    };
+    let local = match super::cluster::owner_route(app, inbound, forwarded).await {
+        Ok(answer) => return answer,
+        Err(local) => local,
+    };
     let plan = app.engine.plan(&request);
     let turn = match app.engine.start(&credential, &plan, body.len()).await {
         Ok(turn) => turn,
@@ -77,6 +91,10 @@ async fn respond(
         Err(error) => return error.into_response(),
     };
     let route = HeaderValue::from_static(turn.route().header_value());
+    let response_id = local
+        .as_ref()
+        .filter(|local| local.wants_response_id())
+        .and_then(|_| turn.response_id());
     // For the access line: whether this turn ran on a socket that had carried one before.
     let socket = super::SocketUse {
         reused: turn.socket_reused(),
@@ -91,6 +109,9 @@ async fn respond(
         .headers_mut()
         .insert(X_WSBRIDGE_CONTINUATION, route);
     response.extensions_mut().insert(socket);
+    if let Some(local) = local {
+        local.finish(&mut response, response_id.as_deref());
+    }
     response
 }
 

@@ -20,6 +20,7 @@ use crate::outcome::{
 mod chat;
 mod lanes;
 mod relay;
+mod cluster;
 use crate::protocol::event::Dropped;
 
 /// Which surface served a request.
@@ -90,6 +91,7 @@ pub struct Metrics {
     continuations: Family<ContinuationLabels, Counter>,
     chat: chat::ChatMetrics,
     relay: relay::RelayMetrics,
+    cluster: cluster::ClusterMetrics,
     request_bytes: Counter,
     upstream: Upstream,
 }
@@ -222,6 +224,7 @@ impl Default for Metrics {
         );
         let chat = chat::ChatMetrics::register(&mut registry);
         let relay = relay::RelayMetrics::register(&mut registry);
+        let cluster = cluster::ClusterMetrics::register(&mut registry);
         let request_bytes = add(
             &mut registry,
             "client_request_bytes",
@@ -236,6 +239,7 @@ impl Default for Metrics {
             continuations,
             chat,
             relay,
+            cluster,
             request_bytes,
             time_to_first_byte,
         }

@@ -18,6 +18,7 @@ pub use client::{RestClient, RouteConnector, rest_client};
 pub use proxy::{NoProxy, ProxyServer, ProxySetting, ProxySource, Route};
 pub use tunnel::TunnelError;
 
+use axum::http::{HeaderMap, HeaderName, header};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,34 @@ pub fn without_nagle(
 pub struct Outbound {
     pub tls: Arc<rustls::ClientConfig>,
     pub route: Route,
+}
+
+/// Removes the headers that describe one hop (RFC 9110 §7.6.1), including any named in
+/// `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
 }
 
 /// `upstream.tls_roots`: which certificate authorities the upstream's certificate may chain

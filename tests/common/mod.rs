@@ -8,6 +8,7 @@
 pub mod chat;
 pub mod child;
 pub mod connect_proxy;
+pub mod cluster;
 pub mod tls;
 
 use std::time::Duration;

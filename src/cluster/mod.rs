@@ -1,0 +1,303 @@
+//! Several replicas behind one ordinary load balancer (docs/architecture.md, "Cluster"): each
+//! conversation has an owner replica ([`owner`]), and a replica that receives a bridged request
+//! it does not own forwards it there over HTTP, streamed back as it comes, with a signed
+//! internal header ([`hop`]). So every turn of a conversation reaches the one replica whose
+//! socket holds its head, whichever replica the load balancer picked.
+//!
+//! An owner that cannot be connected to is skipped for [`DOWN_FOR`] by this replica (its
+//! conversations go to their next owner in rendezvous order, the same on every replica), and
+//! a request whose forward failed is served here: correct, only slower.
+
+mod hop;
+mod members;
+mod owner;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
+use axum::response::Response;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+pub use hop::{Refused, X_WSBRIDGE_FORWARDED};
+
+use crate::auth::Credential;
+use crate::config::ClusterConfig;
+use crate::metrics::Metrics;
+use crate::net::strip_hop_by_hop;
+
+/// How long an owner that refused a connection is skipped.
+pub const DOWN_FOR: Duration = Duration::from_secs(5);
+/// Connecting to a peer, at most.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Set by the owner on a forwarded `/v1/responses` answer: the response id, which the
+/// forwarding replica remembers (and removes) so that a later `previous_response_id` naming it
+/// is sent to the same owner.
+pub const X_WSBRIDGE_RESPONSE_ID: HeaderName = HeaderName::from_static("x-wsbridge-response-id");
+
+/// This replica's view of the cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    members: members::Membership,
+    ring: owner::Ring,
+    signer: hop::Signer,
+    affinity_header: Option<HeaderName>,
+    client: Client<HttpConnector, Body>,
+    /// Peers skipped until then, by URL.
+    down: Mutex<HashMap<String, Instant>>,
+    issued: Mutex<owner::Issued>,
+    metrics: Arc<Metrics>,
+}
+
+/// A bridged request as a front-end read it. `fields` is the Responses body whose input
+/// identifies the conversation (for a chat request, its translation); `body` the bytes as
+/// they came, which are what is forwarded.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound<'a> {
+    pub credential: &'a Credential,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub fields: &'a Map<String, Value>,
+    pub body: &'a Bytes,
+}
+
+/// The mark a verified forwarded request carries (a request extension): serve it here.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// The sending replica's base URL.
+    pub from: Arc<str>,
+}
+
+/// The replica that served a bridged request, for the access line (a response extension).
+#[derive(Debug, Clone)]
+pub struct Owner(pub Arc<str>);
+
+/// A request this replica serves itself.
+#[derive(Debug)]
+pub struct Local {
+    owner: Arc<str>,
+    for_peer: bool,
+}
+
+impl Local {
+    /// True when the answer should carry [`X_WSBRIDGE_RESPONSE_ID`] (a peer forwarded it).
+    pub fn wants_response_id(&self) -> bool {
+        self.for_peer
+    }
+
+    /// Marks the local answer: the owner for the access line, the response id for the peer.
+    pub fn finish(self, response: &mut Response, response_id: Option<&str>) {
+        if let Some(value) = response_id
+            .filter(|_| self.for_peer)
+            .and_then(|id| HeaderValue::from_str(id).ok())
+        {
+            response.headers_mut().insert(X_WSBRIDGE_RESPONSE_ID, value);
+        }
+        response.extensions_mut().insert(Owner(self.owner));
+    }
+}
+
+/// Where a request should go before anything is tried.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    /// The conversation's key; `None` when routed by a remembered response id.
+    key: Option<u128>,
+    /// An index in `members.peers`.
+    owner: usize,
+}
+
+impl Cluster {
+    /// Starts the DNS refresher when the members come from `cluster.peers_dns`, so this runs
+    /// in a tokio runtime.
+    pub fn new(config: &ClusterConfig, metrics: Arc<Metrics>) -> Self {
+        let secret = config.secret.expose().as_bytes();
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        // Shorter than a peer's `server.header_read_timeout`, so a pooled connection is not
+        // reused just as the peer closes it.
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(10))
+            .build(http);
+        Self {
+            down: Mutex::default(),
+            members: members::Membership::new(config),
+            ring: owner::Ring::new(secret),
+            signer: hop::Signer::new(secret),
+            affinity_header: config.affinity_header.clone(),
+            client,
+            issued: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// Checks the internal header of a request: refused (counted; 403 as its response)
+    /// unless a peer signed this very request within [`hop::MAX_SKEW`].
+    pub fn verify(
+        &self,
+        value: &HeaderValue,
+        method: &Method,
+        uri: &Uri,
+        body: &[u8],
+    ) -> Result<Forwarded, Refused> {
+        let signed = hop::Signed { method, uri, body };
+        let members = self.members.get();
+        let me = &members.peers[members.me];
+        match self.signer.verify(value, me, signed, SystemTime::now()) {
+            Ok(from) => Ok(Forwarded {
+                from: Arc::from(from),
+            }),
+            Err(refused) => {
+                self.metrics.cluster_forged_refused();
+                tracing::warn!(
+                    reason = refused.reason(),
+                    "internal forwarding header refused"
+                );
+                Err(refused)
+            }
+        }
+    }
+
+    /// Forwards `inbound` to its owner and returns the owner's answer, or says to serve it
+    /// here (this replica owns it, a peer sent it, or forwarding failed).
+    pub async fn route(
+        &self,
+        inbound: Inbound<'_>,
+        forwarded: Option<Forwarded>,
+    ) -> Result<Response, Local> {
+        let members = self.members.get();
+        let local = |for_peer| Local {
+            owner: Arc::from(members.peers[members.me].as_str()),
+            for_peer,
+        };
+        if forwarded.is_some() {
+            self.metrics.cluster_served_for_peer();
+            return Err(local(true));
+        }
+        let Some(mut target) = self.target(&members, &inbound) else {
+            return Err(local(false));
+        };
+        let mut failed = false;
+        while target.owner != members.me {
+            let peer = &members.peers[target.owner];
+            let error = match self.send(&members.peers[members.me], peer, inbound).await {
+                Ok(response) => {
+                    self.metrics.cluster_forwarded();
+                    return Ok(response);
+                }
+                Err(error) => error,
+            };
+            failed = true;
+            if !error.is_connect() {
+                tracing::warn!(owner = %peer, %error, "forwarding failed; serving here");
+                break;
+            }
+            self.metrics.cluster_owner_unreachable();
+            tracing::warn!(owner = %peer, %error, "owner replica unreachable");
+            lock(&self.down).insert(peer.clone(), Instant::now() + DOWN_FOR);
+            target.owner = match target.key {
+                Some(key) => self.owner(&members, key),
+                None => members.me,
+            };
+        }
+        if failed {
+            self.metrics.cluster_local_fallback();
+        }
+        Err(local(false))
+    }
+
+    /// The owner of `key` among the members that are up.
+    fn owner(&self, members: &members::Members, key: u128) -> usize {
+        let down = lock(&self.down);
+        let now = Instant::now();
+        self.ring.owner(key, &members.peers, |index| {
+            index == members.me
+                || down
+                    .get(&members.peers[index])
+                    .is_none_or(|until| now >= *until)
+        })
+    }
+
+    /// The owner of a request: the replica that issued its `previous_response_id` when this
+    /// replica remembers it (else none: it is served here), else by its conversation's key.
+    fn target(&self, members: &members::Members, inbound: &Inbound<'_>) -> Option<Target> {
+        if let Some(id) = inbound
+            .fields
+            .get("previous_response_id")
+            .and_then(Value::as_str)
+        {
+            let issuer = lock(&self.issued).owner(id)?;
+            let owner = members.peers.iter().position(|peer| **peer == *issuer)?;
+            let up = lock(&self.down)
+                .get(&members.peers[owner])
+                .is_none_or(|until| Instant::now() >= *until);
+            return up.then_some(Target { key: None, owner });
+        }
+        let affinity = self
+            .affinity_header
+            .as_ref()
+            .and_then(|name| inbound.headers.get(name))
+            .map(HeaderValue::as_bytes);
+        let key = self
+            .ring
+            .key(inbound.credential, affinity, inbound.fields)?;
+        let owner = self.owner(members, key);
+        Some(Target {
+            key: Some(key),
+            owner,
+        })
+    }
+
+    /// One forward: the client's headers (minus hop-by-hop ones) and body, signed; the
+    /// answer's head and body relayed as they come.
+    async fn send(
+        &self,
+        me: &str,
+        peer: &str,
+        inbound: Inbound<'_>,
+    ) -> Result<Response, hyper_util::client::legacy::Error> {
+        let path = inbound
+            .uri
+            .path_and_query()
+            .map_or("/", |path| path.as_str());
+        let mut headers = inbound.headers.clone();
+        strip_hop_by_hop(&mut headers);
+        headers.remove(header::HOST);
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::EXPECT);
+        let signed = hop::Signed {
+            method: &Method::POST,
+            uri: inbound.uri,
+            body: inbound.body,
+        };
+        let mark = self.signer.header(me, peer, signed, SystemTime::now());
+        headers.insert(X_WSBRIDGE_FORWARDED, mark);
+        let mut request = axum::http::Request::new(Body::from(inbound.body.clone()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = format!("{peer}{path}").parse().unwrap_or_default();
+        *request.headers_mut() = headers;
+        let response = self.client.request(request).await?;
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(id) = parts.headers.remove(X_WSBRIDGE_RESPONSE_ID)
+            && let Ok(id) = id.to_str()
+        {
+            lock(&self.issued).remember(id.to_owned(), Arc::from(peer));
+        }
+        parts.extensions.insert(Owner(Arc::from(peer)));
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

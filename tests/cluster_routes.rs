@@ -1,0 +1,168 @@
+//! Owner routing of the other request kinds (docs/architecture.md, "Cluster"): a streamed
+//! Chat Completions tool loop spread over three replicas continues every turn and streams
+//! through the forwarding hop; with `cluster.affinity_header`, the header's value picks the
+//! owner whatever the conversation; a cluster-less proxy ignores the internal header.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+mod common;
+
+use common::chat::{assemble, chat, chat_loop, header, lookup_chat_tool};
+use common::cluster::{metric_of, peer_urls, replica, replica_with, v1};
+use common::{KEY, request_with};
+use serde_json::json;
+use wsbridge::simulator::SimulatorConfig;
+use wsbridge::simulator::stats::Transport;
+
+/// A streamed chat tool loop whose every turn goes to the next of `urls`; the answer and each
+/// turn's `x-wsbridge-continuation`.
+async fn chat_round_robin(urls: &[String], calls: u32) -> (String, Vec<String>) {
+    // As `chat_loop` starts, so the direct run has the same conversation.
+    let mut messages = vec![
+        json!({"role": "system", "content": "You are terse."}),
+        json!({"role": "user", "content": "What is the answer?"}),
+    ];
+    let mut routes = Vec::new();
+    let mut seen = 0;
+    for turn in 0.. {
+        let body = json!({"model": "gpt-test", "messages": messages, "tools": lookup_chat_tool(),
+                          "stream": true, "metadata": {"sim_tool_calls": calls.to_string()}});
+        let reply = chat(&urls[turn % urls.len()], &body).await;
+        assert_eq!(reply.status, 200, "turn {turn}: {}", reply.body);
+        assert!(header(&reply, "content-type").starts_with("text/event-stream"));
+        routes.push(header(&reply, "x-wsbridge-continuation").to_owned());
+        let message = assemble(&reply.body);
+        let tool_calls = message["tool_calls"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        messages.push(message.clone());
+        if tool_calls.is_empty() {
+            return (message["content"].as_str().unwrap().to_owned(), routes);
+        }
+        for call in tool_calls {
+            seen += 1;
+            let id = call["id"].as_str().unwrap();
+            let content = format!("result {seen} for {id}");
+            messages.push(json!({"role": "tool", "tool_call_id": id, "content": content}));
+        }
+    }
+    unreachable!()
+}
+
+#[tokio::test]
+async fn a_streamed_chat_tool_loop_over_three_replicas_continues_every_turn() {
+    let sim = common::simulator(SimulatorConfig::default()).await;
+    let peers = peer_urls(3);
+    let mut replicas = Vec::new();
+    for me in 0..3 {
+        replicas.push(replica(&sim, &peers, me).await);
+    }
+    let (answer, routes) = chat_round_robin(&v1(&peers), 8).await;
+    assert_eq!(routes.len(), 9);
+    assert_eq!(routes[0], "fresh");
+    assert!(routes[1..].iter().all(|r| r == "continued"), "{routes:?}");
+    let mut forwarded = 0.0;
+    for peer in &peers {
+        forwarded += metric_of(peer, "wsbridge_cluster_forwarded_total").await;
+    }
+    assert_eq!(
+        forwarded, 6.0,
+        "two turns in three reach a replica that does not own them"
+    );
+    let ws = sim
+        .stats()
+        .turns
+        .iter()
+        .filter(|t| t.transport == Transport::Ws)
+        .count();
+    assert_eq!(ws, 9);
+    // The same conversation straight to the simulator's chat endpoint.
+    let direct = chat_loop(&sim.base_url(), 8, true).await;
+    assert_eq!(answer, direct.answer);
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn the_affinity_header_picks_the_owner_whatever_the_conversation() {
+    let sim = common::simulator(SimulatorConfig::default()).await;
+    let peers = peer_urls(3);
+    let mut replicas = Vec::new();
+    for me in 0..3 {
+        let header = "session_id".parse().unwrap();
+        let tune = |config: &mut wsbridge::config::Config| {
+            config.cluster.as_mut().unwrap().affinity_header = Some(header);
+        };
+        replicas.push(replica_with(&sim, &peers, me, tune).await);
+    }
+    let authorization = format!("Bearer {KEY}");
+    // Per session, ten different conversations sent to replica 0: all forwarded, or none.
+    let mut counts = Vec::new();
+    for session in ["s-1", "s-2", "s-3", "s-4", "s-5", "s-6"] {
+        let before = metric_of(&peers[0], "wsbridge_cluster_forwarded_total").await;
+        for index in 0..10 {
+            let body = json!({"model": "gpt-test", "input": format!("{session} question {index}")});
+            let reply = request_with(
+                "POST",
+                &format!("{}/v1/responses", peers[0]),
+                &[
+                    ("authorization", &authorization),
+                    ("content-type", "application/json"),
+                    ("session_id", session),
+                ],
+                Some(body.to_string()),
+            )
+            .await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
+        let forwarded = metric_of(&peers[0], "wsbridge_cluster_forwarded_total").await - before;
+        assert!(
+            forwarded == 0.0 || forwarded == 10.0,
+            "{session}: {forwarded}"
+        );
+        counts.push(forwarded);
+    }
+    assert!(
+        counts.contains(&10.0),
+        "some session is owned elsewhere: {counts:?}"
+    );
+    // Without the header, the conversations spread over the replicas as usual.
+    let before = metric_of(&peers[0], "wsbridge_cluster_forwarded_total").await;
+    for index in 0..30 {
+        let body = json!({"model": "gpt-test", "input": format!("question {index}")});
+        let reply = common::post_json(&v1(&peers)[0], &body).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let spread = metric_of(&peers[0], "wsbridge_cluster_forwarded_total").await - before;
+    assert!((5.0..=28.0).contains(&spread), "{spread} of 30 forwarded");
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn without_a_cluster_the_internal_header_means_nothing() {
+    let bridge = common::bridge().await;
+    let authorization = format!("Bearer {KEY}");
+    let reply = request_with(
+        "POST",
+        &format!("{}/responses", bridge.url()),
+        &[
+            ("authorization", &authorization),
+            ("content-type", "application/json"),
+            (
+                "x-wsbridge-forwarded",
+                "v1;ts=1;from=http://10.0.0.1:1;sig=00",
+            ),
+        ],
+        Some(json!({"model": "gpt-test", "input": "hi"}).to_string()),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        bridge.metric("wsbridge_cluster_forged_refused_total").await,
+        0.0
+    );
+}
