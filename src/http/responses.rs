@@ -14,6 +14,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -130,6 +131,9 @@ fn stream_events(app: &App, turn: Turn) -> Response {
 }
 
 /// An SSE encoder over a turn: the next bytes to write, `None` at the end.
+///
+/// `next_chunk` must be cancel-safe (dropped while pending, it loses nothing): the body polls
+/// it once more without waiting to gather chunks that are already there.
 pub(super) trait SseSource: Send + 'static {
     fn next_chunk(&mut self) -> impl std::future::Future<Output = Option<Bytes>> + Send;
 }
@@ -140,7 +144,10 @@ pub(super) trait SseSource: Send + 'static {
 pub(super) fn sse_response(source: impl SseSource) -> Response {
     let body = futures_util::stream::unfold(source, move |mut source| async move {
         let chunk = source.next_chunk().await?;
-        Some((Ok::<_, std::convert::Infallible>(chunk), source))
+        Some((
+            Ok::<_, std::convert::Infallible>(ready_after(chunk, &mut source)),
+            source,
+        ))
     });
     (
         [
@@ -155,6 +162,27 @@ pub(super) fn sse_response(source: impl SseSource) -> Response {
     )
         .into_response()
 }
+
+/// `first` and every chunk `source` has ready without waiting, as one body frame: events that
+/// arrived together leave together (one HTTP chunk, not one per event), and an event that is
+/// alone is never held back (docs/architecture.md, "Data path").
+fn ready_after(first: Bytes, source: &mut impl SseSource) -> Bytes {
+    use futures_util::FutureExt;
+    let mut batch: Option<BytesMut> = None;
+    // Bounded, so a fast upstream cannot grow one frame without limit.
+    while batch.as_ref().map_or(first.len(), BytesMut::len) < READY_BATCH_BYTES {
+        let Some(Some(chunk)) = source.next_chunk().now_or_never() else {
+            break;
+        };
+        batch
+            .get_or_insert_with(|| BytesMut::from(&first[..]))
+            .extend_from_slice(&chunk);
+    }
+    batch.map_or(first, BytesMut::freeze)
+}
+
+/// How many bytes of ready chunks [`ready_after`] gathers into one body frame at most.
+const READY_BATCH_BYTES: usize = 64 << 10;
 
 /// The SSE encoder of one turn; dropping it (the client went away) drops the turn, which
 /// closes the upstream socket and so stops generation.
@@ -272,4 +300,40 @@ pub(super) fn broken_response(cause: &Break) -> Response {
     OpenAiError::new(status, "server_error", cause.message())
         .with_code(code)
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use std::collections::VecDeque;
+
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    /// Chunks already there (`Some`), then nothing ready yet (`None`): pending forever.
+    struct Scripted(VecDeque<Option<&'static str>>);
+
+    impl SseSource for Scripted {
+        async fn next_chunk(&mut self) -> Option<Bytes> {
+            match self.0.pop_front() {
+                Some(Some(chunk)) => Some(Bytes::from_static(chunk.as_bytes())),
+                Some(None) => std::future::pending().await,
+                None => None,
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_already_there_leave_in_one_frame_and_a_lone_one_is_not_held_back() {
+        let mut source = Scripted([Some("b"), Some("c"), None, Some("d")].into());
+        assert_eq!(ready_after(Bytes::from_static(b"a"), &mut source), "abc");
+        assert_eq!(source.0.len(), 1, "stopped at the first chunk not ready");
+        // "d" comes after a wait: the next frame starts with it and ends with the stream.
+        let d = source.next_chunk().now_or_never().flatten().unwrap();
+        assert_eq!(ready_after(d, &mut source), "d");
+        let mut ended = Scripted(VecDeque::new());
+        assert_eq!(ready_after(Bytes::from_static(b"z"), &mut ended), "z");
+    }
 }
