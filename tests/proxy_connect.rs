@@ -74,8 +74,9 @@ fn readme_env(proxy: &ConnectProxy) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A streamed turn, a two-turn conversation (the second continued), and a pass-through
-/// request, all answered as without a proxy.
+/// A streamed turn, a two-turn conversation (the second continued), pass-through requests
+/// (`/models`, a chat request the bridge cannot translate) and a REST fallback (`background`),
+/// all answered as without a proxy.
 async fn converse(base: &str) {
     let streamed = post_json(base, &json!({"model": "m", "input": "hi", "stream": true})).await;
     assert_eq!(streamed.status, 200, "{}", streamed.body);
@@ -94,6 +95,29 @@ async fn converse(base: &str) {
     assert!(output_text(&second.json()).starts_with("You said: and then?"));
     let models = request("GET", &format!("{base}/models"), Some(KEY), None).await;
     assert_eq!(models.status, 200, "{}", models.body);
+    let chat = json!({"model": "m", "n": 2, "messages": [{"role": "user", "content": "hi"}]});
+    let chat = request(
+        "POST",
+        &format!("{base}/chat/completions"),
+        Some(KEY),
+        Some(chat.to_string()),
+    )
+    .await;
+    assert_eq!(chat.status, 200, "{}", chat.body);
+    assert_eq!(chat.headers["x-wsbridge-route"], "chat-passthrough");
+    let background = json!({"model": "m", "input": "later", "background": true});
+    let background = post_json(base, &background).await;
+    assert_eq!(background.status, 200, "{}", background.body);
+}
+
+/// Turns the upstream served over REST (the fallback), not the WebSocket.
+fn rest_turns(sim: &SimulatorHandle) -> usize {
+    let stats = sim.stats();
+    stats
+        .turns
+        .iter()
+        .filter(|turn| turn.transport == Transport::Rest)
+        .count()
 }
 
 fn ws_turns(sim: &SimulatorHandle) -> usize {
@@ -124,6 +148,7 @@ async fn readme_config_bridges_continues_and_passes_through_over_http_through_th
 
     converse(&bridge.base_url()).await;
     assert_eq!(ws_turns(&sim), 3, "every turn went over the WebSocket");
+    assert_eq!(rest_turns(&sim), 1, "the background turn went over REST");
     // A WebSocket and a REST connection at least, each a tunnel to the upstream.
     let target = format!("{UPSTREAM_NAME}:{}", sim.addr().port());
     assert_tunnels_to(&proxy, &target, 2);
@@ -145,6 +170,7 @@ async fn over_tls_every_connection_is_tunnelled_and_pass_through_speaks_h2() {
 
     converse(&bridge.base_url()).await;
     assert_eq!(ws_turns(&sim), 3);
+    assert_eq!(rest_turns(&sim), 1, "the background turn went over REST");
     let target = format!("{UPSTREAM_NAME}:{}", terminator.addr.port());
     let tunnels = assert_tunnels_to(&proxy, &target, 2);
     assert_eq!(
@@ -243,7 +269,7 @@ async fn readme_variables_route_through_the_proxy_and_its_password_is_never_logg
         "{log}"
     );
     assert!(
-        !log.contains(README_CREDENTIALS.1),
+        !shows_password(&log, README_CREDENTIALS.0, README_CREDENTIALS.1),
         "the password leaked: {log}"
     );
     stop(child_process);
@@ -312,6 +338,14 @@ async fn upstream_proxy_none_ignores_the_proxy_variables() {
     stop(child_process);
 }
 
+/// Whether `text` shows the proxy password, as written or inside a `Proxy-Authorization`
+/// header's Basic credentials.
+fn shows_password(text: &str, user: &str, password: &str) -> bool {
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    text.contains(password) || text.contains(&basic)
+}
+
 /// The 502 of a refused tunnel: it names the proxy's answer, and never the password.
 fn assert_refused_with_407(reply: &Reply, what: &str, password: &str) {
     assert_eq!(reply.status, 502, "{what}: {}", reply.body);
@@ -322,7 +356,11 @@ fn assert_refused_with_407(reply: &Reply, what: &str, password: &str) {
         "{what}: {message}"
     );
     assert_eq!(error["code"], "upstream_unreachable", "{what}");
-    assert!(!reply.body.contains(password), "{what}: {}", reply.body);
+    assert!(
+        !shows_password(&reply.body, "alice", password),
+        "{what}: {}",
+        reply.body
+    );
 }
 
 #[tokio::test]
@@ -356,7 +394,7 @@ async fn wrong_or_missing_proxy_credentials_give_a_502_naming_407_and_never_the_
             "{case}: {log}"
         );
         assert!(
-            !log.contains("wr0ng-pa55"),
+            !shows_password(&log, "alice", "wr0ng-pa55"),
             "{case}: the password leaked: {log}"
         );
         stop(child_process);
@@ -374,7 +412,10 @@ async fn wrong_or_missing_proxy_credentials_give_a_502_naming_407_and_never_the_
     let (turn, models) = turn_and_models(&base).await;
     assert_eq!((turn.status, models.status), (200, 200), "{}", turn.body);
     let log = log.lock().unwrap().join("\n");
-    assert!(!log.contains("p%40ss") && !log.contains("p@ss"), "{log}");
+    assert!(
+        !log.contains("p%40ss") && !shows_password(&log, "alice", "p@ss:w0rd"),
+        "{log}"
+    );
     assert!(!proxy.tunnels().is_empty());
     stop(child_process);
 }

@@ -93,6 +93,7 @@ fn server(raw: RawServer) -> Result<ServerConfig, Invalid> {
 fn upstream(raw: RawUpstream, env: &[(String, String)]) -> Result<UpstreamConfig, Invalid> {
     let base_url =
         BaseUrl::parse(&raw.base_url).map_err(|why| invalid("upstream.base_url", why))?;
+    let secure = base_url.is_https();
     let profile = Profile::resolve(raw.profile, base_url.host());
     let explicit = Explicit {
         max_frame_bytes: raw.max_frame_bytes > 0,
@@ -144,7 +145,7 @@ fn upstream(raw: RawUpstream, env: &[(String, String)]) -> Result<UpstreamConfig
         // The in-process simulator is reached directly, whatever the proxy variables say.
         proxy: match raw.mode {
             UpstreamMode::Simulator => ProxySetting::Direct,
-            UpstreamMode::Remote => ProxySetting::resolve(&raw.proxy, env)
+            UpstreamMode::Remote => ProxySetting::resolve(&raw.proxy, env, secure)
                 .map_err(|why| invalid("upstream.proxy", why))?,
         },
     })

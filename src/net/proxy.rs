@@ -301,8 +301,14 @@ const NO_PROXY_VARIABLES: [&str; 2] = ["no_proxy", "NO_PROXY"];
 impl ProxySetting {
     /// `upstream.proxy`: empty reads the environment `env`, `none` is no proxy, anything else
     /// is a proxy URL. An unusable proxy URL (from the key or a variable) is an error that
-    /// names its origin and never repeats its credentials.
-    pub fn resolve(configured: &str, env: &[(String, String)]) -> Result<Self, String> {
+    /// names its origin and never repeats its credentials. Only the variables for the
+    /// upstream's scheme (`secure`: https) are read: a machine's `ALL_PROXY=socks5://…` or
+    /// `http_proxy` that an https upstream never uses must not stop the start.
+    pub fn resolve(
+        configured: &str,
+        env: &[(String, String)],
+        secure: bool,
+    ) -> Result<Self, String> {
         match configured.trim() {
             "" => {}
             text if text.eq_ignore_ascii_case("none") => return Ok(Self::Direct),
@@ -336,8 +342,11 @@ impl ProxySetting {
                     )
                 }),
         };
-        let https = source(&HTTPS_VARIABLES)?;
-        let http = source(&HTTP_VARIABLES)?;
+        let (https, http) = if secure {
+            (source(&HTTPS_VARIABLES)?, None)
+        } else {
+            (None, source(&HTTP_VARIABLES)?)
+        };
         if https.is_none() && http.is_none() {
             return Ok(Self::Direct);
         }

@@ -93,44 +93,61 @@ fn no_proxy_matches_names_suffixes_ips_ranges_and_ports_as_curl_does() {
 
 #[test]
 fn the_variables_for_the_upstreams_scheme_are_read_lower_case_first() {
-    let setting = ProxySetting::resolve(
-        "",
-        &env(&[
-            ("HTTPS_PROXY", "http://upper:3128"),
-            ("https_proxy", "http://lower:3128"),
-            ("ALL_PROXY", "http://all:3128"),
-            ("NO_PROXY", "internal.test"),
-        ]),
-    )
-    .unwrap();
-    let tunnel = |secure, host: &str| match setting.route(secure, host, 443) {
-        Route::Tunnel(server) => Some(server.host.clone()),
-        Route::Direct => None,
+    let variables = env(&[
+        ("HTTPS_PROXY", "http://upper:3128"),
+        ("https_proxy", "http://lower:3128"),
+        ("ALL_PROXY", "http://all:3128"),
+        ("NO_PROXY", "internal.test"),
+    ]);
+    let tunnel = |secure, host: &str| {
+        let setting = ProxySetting::resolve("", &variables, secure).unwrap();
+        match setting.route(secure, host, 443) {
+            Route::Tunnel(server) => Some(server.host.clone()),
+            Route::Direct => None,
+        }
     };
     assert_eq!(tunnel(true, "api.openai.com").as_deref(), Some("lower"));
     assert_eq!(tunnel(false, "api.openai.com").as_deref(), Some("all"));
     assert_eq!(tunnel(true, "internal.test"), None);
+    let setting = ProxySetting::resolve("", &variables, true).unwrap();
     assert_eq!(setting.candidate(true).unwrap().from, "https_proxy");
     assert_eq!(setting.no_proxy().unwrap().0, "NO_PROXY");
 
-    let empty = ProxySetting::resolve("", &env(&[("https_proxy", " ")])).unwrap();
+    let empty = ProxySetting::resolve("", &env(&[("https_proxy", " ")]), true).unwrap();
     assert_eq!(empty, ProxySetting::Direct);
+}
+
+#[test]
+fn a_variable_of_the_other_scheme_never_stops_the_start() {
+    // A common machine: an https proxy, and a SOCKS proxy in ALL_PROXY for other tools.
+    let variables = env(&[
+        ("HTTPS_PROXY", "http://corp:3128"),
+        ("ALL_PROXY", "socks5://127.0.0.1:1080"),
+    ]);
+    let setting = ProxySetting::resolve("", &variables, true).unwrap();
+    let Route::Tunnel(server) = setting.route(true, "api.openai.com", 443) else {
+        panic!("the https proxy is used");
+    };
+    assert_eq!(server.host, "corp");
+    // An http:// upstream would use ALL_PROXY, which cannot work: that one is refused.
+    let error = ProxySetting::resolve("", &variables, false).unwrap_err();
+    assert!(error.contains("ALL_PROXY"), "{error}");
 }
 
 #[test]
 fn upstream_proxy_overrides_the_variables_and_none_ignores_them() {
     let variables = env(&[("HTTPS_PROXY", "http://env:3128"), ("NO_PROXY", "*")]);
-    let none = ProxySetting::resolve("none", &variables).unwrap();
+    let none = ProxySetting::resolve("none", &variables, true).unwrap();
     assert_eq!(none.route(true, "api.openai.com", 443), Route::Direct);
-    let fixed = ProxySetting::resolve("http://u:p@fixed:8080", &variables).unwrap();
+    let fixed = ProxySetting::resolve("http://u:p@fixed:8080", &variables, true).unwrap();
     let Route::Tunnel(server) = fixed.route(true, "api.openai.com", 443) else {
         panic!("upstream.proxy is used whatever NO_PROXY says");
     };
     assert_eq!(server.to_string(), "http://***@fixed:8080");
     assert_eq!(fixed.candidate(false).unwrap().from, "upstream.proxy");
 
-    let error =
-        ProxySetting::resolve("", &env(&[("ALL_PROXY", "socks5://u:secret@s:1080")])).unwrap_err();
+    let error = ProxySetting::resolve("", &env(&[("ALL_PROXY", "socks5://u:secret@s:1080")]), true)
+        .unwrap_err();
     assert!(
         error.contains("ALL_PROXY = `socks5://***@s:1080`"),
         "{error}"
