@@ -18,9 +18,9 @@ use crate::outcome::{
 };
 
 mod chat;
+mod cluster;
 mod lanes;
 mod relay;
-mod cluster;
 use crate::protocol::event::Dropped;
 
 /// Which surface served a request.

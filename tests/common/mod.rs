@@ -7,8 +7,8 @@
 
 pub mod chat;
 pub mod child;
-pub mod connect_proxy;
 pub mod cluster;
+pub mod connect_proxy;
 pub mod tls;
 
 use std::time::Duration;
