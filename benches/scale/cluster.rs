@@ -127,16 +127,15 @@ async fn hop_times(
     (local, hop)
 }
 
-pub async fn cluster(options: &Options) {
-    let (count, calls, loops) = if options.quick {
-        (3, 4, 2)
-    } else {
-        (10, 20, 10)
-    };
-    // No latency model: the hop's own cost is what shows.
-    let sim = Process::simulator(&[]);
-    let single = Process::proxy(&sim.base_url(), &[("WSBRIDGE_POOL_MIN_IDLE", "0".into())]);
-    let three = replicas(&sim.base_url());
+/// Table i: the continuation hit rate and upload of `count` concurrent loops of `calls` tool
+/// calls, through `single` vs spread round-robin over `three`.
+async fn continuation(
+    sim: &Process,
+    single: &Process,
+    three: &[Process],
+    count: usize,
+    calls: u32,
+) {
     let bases: Vec<String> = three.iter().map(Process::base_url).collect();
 
     let alone = spread(&[single.base_url()], count, calls, 0).await;
@@ -150,6 +149,10 @@ pub async fn cluster(options: &Options) {
         ("3 replicas, round-robin", &spread_out),
     ] {
         let (continued, later) = continued_from_previous(&stats, conversations);
+        assert!(
+            continued * 100 >= later * 99,
+            "{name}: {continued} of {later} later turns continued (owner routing keeps ≥ 99 %)"
+        );
         rows.push(vec![
             name.into(),
             format!("{} ({continued} / {later})", percent(continued, later)),
@@ -167,6 +170,19 @@ pub async fn cluster(options: &Options) {
         ],
         &rows,
     );
+}
+
+pub async fn cluster(options: &Options) {
+    let (count, calls, loops) = if options.quick {
+        (3, 4, 2)
+    } else {
+        (10, 20, 10)
+    };
+    // No latency model: the hop's own cost is what shows.
+    let sim = Process::simulator(&[]);
+    let single = Process::proxy(&sim.base_url(), &[("WSBRIDGE_POOL_MIN_IDLE", "0".into())]);
+    let three = replicas(&sim.base_url());
+    continuation(&sim, &single, &three, count, calls).await;
 
     let client = load::client();
     let (single_times, _) = hop_times(&client, &[&single], loops, calls, 1000).await;

@@ -80,6 +80,9 @@ pub async fn lanes(options: &Options) {
         let off = run(options, conversations, false).await;
         let on = run(options, conversations, true).await;
         assert_eq!(off.answers, on.answers, "lanes change no answer");
+        for r in [&off, &on] {
+            assert_eq!(r.continued, r.later, "every later turn continued");
+        }
         for (name, r) in [("off", &off), ("on", &on)] {
             rows.push(vec![
                 conversations.to_string(),
