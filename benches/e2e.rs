@@ -20,7 +20,10 @@
 //! latency), `chat` (the same loop as a Chat Completions client: the simulator's chat endpoint
 //! direct vs through wsbridge), `cpu` (CPU per request against nginx, when nginx is installed), `passthrough`
 //! (REST pass-through added latency; with `--peer NAME=URL` also for
-//! other proxies, see `benches/peers.sh`).
+//! other proxies, see `benches/peers.sh`), and in `benches/scale/`: `lanes` (sockets, RSS and
+//! continuations for 64 and 512 concurrent conversations, `upstream.lanes` off vs on), `relay`
+//! (a WebSocket client's first turn relayed vs direct), `cluster` (three replicas vs one:
+//! continuation hit rate, added latency of the forwarding hop).
 
 #![allow(
     clippy::disallowed_types,
@@ -30,6 +33,7 @@
 #![allow(clippy::print_stdout, reason = "benchmarks print their tables")]
 
 mod load;
+mod scale;
 
 use std::time::{Duration, Instant};
 
@@ -78,6 +82,9 @@ fn options() -> Options {
             "chat",
             "passthrough",
             "cpu",
+            "lanes",
+            "relay",
+            "cluster",
         ]
         .map(str::to_owned)
         .to_vec();
@@ -107,6 +114,9 @@ fn main() {
                 "chat" => chat_loop(&options).await,
                 "passthrough" => passthrough(&options).await,
                 "cpu" => cpu(&options).await,
+                "lanes" => scale::lanes(&options).await,
+                "relay" => scale::relay(&options).await,
+                "cluster" => scale::cluster(&options).await,
                 other => panic!("unknown scenario {other}"),
             }
             println!("_({scenario}: {:.1} s)_\n", started.elapsed().as_secs_f64());

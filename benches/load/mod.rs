@@ -80,6 +80,20 @@ impl Process {
         format!("ws://{}/v1/responses", self.addr)
     }
 
+    /// A proxy on a given address (for replicas that must know each other's before starting).
+    pub fn proxy_on(listen: &str, upstream: &str, env: &[(&str, String)]) -> Self {
+        Self::start(
+            &["serve", "--listen", listen, "--upstream", upstream],
+            env,
+            false,
+        )
+    }
+
+    /// The body of `GET {path}` on this process (stats, metrics; off the measured path).
+    pub fn get(&self, path: &str) -> String {
+        http_get(&self.addr, path)
+    }
+
     fn status_field(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
@@ -249,9 +263,9 @@ pub fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-fn client() -> HttpClient {
+pub fn client() -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
@@ -264,7 +278,7 @@ fn post_request(base: &str, key: &str, body: &Value) -> hyper::Request<Full<Byte
 }
 
 /// A JSON POST to `{base}{path}` with `key` as the bearer token.
-fn post_to(base: &str, path: &str, key: &str, body: &Value) -> hyper::Request<Full<Bytes>> {
+pub fn post_to(base: &str, path: &str, key: &str, body: &Value) -> hyper::Request<Full<Bytes>> {
     hyper::Request::post(format!("{base}{path}"))
         .header("authorization", format!("Bearer {key}"))
         .header("content-type", "application/json")
