@@ -28,6 +28,7 @@ pub fn rest_client(outbound: &Outbound, connect_timeout: Duration) -> RestClient
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
     let connector = RouteConnector {
         http,
         route: outbound.route.clone(),
@@ -38,7 +39,13 @@ pub fn rest_client(outbound: &Outbound, connect_timeout: Duration) -> RestClient
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(connector);
-    Client::builder(TokioExecutor::new()).build(https)
+    // Every pass-through request of an h2 upstream shares one connection: with hyper's fixed
+    // windows (5 MiB for the connection), a few clients that read slowly (a large file
+    // download) would hold the connection's window and stall every other stream on it. The
+    // adaptive window grows with the measured bandwidth-delay product instead.
+    Client::builder(TokioExecutor::new())
+        .http2_adaptive_window(true)
+        .build(https)
 }
 
 /// The connector under hyper-rustls for the REST client: hyper's `HttpConnector` to the

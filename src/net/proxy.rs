@@ -57,6 +57,14 @@ impl ProxyServer {
         };
         let (host, port) = split_host_port(hostport)
             .ok_or_else(|| format!("`{shown}` is not a proxy URL like http://host:port"))?;
+        // A bare word ("off", "false", "direct") is a setting mistaken for a host: without a
+        // scheme, a port is required (as in `proxy.corp:3128`).
+        if !text.contains("://") && port.is_none() {
+            return Err(format!(
+                "`{shown}` is not a proxy URL like http://host:port (to connect directly, \
+                 set upstream.proxy = \"none\")"
+            ));
+        }
         Ok(Self {
             host: host.to_owned(),
             port: port.unwrap_or(80),

@@ -155,3 +155,20 @@ fn upstream_proxy_overrides_the_variables_and_none_ignores_them() {
     assert!(error.contains("upstream.proxy = \"none\""), "{error}");
     assert!(!error.contains("secret"), "{error}");
 }
+
+#[test]
+fn a_bare_word_is_not_taken_for_a_proxy_host() {
+    for word in ["off", "false", "direct"] {
+        let error = ProxySetting::resolve(word, &[], true).unwrap_err();
+        assert!(
+            error.contains("upstream.proxy = \"none\""),
+            "{word}: {error}"
+        );
+    }
+    // Without a scheme a port names the proxy, as curl reads it.
+    let setting = ProxySetting::resolve("proxy.corp:3128", &[], true).unwrap();
+    let Route::Tunnel(server) = setting.route(true, "api.openai.com", 443) else {
+        panic!("a tunnel");
+    };
+    assert_eq!((server.host.as_str(), server.port), ("proxy.corp", 3128));
+}
