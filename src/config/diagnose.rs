@@ -74,13 +74,34 @@ fn find_bad_key(tree: &toml::Table, origin_of: &dyn Fn(&str) -> Origin) -> Optio
         if let Err(error) = tried {
             return Some(ConfigError::Type {
                 origin: origin_of(&key),
+                value: shown(&key, value),
                 key,
-                value: value.to_string(),
                 expected: expected(&defaults, &owned, default, error.message()),
             });
         }
     }
     None
+}
+
+/// Keys whose values may hold a secret (header values, credentials in a proxy URL, tokens).
+const SECRET_KEYS: &[&str] = &[
+    "upstream.headers",
+    "upstream.proxy",
+    "cluster.secret",
+    "auth.client_tokens",
+];
+
+/// `value` as an error message may show it: for a key of [`SECRET_KEYS`] (or under one), only
+/// its TOML type.
+fn shown(key: &str, value: &toml::Value) -> String {
+    let secret = SECRET_KEYS
+        .iter()
+        .any(|secret| key == *secret || key.starts_with(&format!("{secret}.")));
+    if secret {
+        format!("a {} (not shown: it may hold a secret)", value.type_str())
+    } else {
+        value.to_string()
+    }
 }
 
 /// For an unknown key at `path`: the keys of the longest section of it that exists, and the
@@ -211,6 +232,19 @@ mod tests {
             error.starts_with("invalid value for `server.listen` (from flag --listen): `nowhere`"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_bad_value_of_a_key_that_may_hold_a_secret_is_not_echoed() {
+        for (variable, value) in [
+            ("WSBRIDGE_UPSTREAM_HEADERS", "Api-Token: s3cret-value"),
+            // A token list without its brackets: read as a string, not a list.
+            ("WSBRIDGE_AUTH_CLIENT_TOKENS", "s3cret-value"),
+        ] {
+            let error = load("", &[(variable, value)]).unwrap_err().to_string();
+            assert!(!error.contains("s3cret"), "{error}");
+            assert!(error.contains("not shown: it may hold a secret"), "{error}");
+        }
     }
 
     #[test]
