@@ -243,6 +243,12 @@ async fn interleaved_lanes_are_recorded_by_stream_id_and_rebuilt_on_a_fresh_sock
         .create(turn("more", "a", "5", Some(first["id"].as_str().unwrap())))
         .await;
     let expected = output_text(final_response(&direct.turn().await));
+    direct.create(turn("beta", "b", "2", None)).await;
+    let first = final_response(&direct.turn().await).clone();
+    direct
+        .create(turn("again", "b", "5", Some(first["id"].as_str().unwrap())))
+        .await;
+    let expected_beta = output_text(final_response(&direct.turn().await));
 
     let bridge = bridge_with(common::paced(3), |config| {
         config.pool.max_age = Duration::from_millis(600);
@@ -260,14 +266,19 @@ async fn interleaved_lanes_are_recorded_by_stream_id_and_rebuilt_on_a_fresh_sock
     }
     assert_eq!(completed[0]["stream_id"], "b", "the short lane ends first");
     let alpha = completed[1]["response"]["id"].as_str().unwrap().to_owned();
+    let beta = completed[0]["response"]["id"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_millis(700)).await;
     ws.create(turn("more", "a", "5", Some(&alpha))).await;
     let events = ws.turn().await;
     assert_eq!(output_text(final_response(&events)), expected);
+    // Lane b's chain was kept beside lane a's, though lane a completed after it.
+    ws.create(turn("again", "b", "5", Some(&beta))).await;
+    let events = ws.turn().await;
+    assert_eq!(output_text(final_response(&events)), expected_beta);
     assert_eq!(
         bridge
             .metric("wsbridge_relay_context_rebuilds_total{outcome=\"rebuilt\"}")
             .await,
-        1.0
+        2.0
     );
 }

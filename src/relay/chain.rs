@@ -2,13 +2,14 @@
 //! `store: false` chain survives a change of upstream socket (docs/architecture.md,
 //! "WebSocket relay").
 //!
-//! An upstream socket keeps its latest response in memory, and with `store: false` nothing
-//! else has it: a `response.create` naming it on another socket gets
-//! `previous_response_not_found`. The relay keeps, for the latest response it carried, every
-//! item of the conversation that led to it (each turn's input, then its output), as the JSON
-//! text of each item, up to `relay.max_replay_bytes`. When the client continues that response
-//! after its socket is gone, [`Chain::frame_for`] writes the client's frame again with the
-//! whole conversation as `input` and no `previous_response_id`.
+//! An upstream socket keeps its latest response in memory, one per `stream_id` lane, and with
+//! `store: false` nothing else has it: a `response.create` naming it on another socket gets
+//! `previous_response_not_found`. The relay keeps, for the latest response of each lane it
+//! carried, every item of the conversation that led to it (each turn's input, then its
+//! output), as the JSON text of each item, up to `relay.max_replay_bytes` for all lanes of the
+//! client socket together. When the client continues one of those responses after its socket
+//! is gone, [`Chain::frame_for`] writes the client's frame again with the whole conversation
+//! as `input` and no `previous_response_id`.
 //!
 //! Output messages and function calls are kept without their `id` (a `store: false` item id
 //! names nothing the upstream can load; docs/protocol.md, "previous_response_id on a socket"),
@@ -18,10 +19,15 @@ use serde_json::{Map, Value};
 
 use crate::protocol::items::{ItemKind, kind};
 
-/// The latest response a client socket carried, and the items leading to it.
+/// The most lanes a client socket's chain remembers (the protocol's lanes per socket); the
+/// least recently completed is forgotten first.
+const MAX_LANES: usize = 32;
+
+/// The latest response of each lane a client socket carried, and the items leading to each.
 #[derive(Debug, Default)]
 pub struct Chain {
-    latest: Option<Latest>,
+    /// By `stream_id` (`None`: the default lane), least recently completed first.
+    lanes: Vec<(Option<String>, Latest)>,
 }
 
 #[derive(Debug)]
@@ -34,7 +40,7 @@ struct Latest {
     socket: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Items {
     json: Vec<String>,
     bytes: usize,
@@ -52,6 +58,7 @@ impl Items {
 /// What a `response.create` contributes to the chain, kept until its response ends.
 #[derive(Debug)]
 pub struct Turn {
+    lane: Option<String>,
     previous: Option<String>,
     input: Vec<Value>,
     store: bool,
@@ -69,6 +76,10 @@ impl Turn {
             _ => Vec::new(),
         };
         Self {
+            lane: frame
+                .get("stream_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             previous: frame
                 .get("previous_response_id")
                 .and_then(Value::as_str)
@@ -91,15 +102,23 @@ pub enum Frame {
 }
 
 impl Chain {
+    /// The latest response of a lane whose id is `response_id`.
+    fn latest(&self, response_id: &str) -> Option<&Latest> {
+        self.lanes
+            .iter()
+            .map(|(_, latest)| latest)
+            .find(|latest| latest.response_id == response_id)
+    }
+
     /// The frame a `response.create` needs on upstream socket `socket`: rebuilt when it
-    /// continues the latest response, which was `store: false` and produced on another socket.
+    /// continues the latest response of a lane (its own or another), which was `store: false`
+    /// and produced on another socket.
     pub fn frame_for(&self, frame: &Map<String, Value>, socket: u64) -> Frame {
-        let Some(latest) = &self.latest else {
+        let previous = frame.get("previous_response_id").and_then(Value::as_str);
+        let Some(latest) = previous.and_then(|previous| self.latest(previous)) else {
             return Frame::AsItCame;
         };
-        let continues = frame.get("previous_response_id").and_then(Value::as_str)
-            == Some(latest.response_id.as_str());
-        if !continues || latest.store || latest.socket == socket {
+        if latest.store || latest.socket == socket {
             return Frame::AsItCame;
         }
         let Some(items) = &latest.items else {
@@ -135,18 +154,29 @@ impl Chain {
     }
 
     /// `turn` ended with a completed (or incomplete) response `response` on socket `socket`:
-    /// it is the latest now, with the items that led to it.
+    /// it is its lane's latest now, with the items that led to it. `limit` bounds the items
+    /// of every lane together.
     pub fn completed(&mut self, turn: Turn, response: &Value, socket: u64, limit: usize) {
+        let own = self.lanes.iter().position(|(lane, _)| *lane == turn.lane);
+        let replaced = own.map(|index| self.lanes.remove(index).1);
         let Some(response_id) = response.get("id").and_then(Value::as_str) else {
-            self.latest = None;
             return;
         };
-        let base = match (&turn.previous, self.latest.take()) {
+        let base = match (&turn.previous, replaced) {
             (None, _) => Some(Items::default()),
             (Some(previous), Some(latest)) if *previous == latest.response_id => latest.items,
-            // It continued something the relay never carried: its history is unknown.
-            (Some(_), _) => None,
+            // A fork from another lane's latest response: a copy of its history.
+            (Some(previous), _) => self
+                .latest(previous)
+                .and_then(|latest| latest.items.clone()),
         };
+        // What the other lanes keep counts against the same bound.
+        let others: usize = self
+            .lanes
+            .iter()
+            .filter_map(|(_, latest)| latest.items.as_ref().map(|items| items.bytes))
+            .sum();
+        let limit = limit.saturating_sub(others);
         let output = response.get("output").and_then(Value::as_array);
         let items = base.and_then(|mut items| {
             let input = turn.input.iter();
@@ -156,12 +186,18 @@ impl Chain {
                 .all(|item| items.push(item, limit));
             fits.then_some(items)
         });
-        self.latest = Some(Latest {
-            response_id: response_id.to_owned(),
-            items,
-            store: turn.store,
-            socket,
-        });
+        if self.lanes.len() >= MAX_LANES {
+            self.lanes.remove(0);
+        }
+        self.lanes.push((
+            turn.lane,
+            Latest {
+                response_id: response_id.to_owned(),
+                items,
+                store: turn.store,
+                socket,
+            },
+        ));
     }
 }
 
@@ -232,6 +268,68 @@ mod tests {
         assert_eq!(
             rebuilt["input"][4],
             json!({"role": "user", "content": "last"})
+        );
+    }
+
+    #[test]
+    fn each_lane_keeps_its_own_chain_and_the_bound_covers_them_all() {
+        let mut chain = Chain::default();
+        let create = |lane: &str, previous: Option<&str>, text: &str| {
+            let mut frame = json!({"type": "response.create", "store": false, "stream_id": lane, "input": text});
+            if let Some(previous) = previous {
+                frame["previous_response_id"] = json!(previous);
+            }
+            map(frame)
+        };
+        chain.completed(
+            Turn::of(&create("a", None, "a1")),
+            &response("ra1", "A1"),
+            1,
+            1 << 20,
+        );
+        chain.completed(
+            Turn::of(&create("b", None, "b1")),
+            &response("rb1", "B1"),
+            1,
+            1 << 20,
+        );
+        let a2 = create("a", Some("ra1"), "a2");
+        chain.completed(Turn::of(&a2), &response("ra2", "A2"), 1, 1 << 20);
+        // Lane b's latest is still known after lane a moved on; each rebuilds its own history.
+        let inputs = |frame: &Map<String, Value>| {
+            let Frame::Rebuilt(text) = chain.frame_for(frame, 2) else {
+                panic!("not rebuilt");
+            };
+            let rebuilt: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(rebuilt["stream_id"], frame["stream_id"]);
+            rebuilt["input"].as_array().unwrap().len()
+        };
+        assert_eq!(inputs(&create("b", Some("rb1"), "b2")), 3);
+        assert_eq!(inputs(&create("a", Some("ra2"), "a3")), 5);
+        // A fork of lane b's response on a new lane.
+        assert_eq!(inputs(&create("c", Some("rb1"), "c1")), 3);
+        // The bound is for all lanes together: a lane that alone would fit does not.
+        let mut tight = Chain::default();
+        let limit = 200;
+        tight.completed(
+            Turn::of(&create("a", None, &"x".repeat(60))),
+            &response("ra1", "A1"),
+            1,
+            limit,
+        );
+        tight.completed(
+            Turn::of(&create("b", None, &"y".repeat(60))),
+            &response("rb1", "B1"),
+            1,
+            limit,
+        );
+        assert!(matches!(
+            tight.frame_for(&create("a", Some("ra1"), "n"), 2),
+            Frame::Rebuilt(_)
+        ));
+        assert_eq!(
+            tight.frame_for(&create("b", Some("rb1"), "n"), 2),
+            Frame::TooLarge
         );
     }
 
