@@ -282,3 +282,44 @@ async fn interleaved_lanes_are_recorded_by_stream_id_and_rebuilt_on_a_fresh_sock
         2.0
     );
 }
+
+#[tokio::test]
+async fn a_reasoning_chain_goes_on_after_its_socket_ages_out() {
+    // Reasoning items come back by id only (no `encrypted_content` asked for): a fresh socket
+    // cannot load them, so the rebuilt input must leave them out.
+    let bridge = bridge_with(SimulatorConfig::default(), |config| {
+        config.pool.max_age = Duration::from_millis(600);
+    })
+    .await;
+    let mut ws = relayed(&bridge).await;
+    let mut previous: Option<String> = None;
+    for turn in 0..3 {
+        let mut body = chain_turn(&format!("turn {turn}"), previous.as_deref());
+        body["reasoning"] = json!({"effort": "low"});
+        ws.create(body).await;
+        let events = ws.turn().await;
+        let last = events.last().unwrap();
+        assert_eq!(last["type"], "response.completed", "turn {turn}: {last}");
+        let response = final_response(&events);
+        assert!(
+            response["output"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|item| item["type"] == "reasoning"),
+            "the simulator reasons: {response}"
+        );
+        assert!(
+            output_text(response).contains(&format!("turn {turn}")),
+            "{response}"
+        );
+        previous = Some(response["id"].as_str().unwrap().to_owned());
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert_eq!(
+        bridge
+            .metric("wsbridge_relay_context_rebuilds_total{outcome=\"rebuilt\"}")
+            .await,
+        2.0
+    );
+}

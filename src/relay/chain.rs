@@ -13,7 +13,9 @@
 //!
 //! Output messages and function calls are kept without their `id` (a `store: false` item id
 //! names nothing the upstream can load; docs/protocol.md, "previous_response_id on a socket"),
-//! reasoning items too when they carry `encrypted_content`.
+//! reasoning items too when they carry `encrypted_content`. A reasoning item without it is
+//! left out: it is nothing but its id, which a fresh socket answers with "Item with id 'rs_…'
+//! not found" (the API accepts an input without the reasoning of earlier turns).
 
 use serde_json::{Map, Value};
 
@@ -180,7 +182,7 @@ impl Chain {
         let output = response.get("output").and_then(Value::as_array);
         let items = base.and_then(|mut items| {
             let input = turn.input.iter();
-            let output = output.into_iter().flatten().map(without_id);
+            let output = output.into_iter().flatten().filter_map(replayable);
             let fits = input
                 .chain(output.collect::<Vec<_>>().iter())
                 .all(|item| items.push(item, limit));
@@ -202,20 +204,21 @@ impl Chain {
 }
 
 /// An output item as it goes back as input: a message or function call without its `id` and
-/// `status`, a reasoning item with `encrypted_content` without its `id` (see the module docs);
-/// anything else whole (some item types require their id).
-fn without_id(item: &Value) -> Value {
-    let mut item = item.clone();
-    let strip = match kind(&item) {
+/// `status`, a reasoning item with `encrypted_content` without its `id`, one without it not at
+/// all (see the module docs); anything else whole (some item types require their id).
+fn replayable(item: &Value) -> Option<Value> {
+    let strip = match kind(item) {
         ItemKind::Message | ItemKind::FunctionCall => true,
-        ItemKind::Reasoning => item.get("encrypted_content").is_some_and(Value::is_string),
+        ItemKind::Reasoning if item.get("encrypted_content").is_some_and(Value::is_string) => true,
+        ItemKind::Reasoning => return None,
         ItemKind::FunctionCallOutput | ItemKind::Other => false,
     };
+    let mut item = item.clone();
     if strip && let Some(fields) = item.as_object_mut() {
         fields.remove("id");
         fields.remove("status");
     }
-    item
+    Some(item)
 }
 
 #[cfg(test)]
@@ -268,6 +271,34 @@ mod tests {
         assert_eq!(
             rebuilt["input"][4],
             json!({"role": "user", "content": "last"})
+        );
+    }
+
+    #[test]
+    fn reasoning_is_replayed_only_with_its_encrypted_content() {
+        let mut chain = Chain::default();
+        let first = map(json!({"type": "response.create", "store": false, "input": "hi"}));
+        let output = json!({"id": "r1", "output": [
+            {"id": "rs_1", "type": "reasoning", "summary": []},
+            {"id": "rs_2", "type": "reasoning", "summary": [], "encrypted_content": "opaque"},
+            {"id": "msg_1", "type": "message", "status": "completed", "role": "assistant", "content": [{"type": "output_text", "text": "hello"}]},
+        ]});
+        chain.completed(Turn::of(&first), &output, 1, 1 << 20);
+        let next = map(
+            json!({"type": "response.create", "store": false, "previous_response_id": "r1", "input": "more"}),
+        );
+        let Frame::Rebuilt(text) = chain.frame_for(&next, 2) else {
+            panic!("not rebuilt");
+        };
+        let rebuilt: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            rebuilt["input"],
+            json!([
+                {"role": "user", "content": "hi"},
+                {"type": "reasoning", "summary": [], "encrypted_content": "opaque"},
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "hello"}]},
+                {"role": "user", "content": "more"},
+            ])
         );
     }
 
