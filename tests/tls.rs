@@ -152,13 +152,21 @@ async fn the_built_in_roots_alone_refuse_the_private_ca_with_a_502_naming_the_ca
     let env = [
         ("SSL_CERT_FILE", ca_file.as_str()),
         ("WSBRIDGE_UPSTREAM_TLS_ROOTS", "webpki"),
+        ("WSBRIDGE_POOL_MIN_IDLE", "0"),
     ];
     let (child, base, log) = serve(&terminator.base_url(), &env).await;
-    let (turn, models) = turn_and_models(&base).await;
-    let log = log.lock().unwrap().clone();
-    assert_untrusted(&turn, &log, "bridged turn");
-    assert_untrusted(&models, &log, "pass-through");
-    assert!(terminator.refused() >= 2);
+    // Each request checked on its own: the warning must come from its own path.
+    let turn = post_json(&base, &json!({"model": "m", "input": "hi", "stream": true})).await;
+    assert_untrusted(&turn, &log.lock().unwrap().clone(), "bridged turn");
+    assert_eq!(
+        terminator.refused(),
+        1,
+        "a refused certificate is not retried: another attempt meets the same certificate"
+    );
+    log.lock().unwrap().clear();
+    let models = request("GET", &format!("{base}/models"), Some(KEY), None).await;
+    assert_untrusted(&models, &log.lock().unwrap().clone(), "pass-through");
+    assert_eq!(terminator.refused(), 2);
     assert_eq!(terminator.handshakes(), 0);
     assert!(sim.stats().turns.is_empty(), "nothing reached the upstream");
     stop(child);

@@ -80,7 +80,9 @@ impl BridgeError {
     /// upstream's model, or the upstream asked for a new connection.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Unreachable(ConnectError::ProxyRefused(_)) => false,
+            Self::Unreachable(ConnectError::ProxyRefused(_) | ConnectError::Certificate(_)) => {
+                false
+            }
             Self::Unreachable(_) | Self::ClosedBeforeStart | Self::Protocol(_) => true,
             Self::Refused { status, .. } => status.is_server_error(),
             Self::Upstream { error, .. } => {

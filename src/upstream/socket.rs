@@ -229,6 +229,9 @@ pub enum ConnectError {
     /// The outbound proxy refused the tunnel with a 4xx (its credentials, its rules): another
     /// attempt would be refused alike, and repeated wrong credentials can lock an account.
     ProxyRefused(String),
+    /// The upstream's TLS certificate was refused (an unknown issuer, expired, for another
+    /// name): another attempt meets the same certificate.
+    Certificate(String),
     /// No upgrade within `upstream.connect_timeout`.
     TimedOut,
 }
@@ -237,7 +240,7 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Refused { status, .. } => write!(f, "upgrade refused with {status}"),
-            Self::Failed(message) | Self::ProxyRefused(message) => {
+            Self::Failed(message) | Self::ProxyRefused(message) | Self::Certificate(message) => {
                 write!(f, "connect failed: {message}")
             }
             Self::TimedOut => f.write_str("connect timed out"),
@@ -367,7 +370,26 @@ impl Connector {
             Ok(Err(tungstenite::Error::Io(error))) if TunnelError::refused_for_good(&error) => {
                 Err(ConnectError::ProxyRefused(error.to_string()))
             }
+            Ok(Err(error)) if refused_certificate(&error) => {
+                Err(ConnectError::Certificate(error.to_string()))
+            }
             Ok(Err(error)) => Err(ConnectError::Failed(error.to_string())),
         }
     }
+}
+
+/// Whether a failed connect is rustls refusing the upstream's certificate, as tungstenite
+/// reports it or inside an I/O error (as tokio-rustls reports a handshake's failure).
+fn refused_certificate(error: &tungstenite::Error) -> bool {
+    let rustls_error = match error {
+        tungstenite::Error::Tls(tungstenite::error::TlsError::Rustls(error)) => Some(&**error),
+        tungstenite::Error::Io(error) => error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    matches!(
+        rustls_error,
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+    )
 }
