@@ -1,7 +1,8 @@
 //! Owner routing of the other request kinds (docs/architecture.md, "Cluster"): a streamed
 //! Chat Completions tool loop spread over three replicas continues every turn and streams
 //! through the forwarding hop; with `cluster.affinity_header`, the header's value picks the
-//! owner whatever the conversation; a cluster-less proxy ignores the internal header.
+//! owner whatever the conversation, and routes a `previous_response_id` the receiving replica
+//! does not remember; a cluster-less proxy ignores the internal header.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
@@ -137,6 +138,74 @@ async fn the_affinity_header_picks_the_owner_whatever_the_conversation() {
     }
     let spread = metric_of(&peers[0], "wsbridge_cluster_forwarded_total").await - before;
     assert!((5.0..=28.0).contains(&spread), "{spread} of 30 forwarded");
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+}
+
+/// A `/v1/responses` turn to `url` with `session_id: session`.
+async fn session_turn(url: &str, session: &str, body: &serde_json::Value) -> common::Reply {
+    let authorization = format!("Bearer {KEY}");
+    request_with(
+        "POST",
+        &format!("{url}/v1/responses"),
+        &[
+            ("authorization", &authorization),
+            ("content-type", "application/json"),
+            ("session_id", session),
+        ],
+        Some(body.to_string()),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_unknown_previous_response_id_goes_to_the_affinity_owner() {
+    let sim = common::simulator(SimulatorConfig::default()).await;
+    let peers = peer_urls(3);
+    let mut replicas = Vec::new();
+    for me in 0..3 {
+        let header = "session_id".parse().unwrap();
+        let tune = |config: &mut wsbridge::config::Config| {
+            config.cluster.as_mut().unwrap().affinity_header = Some(header);
+        };
+        replicas.push(replica_with(&sim, &peers, me, tune).await);
+    }
+    let first = json!({"model": "gpt-test", "input": "hi", "store": false});
+    let reply = session_turn(&peers[0], "s-1", &first).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let previous = reply.json()["id"].as_str().unwrap().to_owned();
+    // The owner: replica 0, or the peer it forwarded to.
+    let mut owner = 0;
+    for (index, peer) in peers.iter().enumerate() {
+        if metric_of(peer, "wsbridge_cluster_served_for_peers_total").await == 1.0 {
+            owner = index;
+        }
+    }
+    // Neither the owner nor replica 0 (which remembers the id if it forwarded): a replica
+    // that knows nothing of `previous` but the session's header.
+    let entry = (1..3).find(|&index| index != owner).unwrap();
+    let next = json!({"model": "gpt-test", "input": "and then?", "store": false,
+                      "previous_response_id": previous});
+    let reply = session_turn(&peers[entry], "s-1", &next).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let id = reply.json()["id"].as_str().unwrap().to_owned();
+    let forwarded = metric_of(&peers[entry], "wsbridge_cluster_forwarded_total").await;
+    assert_eq!(forwarded, 1.0, "sent to the session's owner");
+    let turn = sim
+        .stats()
+        .turns
+        .into_iter()
+        .find(|turn| turn.response_id.as_deref() == Some(id.as_str()))
+        .unwrap();
+    assert!(turn.continued, "continued on the owner's socket");
+    // The entry now remembers who issued `id`: followed there even without the header.
+    let third = json!({"model": "gpt-test", "input": "more?", "store": false,
+                       "previous_response_id": id});
+    let reply = common::post_json(&v1(&peers)[entry], &third).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let forwarded = metric_of(&peers[entry], "wsbridge_cluster_forwarded_total").await;
+    assert_eq!(forwarded, 2.0);
     for replica in replicas {
         replica.shutdown().await;
     }

@@ -226,25 +226,25 @@ impl Cluster {
     }
 
     /// The owner of a request: the replica that issued its `previous_response_id` when this
-    /// replica remembers it (else none: it is served here), else by its conversation's key.
+    /// replica remembers it and it is up, else the owner of its conversation's key: the
+    /// affinity header's value when present, else its root items (for a request naming a
+    /// `previous_response_id`, whose input holds only new items, none: it is served here).
     fn target(&self, members: &members::Members, inbound: &Inbound<'_>) -> Option<Target> {
-        if let Some(id) = inbound
+        let previous = inbound
             .fields
             .get("previous_response_id")
-            .and_then(Value::as_str)
-        {
-            let issuer = lock(&self.issued).owner(id)?;
-            let owner = members.peers.iter().position(|peer| **peer == *issuer)?;
-            let up = lock(&self.down)
-                .get(&members.peers[owner])
-                .is_none_or(|until| Instant::now() >= *until);
-            return up.then_some(Target { key: None, owner });
+            .and_then(Value::as_str);
+        if let Some(target) = previous.and_then(|id| self.issuer(members, id)) {
+            return Some(target);
         }
         let affinity = self
             .affinity_header
             .as_ref()
             .and_then(|name| inbound.headers.get(name))
             .map(HeaderValue::as_bytes);
+        if previous.is_some() && affinity.is_none() {
+            return None;
+        }
         let key = self
             .ring
             .key(inbound.credential, affinity, inbound.fields)?;
@@ -253,6 +253,17 @@ impl Cluster {
             key: Some(key),
             owner,
         })
+    }
+
+    /// The replica that answered response `id` when this replica forwarded it there, if it
+    /// is a member and not marked down.
+    fn issuer(&self, members: &members::Members, id: &str) -> Option<Target> {
+        let issuer = lock(&self.issued).owner(id)?;
+        let owner = members.peers.iter().position(|peer| **peer == *issuer)?;
+        let up = lock(&self.down)
+            .get(&members.peers[owner])
+            .is_none_or(|until| Instant::now() >= *until);
+        up.then_some(Target { key: None, owner })
     }
 
     /// One forward: the client's headers (minus hop-by-hop ones) and body, signed; the
