@@ -2,7 +2,8 @@
 //! Chat Completions tool loop spread over three replicas continues every turn and streams
 //! through the forwarding hop; with `cluster.affinity_header`, the header's value picks the
 //! owner whatever the conversation, and routes a `previous_response_id` the receiving replica
-//! does not remember; a cluster-less proxy ignores the internal header.
+//! does not remember; an owner refusing the hop (another secret) or never answering a streamed
+//! request leaves it served locally; a cluster-less proxy ignores the internal header.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
@@ -209,6 +210,79 @@ async fn an_unknown_previous_response_id_goes_to_the_affinity_owner() {
     for replica in replicas {
         replica.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn an_owner_that_refuses_the_hop_leaves_every_request_served_locally() {
+    let sim = common::simulator(SimulatorConfig::default()).await;
+    let peers = peer_urls(2);
+    let other = |config: &mut wsbridge::config::Config| {
+        let secret = wsbridge::config::Secret::new("a-different-secret-0123456789");
+        config.cluster.as_mut().unwrap().secret = secret;
+    };
+    let replicas = [
+        replica(&sim, &peers, 0).await,
+        replica_with(&sim, &peers, 1, other).await,
+    ];
+    for index in 0..20 {
+        let body = json!({"model": "gpt-test", "input": format!("question {index}")});
+        for url in v1(&peers) {
+            let reply = common::post_json(&url, &body).await;
+            assert_eq!(reply.status, 200, "{url}: {}", reply.body);
+            assert!(!common::output_text(&reply.json()).is_empty());
+        }
+    }
+    for (me, peer) in peers.iter().enumerate() {
+        let fallbacks = metric_of(peer, "wsbridge_cluster_local_fallbacks_total").await;
+        let refused = metric_of(&peers[1 - me], "wsbridge_cluster_forged_refused_total").await;
+        assert!(
+            fallbacks > 0.0,
+            "{peer}: some conversation is owned by the other"
+        );
+        assert_eq!(fallbacks, refused, "{peer}: each refused hop served here");
+        let forwarded = metric_of(peer, "wsbridge_cluster_forwarded_total").await;
+        assert_eq!(forwarded, 0.0);
+    }
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_request_to_an_owner_that_never_answers_is_served_locally() {
+    let sim = common::simulator(SimulatorConfig::default()).await;
+    // The second "replica" accepts connections and never reads or answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peers = vec![
+        peer_urls(1).remove(0),
+        format!("http://{}", silent.local_addr().unwrap()),
+    ];
+    let first_event = std::time::Duration::from_millis(250);
+    let tune = |config: &mut wsbridge::config::Config| {
+        config.upstream.first_event_timeout = first_event;
+    };
+    let bridge = replica_with(&sim, &peers, 0, tune).await;
+    let head_timeout = wsbridge::cluster::head_timeout(first_event);
+    let mut slow = 0;
+    // Within DOWN_FOR of the first timeout: the silent owner is skipped after it.
+    for index in 0..16 {
+        let body = json!({"model": "gpt-test", "input": format!("question {index}"),
+                          "stream": true});
+        let started = tokio::time::Instant::now();
+        let reply = common::post_json(&v1(&peers)[0], &body).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let last = reply.events().pop().unwrap();
+        assert_eq!(last["type"], "response.completed");
+        if started.elapsed() >= head_timeout {
+            slow += 1;
+        }
+    }
+    assert_eq!(slow, 1, "one request waited for the silent owner");
+    let unreachable = metric_of(&peers[0], "wsbridge_cluster_owner_unreachable_total").await;
+    let fallbacks = metric_of(&peers[0], "wsbridge_cluster_local_fallbacks_total").await;
+    assert_eq!((unreachable, fallbacks), (1.0, 1.0));
+    drop(silent);
+    bridge.shutdown().await;
 }
 
 #[tokio::test]
