@@ -313,6 +313,7 @@ async fn a_forged_internal_header_is_refused_and_counted() {
         )
         .await;
         assert_eq!(reply.status, 403, "{header}: {}", reply.body);
+        assert!(reply.headers.contains_key("x-wsbridge-hop-refused"));
         let error = &reply.json()["error"];
         assert_eq!(error["code"], "forbidden");
         assert!(

@@ -1,7 +1,9 @@
 //! Owner routing of the other request kinds (docs/architecture.md, "Cluster"): a streamed
 //! Chat Completions tool loop spread over three replicas continues every turn and streams
 //! through the forwarding hop; with `cluster.affinity_header`, the header's value picks the
-//! owner whatever the conversation; a cluster-less proxy ignores the internal header.
+//! owner whatever the conversation, and routes a `previous_response_id` the receiving replica
+//! does not remember; an owner refusing the hop (another secret) or never answering a streamed
+//! request leaves it served locally; a cluster-less proxy ignores the internal header.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
@@ -140,6 +142,147 @@ async fn the_affinity_header_picks_the_owner_whatever_the_conversation() {
     for replica in replicas {
         replica.shutdown().await;
     }
+}
+
+/// A `/v1/responses` turn to `url` with `session_id: session`.
+async fn session_turn(url: &str, session: &str, body: &serde_json::Value) -> common::Reply {
+    let authorization = format!("Bearer {KEY}");
+    request_with(
+        "POST",
+        &format!("{url}/v1/responses"),
+        &[
+            ("authorization", &authorization),
+            ("content-type", "application/json"),
+            ("session_id", session),
+        ],
+        Some(body.to_string()),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_unknown_previous_response_id_goes_to_the_affinity_owner() {
+    let sim = common::simulator(SimulatorConfig::default()).await;
+    let peers = peer_urls(3);
+    let mut replicas = Vec::new();
+    for me in 0..3 {
+        let header = "session_id".parse().unwrap();
+        let tune = |config: &mut wsbridge::config::Config| {
+            config.cluster.as_mut().unwrap().affinity_header = Some(header);
+        };
+        replicas.push(replica_with(&sim, &peers, me, tune).await);
+    }
+    let first = json!({"model": "gpt-test", "input": "hi", "store": false});
+    let reply = session_turn(&peers[0], "s-1", &first).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let previous = reply.json()["id"].as_str().unwrap().to_owned();
+    // The owner: replica 0, or the peer it forwarded to.
+    let mut owner = 0;
+    for (index, peer) in peers.iter().enumerate() {
+        if metric_of(peer, "wsbridge_cluster_served_for_peers_total").await == 1.0 {
+            owner = index;
+        }
+    }
+    // Neither the owner nor replica 0 (which remembers the id if it forwarded): a replica
+    // that knows nothing of `previous` but the session's header.
+    let entry = (1..3).find(|&index| index != owner).unwrap();
+    let next = json!({"model": "gpt-test", "input": "and then?", "store": false,
+                      "previous_response_id": previous});
+    let reply = session_turn(&peers[entry], "s-1", &next).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let id = reply.json()["id"].as_str().unwrap().to_owned();
+    let forwarded = metric_of(&peers[entry], "wsbridge_cluster_forwarded_total").await;
+    assert_eq!(forwarded, 1.0, "sent to the session's owner");
+    let turn = sim
+        .stats()
+        .turns
+        .into_iter()
+        .find(|turn| turn.response_id.as_deref() == Some(id.as_str()))
+        .unwrap();
+    assert!(turn.continued, "continued on the owner's socket");
+    // The entry now remembers who issued `id`: followed there even without the header.
+    let third = json!({"model": "gpt-test", "input": "more?", "store": false,
+                       "previous_response_id": id});
+    let reply = common::post_json(&v1(&peers)[entry], &third).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let forwarded = metric_of(&peers[entry], "wsbridge_cluster_forwarded_total").await;
+    assert_eq!(forwarded, 2.0);
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn an_owner_that_refuses_the_hop_leaves_every_request_served_locally() {
+    let sim = common::simulator(SimulatorConfig::default()).await;
+    let peers = peer_urls(2);
+    let other = |config: &mut wsbridge::config::Config| {
+        let secret = wsbridge::config::Secret::new("a-different-secret-0123456789");
+        config.cluster.as_mut().unwrap().secret = secret;
+    };
+    let replicas = [
+        replica(&sim, &peers, 0).await,
+        replica_with(&sim, &peers, 1, other).await,
+    ];
+    for index in 0..20 {
+        let body = json!({"model": "gpt-test", "input": format!("question {index}")});
+        for url in v1(&peers) {
+            let reply = common::post_json(&url, &body).await;
+            assert_eq!(reply.status, 200, "{url}: {}", reply.body);
+            assert!(!common::output_text(&reply.json()).is_empty());
+        }
+    }
+    for (me, peer) in peers.iter().enumerate() {
+        let fallbacks = metric_of(peer, "wsbridge_cluster_local_fallbacks_total").await;
+        let refused = metric_of(&peers[1 - me], "wsbridge_cluster_forged_refused_total").await;
+        assert!(
+            fallbacks > 0.0,
+            "{peer}: some conversation is owned by the other"
+        );
+        assert_eq!(fallbacks, refused, "{peer}: each refused hop served here");
+        let forwarded = metric_of(peer, "wsbridge_cluster_forwarded_total").await;
+        assert_eq!(forwarded, 0.0);
+    }
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_request_to_an_owner_that_never_answers_is_served_locally() {
+    let sim = common::simulator(SimulatorConfig::default()).await;
+    // The second "replica" accepts connections and never reads or answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peers = vec![
+        peer_urls(1).remove(0),
+        format!("http://{}", silent.local_addr().unwrap()),
+    ];
+    let first_event = std::time::Duration::from_millis(250);
+    let tune = |config: &mut wsbridge::config::Config| {
+        config.upstream.first_event_timeout = first_event;
+    };
+    let bridge = replica_with(&sim, &peers, 0, tune).await;
+    let head_timeout = wsbridge::cluster::head_timeout(first_event);
+    let mut slow = 0;
+    // Within DOWN_FOR of the first timeout: the silent owner is skipped after it.
+    for index in 0..16 {
+        let body = json!({"model": "gpt-test", "input": format!("question {index}"),
+                          "stream": true});
+        let started = tokio::time::Instant::now();
+        let reply = common::post_json(&v1(&peers)[0], &body).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let last = reply.events().pop().unwrap();
+        assert_eq!(last["type"], "response.completed");
+        if started.elapsed() >= head_timeout {
+            slow += 1;
+        }
+    }
+    assert_eq!(slow, 1, "one request waited for the silent owner");
+    let unreachable = metric_of(&peers[0], "wsbridge_cluster_owner_unreachable_total").await;
+    let fallbacks = metric_of(&peers[0], "wsbridge_cluster_local_fallbacks_total").await;
+    assert_eq!((unreachable, fallbacks), (1.0, 1.0));
+    drop(silent);
+    bridge.shutdown().await;
 }
 
 #[tokio::test]

@@ -13,6 +13,10 @@ use ring::{digest, hmac};
 /// The internal header.
 pub const X_WSBRIDGE_FORWARDED: HeaderName = HeaderName::from_static("x-wsbridge-forwarded");
 
+/// Set on the 403 of a refused internal header, so a forwarding replica tells the owner's hop
+/// check (another secret, clock skew, its URL spelt otherwise) from an answer to relay.
+pub const X_WSBRIDGE_HOP_REFUSED: HeaderName = HeaderName::from_static("x-wsbridge-hop-refused");
+
 /// How far a forwarded request's timestamp may be from the receiver's clock.
 pub(super) const MAX_SKEW: Duration = Duration::from_secs(60);
 
@@ -32,7 +36,7 @@ pub enum Refused {
 /// 403 in OpenAI's shape.
 impl axum::response::IntoResponse for Refused {
     fn into_response(self) -> axum::response::Response {
-        crate::protocol::OpenAiError::new(
+        let mut response = crate::protocol::OpenAiError::new(
             axum::http::StatusCode::FORBIDDEN,
             "invalid_request_error",
             format!(
@@ -42,7 +46,11 @@ impl axum::response::IntoResponse for Refused {
             ),
         )
         .with_code("forbidden")
-        .into_response()
+        .into_response();
+        response
+            .headers_mut()
+            .insert(X_WSBRIDGE_HOP_REFUSED, HeaderValue::from_static("1"));
+        response
     }
 }
 

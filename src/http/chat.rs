@@ -111,6 +111,7 @@ impl Request<'_> {
             headers: &self.headers,
             fields: &bridged.body,
             body: &self.bytes,
+            stream: bridged.stream,
         };
         let local = match super::cluster::owner_route(app, inbound, self.forwarded.clone()).await {
             Ok(answer) => return answer,

@@ -124,10 +124,10 @@ impl Proxy {
             addr: config.server.listen,
             source,
         })?;
-        let cluster = config
-            .cluster
-            .as_ref()
-            .map(|cluster| Cluster::new(cluster, metrics.clone()));
+        let cluster = config.cluster.as_ref().map(|cluster| {
+            let first_event = config.upstream.first_event_timeout;
+            Cluster::new(cluster, first_event, metrics.clone())
+        });
         let app = Arc::new(App {
             config,
             auth,

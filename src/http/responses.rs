@@ -70,6 +70,7 @@ async fn respond(
         headers: &headers,
         fields: &request,
         body: &body,
+        stream,
     };
     let local = match super::cluster::owner_route(app, inbound, forwarded).await {
         Ok(answer) => return answer,
