@@ -26,6 +26,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+mod events;
+
 use super::chain::{Chain, Frame};
 use super::in_flight::{InFlight, Pending};
 use super::{Relay, Upstream};
@@ -33,7 +35,6 @@ use crate::auth::Credential;
 use crate::engine::BridgeError;
 use crate::outcome::{CloseReason, RebuildOutcome, RelayDirection, RelaySwitch};
 use crate::protocol::OpenAiError;
-use crate::protocol::error::Meaning;
 use crate::protocol::sse::event_type;
 use crate::upstream::socket::Inbound;
 
@@ -307,52 +308,6 @@ impl Session {
         Flow::Continue
     }
 
-    /// An upstream event: noted (which create it answers) and sent to the client as it came,
-    /// except a connection limit that the client must not see.
-    async fn event(&mut self, client: &mut WebSocket, text: Utf8Bytes) -> Flow {
-        let owner = self.pending.owner(&text);
-        match event_type(&text).as_deref() {
-            Some("error") => {
-                if !self.pending.is_started(owner) && is_connection_limit(&text) {
-                    return self.upstream_lost(client, CloseReason::LimitReached).await;
-                }
-                // A request-scoped error answers its create; a flat one ends its stream.
-                self.pending.remove(owner);
-            }
-            Some("response.completed" | "response.incomplete") => self.completed(owner, &text),
-            Some("response.failed") => {
-                self.pending.remove(owner);
-            }
-            _ => self.pending.started(owner),
-        }
-        self.relay
-            .metrics
-            .relay_frame(RelayDirection::UpstreamToClient);
-        let Ok(text) = ws::Utf8Bytes::try_from(Bytes::from(text)) else {
-            return Flow::Continue;
-        };
-        if client.send(ws::Message::Text(text)).await.is_err() {
-            self.client_gone(None);
-            return Flow::End;
-        }
-        Flow::Continue
-    }
-
-    /// Create `owner`'s response completed: it is the chain's latest now.
-    fn completed(&mut self, owner: Option<usize>, text: &str) {
-        let Some(mut pending) = self.pending.remove(owner) else {
-            return;
-        };
-        let socket = self.upstream.as_mut().map_or(0, |u| u.socket().id());
-        let (Some(turn), Ok(event)) = (pending.turn.take(), serde_json::from_str::<Value>(text))
-        else {
-            return;
-        };
-        let limit = self.relay.max_replay_bytes;
-        self.chain
-            .completed(turn, &event["response"], socket, limit);
-    }
-
     /// The client left: between turns its socket goes back to the pool; mid-response it is
     /// closed (with the client's close code and reason), which stops generation.
     fn client_gone(&mut self, frame: Option<CloseFrame>) {
@@ -406,14 +361,6 @@ async fn read(upstream: &mut Option<Upstream>) -> Inbound {
         Some(upstream) => upstream.socket().read().await,
         None => std::future::pending().await,
     }
-}
-
-/// `websocket_connection_limit_reached`, however the upstream words it: a socket that is
-/// finished, hidden from the client when none of what it answered reached the client.
-fn is_connection_limit(text: &str) -> bool {
-    serde_json::from_str::<Value>(text).is_ok_and(|event| {
-        OpenAiError::from_upstream_event(&event).meaning() == Meaning::ConnectionLimit
-    })
 }
 
 /// Answers the client with an `error` event (the socket stays open).
