@@ -7,7 +7,8 @@
 //!   `store: false` continuation of a response the old socket held is rebuilt from the
 //!   [`Chain`]). `websocket_connection_limit_reached` is not shown to the client.
 //! - responses in flight, none of which reached the client: they are sent again on a fresh
-//!   socket (up to `upstream.max_attempts`), as the engine retries a turn.
+//!   socket (up to `upstream.max_attempts`), as the engine retries a turn; not after a close
+//!   that says the frame itself is bad (1007, 1008, 1009), which the client gets as it came.
 //! - an event of a response reached the client: nothing is replayed; the client gets the
 //!   upstream's close code and reason (1011 when the connection broke without one).
 //!
@@ -251,8 +252,10 @@ impl Session {
             peer = upstream.socket().peer_close().cloned();
             upstream.close(reason);
         }
-        if self.pending.any_started() {
-            // Part of a response reached the client: it sees the end a direct client would.
+        // Part of a response reached the client, or the upstream refused what it was sent
+        // (a policy close: sending it again would be refused again): the client sees the end
+        // a direct client would.
+        if self.pending.any_started() || peer.as_ref().is_some_and(is_policy_close) {
             let frame = peer.unwrap_or(CloseFrame {
                 code: CloseCode::Error,
                 reason: "the upstream connection was lost".into(),
@@ -370,6 +373,15 @@ async fn send_error(client: &mut WebSocket, error: &OpenAiError, stream_id: Opti
         Ok(()) => Flow::Continue,
         Err(_) => Flow::End,
     }
+}
+
+/// 1007 (invalid data), 1008 (policy violation), 1009 (message too big): the frame the
+/// upstream was sent is bad, wherever it goes.
+fn is_policy_close(frame: &CloseFrame) -> bool {
+    matches!(
+        frame.code,
+        CloseCode::Invalid | CloseCode::Policy | CloseCode::Size
+    )
 }
 
 fn upstream_close(frame: ws::CloseFrame) -> CloseFrame {
