@@ -44,6 +44,8 @@ pub struct Relay {
     ping_interval: Option<Duration>,
     max_attempts: u32,
     max_replay_bytes: usize,
+    /// `upstream.max_frame_bytes`: a rebuilt frame over it is sent as it came.
+    max_frame_bytes: usize,
     /// Cancelled when the proxy stops accepting: sessions end once no response is in flight.
     stop: CancellationToken,
     /// Cancelled when the shutdown grace runs out: sessions end at once.
@@ -67,6 +69,7 @@ impl Relay {
             ping_interval: config.pool.ping_interval,
             max_attempts: config.upstream.max_attempts,
             max_replay_bytes: config.relay.max_replay_bytes,
+            max_frame_bytes: config.upstream.max_frame_bytes,
             stop,
             expired: CancellationToken::new(),
             tasks,

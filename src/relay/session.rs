@@ -231,7 +231,8 @@ impl Session {
             return false;
         };
         let socket = upstream.socket();
-        let text = match self.chain.frame_for(&pending.frame, socket.id()) {
+        let max_bytes = self.relay.max_frame_bytes;
+        let text = match self.chain.frame_for(&pending.frame, socket.id(), max_bytes) {
             Frame::AsItCame => pending.text.clone(),
             Frame::Rebuilt(text) => {
                 self.relay.metrics.relay_rebuild(RebuildOutcome::Rebuilt);
