@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! client socket ──frames as they came──▶ Session ──▶ Upstream (a pooled Lease, or a socket of
-//!               ◀──events as they came──         ◀──  its own when the client's URL has a query)
+//!               ◀──events as they came──         ◀──  its own when the client's query adds to the base's)
 //!                                          │ between turns: a socket past pool.max_age, closed,
 //!                                          │ or at the connection limit is replaced; a store=false
 //!                                          └ continuation it held is rebuilt from the Chain
@@ -82,13 +82,16 @@ impl Relay {
     }
 
     /// An upstream socket of `credential` for a client socket: a pooled one (an idle one when
-    /// there is one), or with a `query` a socket of its own opened to the URL with that query.
+    /// there is one), or with a `query` that adds to the base URL's own a socket of its own
+    /// opened to the URL with that query (an Azure client's `api-version`, which the base URL
+    /// already has, is served from the pool).
     pub async fn open(
         &self,
         credential: &Credential,
         query: Option<&str>,
     ) -> Result<Upstream, BridgeError> {
-        if let Some(query) = query {
+        let connector = self.pool.connector();
+        if let Some(query) = query.filter(|query| connector.merged_query(query).is_some()) {
             let socket = self
                 .pool
                 .connector()
@@ -155,7 +158,7 @@ fn connect_failed(error: ConnectError) -> BridgeError {
 pub enum Upstream {
     /// Leased from the pool for as long as the client socket needs it.
     Pooled(Lease),
-    /// Opened for this client alone (its URL had a query string).
+    /// Opened for this client alone (its query adds to the base URL's).
     Own(Socket),
 }
 
