@@ -310,16 +310,7 @@ async fn an_upstream_close_mid_response_reaches_the_client_with_its_code_and_rea
     let url = format!("ws://{}/v1/responses", proxy.addr());
     let mut ws = common::ws_connect(&url, KEY).await.unwrap();
     ws.create(json!({"model": "m", "input": "hi"})).await;
-    let frame = loop {
-        match tokio::time::timeout(PATIENCE, ws.socket.next())
-            .await
-            .unwrap()
-        {
-            Some(Ok(Message::Close(frame))) => break frame.unwrap(),
-            Some(Ok(_)) => {}
-            other => panic!("no close frame: {other:?}"),
-        }
-    };
+    let frame = close_frame(&mut ws).await;
     assert_eq!(u16::from(frame.code), 4003);
     assert_eq!(
         frame.reason.as_str(),
@@ -331,6 +322,39 @@ async fn an_upstream_close_mid_response_reaches_the_client_with_its_code_and_rea
         1,
         "nothing replayed"
     );
+}
+
+/// The close frame the client gets next (events before it skipped).
+async fn close_frame(ws: &mut Ws) -> tungstenite::protocol::CloseFrame {
+    loop {
+        match tokio::time::timeout(PATIENCE, ws.socket.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(frame))) => return frame.unwrap(),
+            Some(Ok(_)) => {}
+            other => panic!("no close frame: {other:?}"),
+        }
+    }
+}
+
+/// A close that says the frame itself is bad (here 1009, too big) is not retried on a fresh
+/// socket, where it would be refused again: the client gets the upstream's code and reason.
+#[tokio::test]
+async fn an_upstream_policy_close_before_the_response_is_passed_on_not_retried() {
+    let upstream = common::scripted(|index, _| match index {
+        0 => vec![format!("{}:1009:message too big", common::CLOSE)],
+        _ => common::answer("resp_1", "retried"),
+    })
+    .await;
+    let proxy = common::proxy_for(&upstream, |_| {}).await;
+    let url = format!("ws://{}/v1/responses", proxy.addr());
+    let mut ws = common::ws_connect(&url, KEY).await.unwrap();
+    ws.create(json!({"model": "m", "input": "hi"})).await;
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(u16::from(frame.code), 1009);
+    assert_eq!(frame.reason.as_str(), "message too big");
+    assert_eq!(upstream.frames().len(), 1, "not sent again");
 }
 
 #[tokio::test]

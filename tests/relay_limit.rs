@@ -323,3 +323,51 @@ async fn a_reasoning_chain_goes_on_after_its_socket_ages_out() {
         2.0
     );
 }
+
+/// An unknown client event sent mid-response gets the upstream's `error`, which answers that
+/// frame and does not end the response: the session still knows a response is in flight, so
+/// its socket is not replaced at `pool.max_age` before the response completes, and the
+/// completed turn is recorded for the rebuild of the next one on a fresh socket.
+#[tokio::test]
+async fn an_error_answering_a_frame_sent_mid_response_does_not_end_the_response() {
+    let bridge = bridge_with(SimulatorConfig::default(), |config| {
+        config.pool.max_age = Duration::from_millis(400);
+    })
+    .await;
+    let max_age = "wsbridge_relay_upstream_switches_total{reason=\"max_age\"}";
+    let mut ws = relayed(&bridge).await;
+    let mut first = chain_turn("first", None);
+    first["metadata"] = json!({"sim_fault": "stall_within:1500"});
+    ws.create(first).await;
+    assert_eq!(ws.event().await["type"], "response.created");
+    ws.send(json!({"type": "response.unknown"})).await;
+    let mut events = Vec::new();
+    for round in 0..2 {
+        let error = loop {
+            let event = ws.event().await;
+            if event["type"] == "error" {
+                break event;
+            }
+            events.push(event);
+        };
+        assert_eq!(error["error"]["param"], "type", "{error}");
+        if round == 0 {
+            // Past max_age, still mid-response: the next frame must not switch sockets.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            ws.send(json!({"type": "response.unknown"})).await;
+        }
+    }
+    events.extend(ws.turn().await);
+    assert_eq!(events.last().unwrap()["type"], "response.completed");
+    assert_eq!(bridge.metric(max_age).await, 0.0, "no switch mid-response");
+    let id = final_response(&events)["id"].as_str().unwrap().to_owned();
+    ws.create(chain_turn("second", Some(&id))).await;
+    assert_eq!(ws.outcome().await, "response.completed");
+    assert_eq!(bridge.metric(max_age).await, 1.0);
+    assert_eq!(
+        bridge
+            .metric("wsbridge_relay_context_rebuilds_total{outcome=\"rebuilt\"}")
+            .await,
+        1.0
+    );
+}

@@ -308,3 +308,33 @@ async fn a_relayed_websocket_client_reaches_the_azure_shape_with_both_queries() 
     }
     proxy.shutdown().await;
 }
+
+/// An Azure client always sends the `api-version` the base URL already has: nothing to add,
+/// so its socket comes from the pool (the socket the first client gave back), not a new one.
+#[tokio::test]
+async fn a_relayed_client_query_that_only_repeats_the_bases_is_served_from_the_pool() {
+    let sim = azure_simulator().await;
+    let config = readme_azure_config(&sim);
+    let proxy = proxy(&config, &[("AZURE_OPENAI_API_KEY", KEY)], |config| {
+        config.pool.min_idle = 0;
+    })
+    .await;
+    for query in ["", "?api-version=preview"] {
+        let url = format!("ws://{}/v1/responses{query}", proxy.addr());
+        let mut ws = common::ws_connect_with(&url, &[("api-key", KEY)])
+            .await
+            .unwrap();
+        ws.create(json!({"model": "m", "input": "hi"})).await;
+        assert_eq!(ws.outcome().await, "response.completed");
+        ws.socket.close(None).await.unwrap();
+        let deadline = tokio::time::Instant::now() + common::PATIENCE;
+        let idle = "wsbridge_upstream_sockets{state=\"idle\"}";
+        while common::proxy_metric(&proxy, idle).await != 1.0 {
+            assert!(tokio::time::Instant::now() < deadline, "not given back");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let (upgrades, _) = seen(&sim);
+    assert_eq!(upgrades.len(), 1, "{upgrades:?}");
+    proxy.shutdown().await;
+}

@@ -99,7 +99,7 @@ pub enum Frame {
     AsItCame,
     /// Send this instead: the full conversation as `input`.
     Rebuilt(String),
-    /// It needs a rebuild that the bound did not allow: send it as it came.
+    /// It needs a rebuild that the bound (or the frame limit) did not allow: send it as it came.
     TooLarge,
 }
 
@@ -114,8 +114,9 @@ impl Chain {
 
     /// The frame a `response.create` needs on upstream socket `socket`: rebuilt when it
     /// continues the latest response of a lane (its own or another), which was `store: false`
-    /// and produced on another socket.
-    pub fn frame_for(&self, frame: &Map<String, Value>, socket: u64) -> Frame {
+    /// and produced on another socket. A rebuilt frame over `max_bytes`
+    /// (`upstream.max_frame_bytes`) is [`Frame::TooLarge`]: the upstream would refuse it.
+    pub fn frame_for(&self, frame: &Map<String, Value>, socket: u64, max_bytes: usize) -> Frame {
         let previous = frame.get("previous_response_id").and_then(Value::as_str);
         let Some(latest) = previous.and_then(|previous| self.latest(previous)) else {
             return Frame::AsItCame;
@@ -152,6 +153,9 @@ impl Chain {
             text.push_str(&item.to_string());
         }
         text.push_str("]}");
+        if text.len() > max_bytes {
+            return Frame::TooLarge;
+        }
         Frame::Rebuilt(text)
     }
 
@@ -246,8 +250,12 @@ mod tests {
         let second = map(
             json!({"type": "response.create", "model": "m", "store": false, "previous_response_id": "r1", "input": [{"role": "user", "content": "more"}], "instructions": "be brief"}),
         );
-        assert_eq!(chain.frame_for(&second, 1), Frame::AsItCame, "same socket");
-        let Frame::Rebuilt(text) = chain.frame_for(&second, 2) else {
+        assert_eq!(
+            chain.frame_for(&second, 1, 1 << 20),
+            Frame::AsItCame,
+            "same socket"
+        );
+        let Frame::Rebuilt(text) = chain.frame_for(&second, 2, 1 << 20) else {
             panic!("not rebuilt");
         };
         let rebuilt: Value = serde_json::from_str(&text).unwrap();
@@ -263,7 +271,7 @@ mod tests {
         let third = map(
             json!({"type": "response.create", "store": false, "previous_response_id": "r2", "input": "last"}),
         );
-        let Frame::Rebuilt(text) = chain.frame_for(&third, 3) else {
+        let Frame::Rebuilt(text) = chain.frame_for(&third, 3, 1 << 20) else {
             panic!("not rebuilt");
         };
         let rebuilt: Value = serde_json::from_str(&text).unwrap();
@@ -287,7 +295,7 @@ mod tests {
         let next = map(
             json!({"type": "response.create", "store": false, "previous_response_id": "r1", "input": "more"}),
         );
-        let Frame::Rebuilt(text) = chain.frame_for(&next, 2) else {
+        let Frame::Rebuilt(text) = chain.frame_for(&next, 2, 1 << 20) else {
             panic!("not rebuilt");
         };
         let rebuilt: Value = serde_json::from_str(&text).unwrap();
@@ -328,7 +336,7 @@ mod tests {
         chain.completed(Turn::of(&a2), &response("ra2", "A2"), 1, 1 << 20);
         // Lane b's latest is still known after lane a moved on; each rebuilds its own history.
         let inputs = |frame: &Map<String, Value>| {
-            let Frame::Rebuilt(text) = chain.frame_for(frame, 2) else {
+            let Frame::Rebuilt(text) = chain.frame_for(frame, 2, 1 << 20) else {
                 panic!("not rebuilt");
             };
             let rebuilt: Value = serde_json::from_str(&text).unwrap();
@@ -355,11 +363,11 @@ mod tests {
             limit,
         );
         assert!(matches!(
-            tight.frame_for(&create("a", Some("ra1"), "n"), 2),
+            tight.frame_for(&create("a", Some("ra1"), "n"), 2, 1 << 20),
             Frame::Rebuilt(_)
         ));
         assert_eq!(
-            tight.frame_for(&create("b", Some("rb1"), "n"), 2),
+            tight.frame_for(&create("b", Some("rb1"), "n"), 2, 1 << 20),
             Frame::TooLarge
         );
     }
@@ -372,19 +380,37 @@ mod tests {
         let next =
             map(json!({"type": "response.create", "previous_response_id": "r1", "input": "x"}));
         assert_eq!(
-            chain.frame_for(&next, 2),
+            chain.frame_for(&next, 2, 1 << 20),
             Frame::AsItCame,
             "store defaults to true"
         );
         let other =
             map(json!({"type": "response.create", "previous_response_id": "r0", "input": "x"}));
-        assert_eq!(chain.frame_for(&other, 2), Frame::AsItCame);
+        assert_eq!(chain.frame_for(&other, 2, 1 << 20), Frame::AsItCame);
 
         let big = map(json!({"type": "response.create", "store": false, "input": "x".repeat(100)}));
         chain.completed(Turn::of(&big), &response("r2", "hello"), 1, 64);
         let next = map(
             json!({"type": "response.create", "store": false, "previous_response_id": "r2", "input": "x"}),
         );
-        assert_eq!(chain.frame_for(&next, 2), Frame::TooLarge);
+        assert_eq!(chain.frame_for(&next, 2, 1 << 20), Frame::TooLarge);
+    }
+
+    #[test]
+    fn a_rebuilt_frame_over_the_frame_limit_is_too_large() {
+        let mut chain = Chain::default();
+        let first = map(json!({"type": "response.create", "store": false, "input": "hi"}));
+        chain.completed(Turn::of(&first), &response("r1", "hello"), 1, 1 << 20);
+        let next = map(
+            json!({"type": "response.create", "store": false, "previous_response_id": "r1", "input": "x"}),
+        );
+        let Frame::Rebuilt(text) = chain.frame_for(&next, 2, 1 << 20) else {
+            panic!("not rebuilt");
+        };
+        assert_eq!(
+            chain.frame_for(&next, 2, text.len()),
+            Frame::Rebuilt(text.clone())
+        );
+        assert_eq!(chain.frame_for(&next, 2, text.len() - 1), Frame::TooLarge);
     }
 }

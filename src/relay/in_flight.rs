@@ -45,6 +45,19 @@ impl Pending {
         }
     }
 
+    /// A response the upstream started on its own (the successor of a steered one): in
+    /// flight until its terminal event, never sent again, recorded in no chain.
+    fn follow_on(lane: Option<String>) -> Self {
+        Self {
+            frame: Map::new(),
+            text: Utf8Bytes::default(),
+            turn: None,
+            started: true,
+            attempts: 1,
+            lane,
+        }
+    }
+
     pub fn lane(&self) -> Option<&str> {
         self.lane.as_deref()
     }
@@ -100,18 +113,37 @@ impl InFlight {
         self.pending.pop_front()
     }
 
-    /// The create `event` (an upstream frame) belongs to, if any.
+    /// The lane of `event` (an upstream frame): `None` until a client named one.
+    fn lane_of(&self, event: &str) -> Option<String> {
+        if !self.lanes {
+            return None;
+        }
+        serde_json::from_str::<LaneOf>(event)
+            .ok()
+            .and_then(|of| of.stream_id)
+    }
+
+    /// The create `event` (an upstream frame) belongs to, if any: the oldest of its lane.
     pub fn owner(&self, event: &str) -> Option<usize> {
-        let lane = if self.lanes {
-            serde_json::from_str::<LaneOf>(event)
-                .ok()
-                .and_then(|of| of.stream_id)
-        } else {
-            None
-        };
+        let lane = self.lane_of(event);
         self.pending
             .iter()
             .position(|pending| pending.lane() == lane.as_deref())
+    }
+
+    /// A `response.created` starts the oldest create of its lane that has not started; with
+    /// none waiting it is a response the upstream started on its own (after a steered
+    /// `response.incomplete`), in flight from now on as the oldest of its lane.
+    pub fn created(&mut self, event: &str) {
+        let lane = self.lane_of(event);
+        let waiting = self
+            .pending
+            .iter_mut()
+            .find(|pending| pending.lane == lane && !pending.started);
+        match waiting {
+            Some(pending) => pending.started = true,
+            None => self.pending.push_front(Pending::follow_on(lane)),
+        }
     }
 
     pub fn started(&mut self, index: Option<usize>) {
@@ -170,5 +202,22 @@ mod tests {
         assert!(lanes.is_started(Some(2)) && !lanes.is_started(Some(0)));
         assert_eq!(lanes.remove(Some(2)).unwrap().lane(), Some("b"));
         assert_eq!(lanes.len(), 2);
+    }
+
+    #[test]
+    fn a_response_created_with_no_create_waiting_is_an_untracked_follow_on() {
+        let mut in_flight = InFlight::default();
+        in_flight.push(create(None));
+        in_flight.created(r#"{"type":"response.created"}"#);
+        assert!(in_flight.is_started(Some(0)));
+        // The steered response ends; its successor starts with no create of its own.
+        assert!(in_flight.remove(Some(0)).unwrap().turn.is_some());
+        in_flight.created(r#"{"type":"response.created"}"#);
+        assert!(in_flight.any_started() && in_flight.len() == 1);
+        in_flight.push(create(None));
+        assert_eq!(in_flight.owner(r#"{"type":"response.completed"}"#), Some(0));
+        assert!(in_flight.remove(Some(0)).unwrap().turn.is_none());
+        in_flight.created(r#"{"type":"response.created"}"#);
+        assert!(in_flight.is_started(Some(0)) && in_flight.len() == 1);
     }
 }

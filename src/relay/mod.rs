@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! client socket ──frames as they came──▶ Session ──▶ Upstream (a pooled Lease, or a socket of
-//!               ◀──events as they came──         ◀──  its own when the client's URL has a query)
+//!               ◀──events as they came──         ◀──  its own when the client's query adds to the base's)
 //!                                          │ between turns: a socket past pool.max_age, closed,
 //!                                          │ or at the connection limit is replaced; a store=false
 //!                                          └ continuation it held is rebuilt from the Chain
@@ -44,6 +44,8 @@ pub struct Relay {
     ping_interval: Option<Duration>,
     max_attempts: u32,
     max_replay_bytes: usize,
+    /// `upstream.max_frame_bytes`: a rebuilt frame over it is sent as it came.
+    max_frame_bytes: usize,
     /// Cancelled when the proxy stops accepting: sessions end once no response is in flight.
     stop: CancellationToken,
     /// Cancelled when the shutdown grace runs out: sessions end at once.
@@ -67,6 +69,7 @@ impl Relay {
             ping_interval: config.pool.ping_interval,
             max_attempts: config.upstream.max_attempts,
             max_replay_bytes: config.relay.max_replay_bytes,
+            max_frame_bytes: config.upstream.max_frame_bytes,
             stop,
             expired: CancellationToken::new(),
             tasks,
@@ -79,13 +82,16 @@ impl Relay {
     }
 
     /// An upstream socket of `credential` for a client socket: a pooled one (an idle one when
-    /// there is one), or with a `query` a socket of its own opened to the URL with that query.
+    /// there is one), or with a `query` that adds to the base URL's own a socket of its own
+    /// opened to the URL with that query (an Azure client's `api-version`, which the base URL
+    /// already has, is served from the pool).
     pub async fn open(
         &self,
         credential: &Credential,
         query: Option<&str>,
     ) -> Result<Upstream, BridgeError> {
-        if let Some(query) = query {
+        let connector = self.pool.connector();
+        if let Some(query) = query.filter(|query| connector.merged_query(query).is_some()) {
             let socket = self
                 .pool
                 .connector()
@@ -152,7 +158,7 @@ fn connect_failed(error: ConnectError) -> BridgeError {
 pub enum Upstream {
     /// Leased from the pool for as long as the client socket needs it.
     Pooled(Lease),
-    /// Opened for this client alone (its URL had a query string).
+    /// Opened for this client alone (its query adds to the base URL's).
     Own(Socket),
 }
 

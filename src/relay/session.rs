@@ -7,7 +7,8 @@
 //!   `store: false` continuation of a response the old socket held is rebuilt from the
 //!   [`Chain`]). `websocket_connection_limit_reached` is not shown to the client.
 //! - responses in flight, none of which reached the client: they are sent again on a fresh
-//!   socket (up to `upstream.max_attempts`), as the engine retries a turn.
+//!   socket (up to `upstream.max_attempts`), as the engine retries a turn; not after a close
+//!   that says the frame itself is bad (1007, 1008, 1009), which the client gets as it came.
 //! - an event of a response reached the client: nothing is replayed; the client gets the
 //!   upstream's close code and reason (1011 when the connection broke without one).
 //!
@@ -26,6 +27,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+mod events;
+
 use super::chain::{Chain, Frame};
 use super::in_flight::{InFlight, Pending};
 use super::{Relay, Upstream};
@@ -33,7 +36,6 @@ use crate::auth::Credential;
 use crate::engine::BridgeError;
 use crate::outcome::{CloseReason, RebuildOutcome, RelayDirection, RelaySwitch};
 use crate::protocol::OpenAiError;
-use crate::protocol::error::Meaning;
 use crate::protocol::sse::event_type;
 use crate::upstream::socket::Inbound;
 
@@ -229,7 +231,8 @@ impl Session {
             return false;
         };
         let socket = upstream.socket();
-        let text = match self.chain.frame_for(&pending.frame, socket.id()) {
+        let max_bytes = self.relay.max_frame_bytes;
+        let text = match self.chain.frame_for(&pending.frame, socket.id(), max_bytes) {
             Frame::AsItCame => pending.text.clone(),
             Frame::Rebuilt(text) => {
                 self.relay.metrics.relay_rebuild(RebuildOutcome::Rebuilt);
@@ -250,8 +253,10 @@ impl Session {
             peer = upstream.socket().peer_close().cloned();
             upstream.close(reason);
         }
-        if self.pending.any_started() {
-            // Part of a response reached the client: it sees the end a direct client would.
+        // Part of a response reached the client, or the upstream refused what it was sent
+        // (a policy close: sending it again would be refused again): the client sees the end
+        // a direct client would.
+        if self.pending.any_started() || peer.as_ref().is_some_and(is_policy_close) {
             let frame = peer.unwrap_or(CloseFrame {
                 code: CloseCode::Error,
                 reason: "the upstream connection was lost".into(),
@@ -305,52 +310,6 @@ impl Session {
             }
         }
         Flow::Continue
-    }
-
-    /// An upstream event: noted (which create it answers) and sent to the client as it came,
-    /// except a connection limit that the client must not see.
-    async fn event(&mut self, client: &mut WebSocket, text: Utf8Bytes) -> Flow {
-        let owner = self.pending.owner(&text);
-        match event_type(&text).as_deref() {
-            Some("error") => {
-                if !self.pending.is_started(owner) && is_connection_limit(&text) {
-                    return self.upstream_lost(client, CloseReason::LimitReached).await;
-                }
-                // A request-scoped error answers its create; a flat one ends its stream.
-                self.pending.remove(owner);
-            }
-            Some("response.completed" | "response.incomplete") => self.completed(owner, &text),
-            Some("response.failed") => {
-                self.pending.remove(owner);
-            }
-            _ => self.pending.started(owner),
-        }
-        self.relay
-            .metrics
-            .relay_frame(RelayDirection::UpstreamToClient);
-        let Ok(text) = ws::Utf8Bytes::try_from(Bytes::from(text)) else {
-            return Flow::Continue;
-        };
-        if client.send(ws::Message::Text(text)).await.is_err() {
-            self.client_gone(None);
-            return Flow::End;
-        }
-        Flow::Continue
-    }
-
-    /// Create `owner`'s response completed: it is the chain's latest now.
-    fn completed(&mut self, owner: Option<usize>, text: &str) {
-        let Some(mut pending) = self.pending.remove(owner) else {
-            return;
-        };
-        let socket = self.upstream.as_mut().map_or(0, |u| u.socket().id());
-        let (Some(turn), Ok(event)) = (pending.turn.take(), serde_json::from_str::<Value>(text))
-        else {
-            return;
-        };
-        let limit = self.relay.max_replay_bytes;
-        self.chain
-            .completed(turn, &event["response"], socket, limit);
     }
 
     /// The client left: between turns its socket goes back to the pool; mid-response it is
@@ -408,14 +367,6 @@ async fn read(upstream: &mut Option<Upstream>) -> Inbound {
     }
 }
 
-/// `websocket_connection_limit_reached`, however the upstream words it: a socket that is
-/// finished, hidden from the client when none of what it answered reached the client.
-fn is_connection_limit(text: &str) -> bool {
-    serde_json::from_str::<Value>(text).is_ok_and(|event| {
-        OpenAiError::from_upstream_event(&event).meaning() == Meaning::ConnectionLimit
-    })
-}
-
 /// Answers the client with an `error` event (the socket stays open).
 async fn send_error(client: &mut WebSocket, error: &OpenAiError, stream_id: Option<&str>) -> Flow {
     let event = error.ws_event(stream_id);
@@ -423,6 +374,15 @@ async fn send_error(client: &mut WebSocket, error: &OpenAiError, stream_id: Opti
         Ok(()) => Flow::Continue,
         Err(_) => Flow::End,
     }
+}
+
+/// 1007 (invalid data), 1008 (policy violation), 1009 (message too big): the frame the
+/// upstream was sent is bad, wherever it goes.
+fn is_policy_close(frame: &CloseFrame) -> bool {
+    matches!(
+        frame.code,
+        CloseCode::Invalid | CloseCode::Policy | CloseCode::Size
+    )
 }
 
 fn upstream_close(frame: ws::CloseFrame) -> CloseFrame {

@@ -302,6 +302,14 @@ impl Connector {
         self.connect_with_query(credential, None).await
     }
 
+    /// The base URL's own query followed by those parameters of a client's `query` it does
+    /// not have; `None` when that is just the base URL's own (what pooled sockets use).
+    pub fn merged_query(&self, query: &str) -> Option<String> {
+        let base_query = self.url.split_once('?').map(|(_, q)| q);
+        crate::config::merge_queries(base_query, Some(query))
+            .filter(|merged| Some(merged.as_str()) != base_query)
+    }
+
     /// [`Connector::connect`] with `query` appended to the URL (a relayed client's query
     /// string, kept as it asked).
     pub async fn connect_with_query(
@@ -310,16 +318,13 @@ impl Connector {
         query: Option<&str>,
     ) -> Result<Socket, ConnectError> {
         // The base URL's own query (e.g. Azure's `api-version`) comes first, as on REST.
-        let url = match query {
-            Some(query) => {
-                let (path, base_query) = match self.url.split_once('?') {
-                    Some((path, base_query)) => (path, Some(base_query)),
-                    None => (self.url.as_str(), None),
-                };
-                match crate::config::merge_queries(base_query, Some(query)) {
-                    Some(merged) => std::borrow::Cow::Owned(format!("{path}?{merged}")),
-                    None => std::borrow::Cow::Borrowed(self.url.as_str()),
-                }
+        let url = match query.and_then(|query| self.merged_query(query)) {
+            Some(merged) => {
+                let path = self
+                    .url
+                    .split_once('?')
+                    .map_or(self.url.as_str(), |(p, _)| p);
+                std::borrow::Cow::Owned(format!("{path}?{merged}"))
             }
             None => std::borrow::Cow::Borrowed(self.url.as_str()),
         };
