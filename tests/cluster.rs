@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::cluster::{metric_of, peer_urls, replica, v1};
-use common::{KEY, output_text, post_json, request_with};
+use common::cluster::{metric_of, peer_urls, post_with, replica, v1};
+use common::{output_text, post_json};
 use serde_json::{Value, json};
 use wsbridge::cluster::DOWN_FOR;
 use wsbridge::simulator::SimulatorConfig;
@@ -294,22 +294,16 @@ async fn a_forged_internal_header_is_refused_and_counted() {
         .unwrap()
         .as_secs();
     let body = json!({"model": "gpt-test", "input": "hi"}).to_string();
-    let authorization = format!("Bearer {KEY}");
     let forged = [
         format!("v1;ts={now};from={};sig={}", peers[0], "00".repeat(32)),
         format!("v1;ts={now};from={}", peers[0]),
         format!("v1;ts={now};from=http://127.0.0.1:1;sig=00"),
     ];
     for header in &forged {
-        let reply = request_with(
-            "POST",
+        let reply = post_with(
             &format!("{}/v1/responses", peers[1]),
-            &[
-                ("authorization", &authorization),
-                ("content-type", "application/json"),
-                ("x-wsbridge-forwarded", header),
-            ],
-            Some(body.clone()),
+            body.clone(),
+            &[("x-wsbridge-forwarded", header)],
         )
         .await;
         assert_eq!(reply.status, 403, "{header}: {}", reply.body);

@@ -10,8 +10,9 @@
 mod common;
 
 use common::chat::{assemble, chat, chat_loop, header, lookup_chat_tool};
-use common::cluster::{metric_of, peer_urls, replica, replica_with, v1};
-use common::{KEY, request_with};
+use common::cluster::{
+    affinity_replicas, metric_of, peer_urls, post_with, replica, replica_with, v1,
+};
 use serde_json::json;
 use wsbridge::simulator::SimulatorConfig;
 use wsbridge::simulator::stats::Transport;
@@ -91,30 +92,17 @@ async fn a_streamed_chat_tool_loop_over_three_replicas_continues_every_turn() {
 async fn the_affinity_header_picks_the_owner_whatever_the_conversation() {
     let sim = common::simulator(SimulatorConfig::default()).await;
     let peers = peer_urls(3);
-    let mut replicas = Vec::new();
-    for me in 0..3 {
-        let header = "session_id".parse().unwrap();
-        let tune = |config: &mut wsbridge::config::Config| {
-            config.cluster.as_mut().unwrap().affinity_header = Some(header);
-        };
-        replicas.push(replica_with(&sim, &peers, me, tune).await);
-    }
-    let authorization = format!("Bearer {KEY}");
+    let replicas = affinity_replicas(&sim, &peers).await;
     // Per session, ten different conversations sent to replica 0: all forwarded, or none.
     let mut counts = Vec::new();
     for session in ["s-1", "s-2", "s-3", "s-4", "s-5", "s-6"] {
         let before = metric_of(&peers[0], "wsbridge_cluster_forwarded_total").await;
         for index in 0..10 {
             let body = json!({"model": "gpt-test", "input": format!("{session} question {index}")});
-            let reply = request_with(
-                "POST",
+            let reply = post_with(
                 &format!("{}/v1/responses", peers[0]),
-                &[
-                    ("authorization", &authorization),
-                    ("content-type", "application/json"),
-                    ("session_id", session),
-                ],
-                Some(body.to_string()),
+                body.to_string(),
+                &[("session_id", session)],
             )
             .await;
             assert_eq!(reply.status, 200, "{}", reply.body);
@@ -146,16 +134,10 @@ async fn the_affinity_header_picks_the_owner_whatever_the_conversation() {
 
 /// A `/v1/responses` turn to `url` with `session_id: session`.
 async fn session_turn(url: &str, session: &str, body: &serde_json::Value) -> common::Reply {
-    let authorization = format!("Bearer {KEY}");
-    request_with(
-        "POST",
+    post_with(
         &format!("{url}/v1/responses"),
-        &[
-            ("authorization", &authorization),
-            ("content-type", "application/json"),
-            ("session_id", session),
-        ],
-        Some(body.to_string()),
+        body.to_string(),
+        &[("session_id", session)],
     )
     .await
 }
@@ -164,14 +146,7 @@ async fn session_turn(url: &str, session: &str, body: &serde_json::Value) -> com
 async fn an_unknown_previous_response_id_goes_to_the_affinity_owner() {
     let sim = common::simulator(SimulatorConfig::default()).await;
     let peers = peer_urls(3);
-    let mut replicas = Vec::new();
-    for me in 0..3 {
-        let header = "session_id".parse().unwrap();
-        let tune = |config: &mut wsbridge::config::Config| {
-            config.cluster.as_mut().unwrap().affinity_header = Some(header);
-        };
-        replicas.push(replica_with(&sim, &peers, me, tune).await);
-    }
+    let replicas = affinity_replicas(&sim, &peers).await;
     let first = json!({"model": "gpt-test", "input": "hi", "store": false});
     let reply = session_turn(&peers[0], "s-1", &first).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -288,19 +263,13 @@ async fn a_streamed_request_to_an_owner_that_never_answers_is_served_locally() {
 #[tokio::test]
 async fn without_a_cluster_the_internal_header_means_nothing() {
     let bridge = common::bridge().await;
-    let authorization = format!("Bearer {KEY}");
-    let reply = request_with(
-        "POST",
+    let reply = post_with(
         &format!("{}/responses", bridge.url()),
-        &[
-            ("authorization", &authorization),
-            ("content-type", "application/json"),
-            (
-                "x-wsbridge-forwarded",
-                "v1;ts=1;from=http://10.0.0.1:1;sig=00",
-            ),
-        ],
-        Some(json!({"model": "gpt-test", "input": "hi"}).to_string()),
+        json!({"model": "gpt-test", "input": "hi"}).to_string(),
+        &[(
+            "x-wsbridge-forwarded",
+            "v1;ts=1;from=http://10.0.0.1:1;sig=00",
+        )],
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.body);

@@ -22,6 +22,13 @@ async fn relayed(bridge: &Bridge) -> Ws {
     common::ws_connect(&relay_url(bridge), KEY).await.unwrap()
 }
 
+/// Chains rebuilt on a fresh upstream socket so far.
+async fn rebuilt(bridge: &Bridge) -> f64 {
+    bridge
+        .metric("wsbridge_relay_context_rebuilds_total{outcome=\"rebuilt\"}")
+        .await
+}
+
 /// One `store: false` turn of a chain: `text` as the user's message, continuing `previous`.
 fn chain_turn(text: &str, previous: Option<&str>) -> Value {
     let mut body =
@@ -139,9 +146,7 @@ async fn assert_limit_hidden(bridge: &Bridge, sockets: usize) {
             .map(|t| &t.error_code)
             .collect::<Vec<_>>()
     );
-    let rebuilt = bridge
-        .metric("wsbridge_relay_context_rebuilds_total{outcome=\"rebuilt\"}")
-        .await;
+    let rebuilt = rebuilt(bridge).await;
     assert!(rebuilt >= (sockets - 1) as f64, "{rebuilt} rebuilds");
 }
 
@@ -275,12 +280,7 @@ async fn interleaved_lanes_are_recorded_by_stream_id_and_rebuilt_on_a_fresh_sock
     ws.create(turn("again", "b", "5", Some(&beta))).await;
     let events = ws.turn().await;
     assert_eq!(output_text(final_response(&events)), expected_beta);
-    assert_eq!(
-        bridge
-            .metric("wsbridge_relay_context_rebuilds_total{outcome=\"rebuilt\"}")
-            .await,
-        2.0
-    );
+    assert_eq!(rebuilt(&bridge).await, 2.0);
 }
 
 #[tokio::test]
@@ -316,12 +316,7 @@ async fn a_reasoning_chain_goes_on_after_its_socket_ages_out() {
         previous = Some(response["id"].as_str().unwrap().to_owned());
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    assert_eq!(
-        bridge
-            .metric("wsbridge_relay_context_rebuilds_total{outcome=\"rebuilt\"}")
-            .await,
-        2.0
-    );
+    assert_eq!(rebuilt(&bridge).await, 2.0);
 }
 
 /// An unknown client event sent mid-response gets the upstream's `error`, which answers that
@@ -364,10 +359,5 @@ async fn an_error_answering_a_frame_sent_mid_response_does_not_end_the_response(
     ws.create(chain_turn("second", Some(&id))).await;
     assert_eq!(ws.outcome().await, "response.completed");
     assert_eq!(bridge.metric(max_age).await, 1.0);
-    assert_eq!(
-        bridge
-            .metric("wsbridge_relay_context_rebuilds_total{outcome=\"rebuilt\"}")
-            .await,
-        1.0
-    );
+    assert_eq!(rebuilt(&bridge).await, 1.0);
 }

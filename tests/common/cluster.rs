@@ -5,7 +5,7 @@ use wsbridge::Proxy;
 use wsbridge::config::{BaseUrl, ClusterConfig, Config, Secret};
 use wsbridge::simulator::SimulatorHandle;
 
-use super::{metric, request};
+use super::{KEY, Reply, metric, request, request_with};
 
 pub const SECRET: &str = "cluster-test-secret-0123456789";
 
@@ -53,4 +53,28 @@ pub async fn metric_of(url: &str, series: &str) -> f64 {
 
 pub fn v1(peers: &[String]) -> Vec<String> {
     peers.iter().map(|peer| format!("{peer}/v1")).collect()
+}
+
+/// A JSON `POST` to `url` with [`KEY`] and `extra` headers.
+pub async fn post_with(url: &str, body: String, extra: &[(&str, &str)]) -> Reply {
+    let authorization = format!("Bearer {KEY}");
+    let mut headers = vec![
+        ("authorization", authorization.as_str()),
+        ("content-type", "application/json"),
+    ];
+    headers.extend_from_slice(extra);
+    request_with("POST", url, &headers, Some(body)).await
+}
+
+/// Three-or-more replicas of `peers` whose `cluster.affinity_header` is `session_id`.
+pub async fn affinity_replicas(sim: &SimulatorHandle, peers: &[String]) -> Vec<Proxy> {
+    let mut replicas = Vec::new();
+    for me in 0..peers.len() {
+        let header = "session_id".parse().unwrap();
+        let tune = |config: &mut Config| {
+            config.cluster.as_mut().unwrap().affinity_header = Some(header);
+        };
+        replicas.push(replica_with(sim, peers, me, tune).await);
+    }
+    replicas
 }
