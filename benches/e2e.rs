@@ -469,20 +469,7 @@ async fn chat_loop(options: &Options) {
 async fn tool_loop(options: &Options, api: Api) {
     let loops = if options.quick { 1 } else { 3 };
     // Quick mode scales the profile down 10× (same ratios, a tenth of the wait).
-    let env: Vec<(&str, String)> = if options.quick {
-        vec![
-            ("WSBRIDGE_SIMULATOR_LATENCY_PROFILE", "custom".into()),
-            ("WSBRIDGE_SIMULATOR_LATENCY_TTFT_MS", "35".into()),
-            ("WSBRIDGE_SIMULATOR_LATENCY_PER_TOKEN_MS", "0.6".into()),
-            (
-                "WSBRIDGE_SIMULATOR_LATENCY_UNCACHED_PER_KIB_MS",
-                "2.1".into(),
-            ),
-            ("WSBRIDGE_SIMULATOR_LATENCY_HYDRATE_MS", "15".into()),
-        ]
-    } else {
-        vec![("WSBRIDGE_SIMULATOR_LATENCY_PROFILE", "openai".into())]
-    };
+    let env = load::simulator_profile(options.quick);
     let sim = Process::simulator(&env);
     let proxy = Process::proxy(&sim.base_url(), &[("WSBRIDGE_POOL_MIN_IDLE", "0".into())]);
     let direct = match api {

@@ -254,6 +254,24 @@ fn sorted(values: &[Duration]) -> Vec<Duration> {
     values
 }
 
+/// The simulator's calibrated profile, or (quick mode) the same scaled down 10×.
+pub fn simulator_profile(quick: bool) -> Vec<(&'static str, String)> {
+    if quick {
+        vec![
+            ("WSBRIDGE_SIMULATOR_LATENCY_PROFILE", "custom".into()),
+            ("WSBRIDGE_SIMULATOR_LATENCY_TTFT_MS", "35".into()),
+            ("WSBRIDGE_SIMULATOR_LATENCY_PER_TOKEN_MS", "0.6".into()),
+            (
+                "WSBRIDGE_SIMULATOR_LATENCY_UNCACHED_PER_KIB_MS",
+                "2.1".into(),
+            ),
+            ("WSBRIDGE_SIMULATOR_LATENCY_HYDRATE_MS", "15".into()),
+        ]
+    } else {
+        vec![("WSBRIDGE_SIMULATOR_LATENCY_PROFILE", "openai".into())]
+    }
+}
+
 /// The `p`th percentile of sorted values (nearest rank).
 pub fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {

@@ -19,25 +19,7 @@ pub use cluster::cluster;
 pub use lanes::lanes;
 pub use relay::relay;
 
-use crate::load::{self, HttpClient};
-
-/// The simulator's calibrated profile, or (quick mode) the same scaled down 10×.
-fn profile(quick: bool) -> Vec<(&'static str, String)> {
-    if quick {
-        vec![
-            ("WSBRIDGE_SIMULATOR_LATENCY_PROFILE", "custom".into()),
-            ("WSBRIDGE_SIMULATOR_LATENCY_TTFT_MS", "35".into()),
-            ("WSBRIDGE_SIMULATOR_LATENCY_PER_TOKEN_MS", "0.6".into()),
-            (
-                "WSBRIDGE_SIMULATOR_LATENCY_UNCACHED_PER_KIB_MS",
-                "2.1".into(),
-            ),
-            ("WSBRIDGE_SIMULATOR_LATENCY_HYDRATE_MS", "15".into()),
-        ]
-    } else {
-        vec![("WSBRIDGE_SIMULATOR_LATENCY_PROFILE", "openai".into())]
-    }
-}
+use crate::load::{self, HttpClient, simulator_profile as profile};
 
 fn profile_name(quick: bool) -> &'static str {
     if quick { "openai ÷ 10" } else { "openai" }
