@@ -58,20 +58,17 @@ pub fn tools(request: &Map<String, Value>) -> Result<Verdict<Vec<(String, Value)
         let mut tools = Vec::with_capacity(functions.len());
         for (index, function) in functions.iter().enumerate() {
             let at = format!("functions[{index}]");
+            let Some(function) = function.as_object() else {
+                return Err(bad(
+                    format!("Invalid type for '{at}': expected an object."),
+                    &at,
+                ));
+            };
             let name = expect_str(
                 function.get("name").unwrap_or(&Value::Null),
                 &format!("{at}.name"),
             )?;
-            let mut tool = Map::new();
-            tool.insert("type".into(), Value::from("function"));
-            tool.insert("name".into(), Value::from(name));
-            for key in ["description", "parameters"] {
-                if let Some(value) = function.get(key).filter(|value| !value.is_null()) {
-                    tool.insert(key.into(), value.clone());
-                }
-            }
-            tool.insert("strict".into(), Value::Bool(false));
-            tools.push(Value::Object(tool));
+            tools.push(super::request::function_tool(name, function, false));
         }
         out.push(("tools".to_owned(), Value::Array(tools)));
     }

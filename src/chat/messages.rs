@@ -113,11 +113,57 @@ fn one(
             .with_code("invalid_value"));
         }
     };
-    // A participant `name` has no Responses equivalent.
+    // A participant `name` has no Responses equivalent, nor has a key this role does not
+    // know (`cache_control`, `reasoning_content`, anything new): dropping it would change the
+    // request, so it goes to the upstream's chat endpoint as sent.
     Ok(match verdict {
-        Verdict::Bridge(()) if name => Verdict::Passthrough(Unsupported::Field),
+        Verdict::Bridge(()) if name || unknown_key(message, role) => {
+            Verdict::Passthrough(Unsupported::Field)
+        }
         verdict => verdict,
     })
+}
+
+/// Whether `message` holds a non-null key its role does not define. An assistant message
+/// resent as the API returned it keeps `annotations` (output only; nothing to send back) and
+/// null `audio`/`function_call`/`tool_calls`/`refusal`, which are all known.
+fn unknown_key(message: &Map<String, Value>, role: &str) -> bool {
+    let known: &[&str] = match role {
+        "assistant" => &[
+            "role",
+            "content",
+            "name",
+            "refusal",
+            "tool_calls",
+            "function_call",
+            "audio",
+            "annotations",
+        ],
+        "tool" => &["role", "content", "tool_call_id"],
+        _ => &["role", "content", "name"],
+    };
+    let unknown =
+        |(key, value): (&String, &Value)| !value.is_null() && !known.contains(&key.as_str());
+    message.iter().any(unknown) || content_parts(message).any(part_has_unknown_key)
+}
+
+fn content_parts(message: &Map<String, Value>) -> impl Iterator<Item = &Value> {
+    message
+        .get("content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+/// A content part holds its `type` and one key named by it (`text`, `image_url`, `file`,
+/// `refusal`); anything else beside them (`cache_control`) has no Responses equivalent.
+fn part_has_unknown_key(part: &Value) -> bool {
+    let Some(part) = part.as_object() else {
+        return false;
+    };
+    let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
+    part.iter()
+        .any(|(key, value)| !value.is_null() && key != "type" && key != kind)
 }
 
 /// The text of a `content` that is a string or an array of text parts (system, developer,

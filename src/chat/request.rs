@@ -236,6 +236,26 @@ fn unfaithful(request: &Map<String, Value>) -> Option<Unsupported> {
 }
 
 /// `tools`, `tool_choice` and `parallel_tool_calls` in their Responses form.
+/// One chat function (`tools[].function` or a legacy `functions[]` entry) as a flat Responses
+/// function tool. Chat reads a missing `parameters` as "no arguments"; the Responses API
+/// requires the field, so that becomes the empty object schema.
+pub fn function_tool(name: &str, function: &Map<String, Value>, strict: bool) -> Value {
+    let mut tool = Map::new();
+    tool.insert("type".into(), Value::from("function"));
+    tool.insert("name".into(), Value::from(name));
+    if let Some(description) = function.get("description").filter(|value| !value.is_null()) {
+        tool.insert("description".into(), description.clone());
+    }
+    let parameters = function
+        .get("parameters")
+        .filter(|value| !value.is_null())
+        .cloned()
+        .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+    tool.insert("parameters".into(), parameters);
+    tool.insert("strict".into(), Value::Bool(strict));
+    Value::Object(tool)
+}
+
 fn tools(request: &Map<String, Value>) -> Result<Verdict<Vec<(String, Value)>>, OpenAiError> {
     let mut out = Vec::new();
     if let Some(tools) = request.get("tools").filter(|value| !value.is_null()) {
@@ -257,21 +277,12 @@ fn tools(request: &Map<String, Value>) -> Result<Verdict<Vec<(String, Value)>>, 
                 function.get("name").unwrap_or(&Value::Null),
                 &format!("{at}.function.name"),
             )?;
-            let mut tool = Map::new();
-            tool.insert("type".into(), Value::from("function"));
-            tool.insert("name".into(), Value::from(name));
-            for key in ["description", "parameters"] {
-                if let Some(value) = function.get(key).filter(|value| !value.is_null()) {
-                    tool.insert(key.into(), value.clone());
-                }
-            }
             // Chat functions are not strict unless they say so; Responses ones are.
             let strict = function
                 .get("strict")
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
-            tool.insert("strict".into(), Value::Bool(strict));
-            flat.push(Value::Object(tool));
+            flat.push(function_tool(name, function, strict));
         }
         out.push(("tools".to_owned(), Value::Array(flat)));
     }

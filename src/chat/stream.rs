@@ -41,6 +41,10 @@ pub struct Encoder {
     /// `output_index` of each function call item seen, in order: a call's position here is its
     /// `tool_calls[].index`.
     calls: Vec<u64>,
+    /// Per call (same order): whether any argument delta was written. An upstream that puts
+    /// the whole `arguments` in the item and sends no deltas gets them written at its
+    /// `response.output_item.done`, so no call reaches the client without its arguments.
+    streamed: Vec<bool>,
 }
 
 impl Encoder {
@@ -55,6 +59,7 @@ impl Encoder {
             include_usage,
             legacy,
             calls: Vec::new(),
+            streamed: Vec::new(),
         }
     }
 
@@ -67,6 +72,7 @@ impl Encoder {
                 | "response.refusal.delta"
                 | "response.output_item.added"
                 | "response.function_call_arguments.delta"
+                | "response.output_item.done"
                 | "response.completed"
                 | "response.incomplete"
                 | "response.failed"
@@ -94,6 +100,7 @@ impl Encoder {
                 let index = self.calls.len();
                 self.calls
                     .push(event["output_index"].as_u64().unwrap_or(u64::MAX));
+                self.streamed.push(false);
                 let item = &event["item"];
                 match (self.legacy, index) {
                     (false, _) => json!({"tool_calls": [{
@@ -105,16 +112,22 @@ impl Encoder {
                 }
             }
             "response.function_call_arguments.delta" => {
-                let output_index = event["output_index"].as_u64().unwrap_or(u64::MAX);
-                let Some(index) = self.calls.iter().position(|&i| i == output_index) else {
+                match self.arguments(event, &event["delta"]) {
+                    Some(delta) => delta,
+                    None => return Step::default(),
+                }
+            }
+            "response.output_item.done" if event["item"]["type"] == "function_call" => {
+                let unsent = self
+                    .call_index(event)
+                    .is_some_and(|index| !self.streamed[index]);
+                let arguments = &event["item"]["arguments"];
+                if !unsent || arguments.as_str().is_none_or(str::is_empty) {
                     return Step::default();
-                };
-                match (self.legacy, index) {
-                    (false, _) => {
-                        json!({"tool_calls": [{"index": index, "function": {"arguments": event["delta"]}}]})
-                    }
-                    (true, 0) => json!({"function_call": {"arguments": event["delta"]}}),
-                    (true, _) => return Step::default(),
+                }
+                match self.arguments(event, arguments) {
+                    Some(delta) => delta,
+                    None => return Step::default(),
                 }
             }
             "response.completed" | "response.incomplete" => return self.finish(&event["response"]),
@@ -125,6 +138,25 @@ impl Encoder {
         Step {
             chunks: vec![self.chunk(delta, None)],
             end: None,
+        }
+    }
+
+    /// The tool call index of the function call item an event names by `output_index`.
+    fn call_index(&self, event: &Value) -> Option<usize> {
+        let output_index = event["output_index"].as_u64().unwrap_or(u64::MAX);
+        self.calls.iter().position(|&i| i == output_index)
+    }
+
+    /// The delta carrying `arguments` for the call `event` names (`None`: no chunk).
+    fn arguments(&mut self, event: &Value, arguments: &Value) -> Option<Value> {
+        let index = self.call_index(event)?;
+        self.streamed[index] = true;
+        match (self.legacy, index) {
+            (false, _) => Some(
+                json!({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]}),
+            ),
+            (true, 0) => Some(json!({"function_call": {"arguments": arguments}})),
+            (true, _) => None,
         }
     }
 
@@ -198,6 +230,45 @@ mod tests {
     fn args(output_index: u64, delta: &str) -> Value {
         json!({"type": "response.function_call_arguments.delta", "output_index": output_index,
                "item_id": format!("fc_{output_index}"), "delta": delta})
+    }
+
+    fn call_done(output_index: u64, call_id: &str, arguments: &str) -> Value {
+        json!({"type": "response.output_item.done", "output_index": output_index,
+               "item": {"id": format!("fc_{output_index}"), "type": "function_call", "status": "completed",
+                        "arguments": arguments, "call_id": call_id, "name": "lookup"}})
+    }
+
+    /// An upstream looser than OpenAI's: one call's arguments arrive only whole, in its item;
+    /// the other's as deltas, which the item's copy must not repeat.
+    #[test]
+    fn arguments_sent_only_in_the_item_are_written_once_at_its_done() {
+        let mut encoder = Encoder::new("chatcmpl-1".into(), "gpt-req", false, false);
+        let completed = json!({"type": "response.completed", "response": {
+            "status": "completed", "output": [{"type": "function_call"}, {"type": "function_call"}]}});
+        let (chunks, _) = run(
+            &mut encoder,
+            &[
+                created(),
+                call_added(0, "call_a"),
+                call_done(0, "call_a", "{\"q\":1}"),
+                call_added(1, "call_b"),
+                args(1, "{}"),
+                call_done(1, "call_b", "{}"),
+                completed,
+            ],
+        );
+        let arguments: Vec<(u64, String)> = chunks
+            .iter()
+            .filter_map(|c| {
+                let call = &c["choices"][0]["delta"]["tool_calls"][0];
+                let text = call["function"]["arguments"].as_str()?;
+                (!text.is_empty()).then(|| (call["index"].as_u64().unwrap(), text.to_owned()))
+            })
+            .collect();
+        assert_eq!(
+            arguments,
+            vec![(0, "{\"q\":1}".to_owned()), (1, "{}".to_owned())]
+        );
     }
 
     /// A recorded-shape sequence: reasoning first, then three parallel calls.

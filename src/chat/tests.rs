@@ -255,6 +255,22 @@ fn fields_without_a_faithful_equivalent_pass_through() {
             json!({"messages": [{"role": "user", "name": "ann", "content": "x"}]}),
             ChatPassthrough::Field,
         ),
+        (
+            json!({"messages": [{"role": "user", "content": "x", "cache_control": {"type": "ephemeral"}}]}),
+            ChatPassthrough::Field,
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "reasoning_content": "z"}]}),
+            ChatPassthrough::Field,
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "c", "content": "y", "name": "f"}]}),
+            ChatPassthrough::Field,
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}]}]}),
+            ChatPassthrough::Field,
+        ),
     ];
     for (extra, why) in cases {
         let mut request = json!({"model": "m", "messages": user});
@@ -436,4 +452,37 @@ mod properties {
             prop_assert_eq!(&all[..shorter.len()], &shorter[..]);
         }
     }
+}
+
+/// Chat reads a function without `parameters` as one taking none; the Responses API requires
+/// the field, so the bridge sends the empty object schema (tools and legacy functions alike).
+#[test]
+fn a_function_without_parameters_gets_the_empty_object_schema() {
+    let empty = json!({"type": "object", "properties": {}});
+    let out = bridged(
+        json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+        "tools": [{"type": "function", "function": {"name": "now"}}]}),
+    );
+    assert_eq!(out.body["tools"][0]["parameters"], empty);
+    let out = bridged(
+        json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+        "functions": [{"name": "now", "parameters": null}]}),
+    );
+    assert_eq!(out.body["tools"][0]["parameters"], empty);
+}
+
+/// An assistant message resent exactly as the SDK returned it (`message.model_dump()`: null
+/// audio, function_call and refusal, empty annotations) is bridged like its plain form.
+#[test]
+fn an_assistant_message_as_returned_by_the_api_is_bridged() {
+    let user = json!({"role": "user", "content": "hi"});
+    let plain = json!({"role": "assistant", "content": "hello"});
+    let returned = json!({"role": "assistant", "content": "hello", "refusal": null,
+        "annotations": [], "audio": null, "function_call": null, "tool_calls": null});
+    let items = |assistant: Value| {
+        input(&bridged(
+            json!({"model": "m", "messages": [user.clone(), assistant]}),
+        ))
+    };
+    assert_eq!(items(returned), items(plain));
 }

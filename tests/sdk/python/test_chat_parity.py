@@ -240,9 +240,19 @@ def test_parse_with_a_pydantic_response_format_alike(both):
     # The answer fits the schema because the schema reached the model: `items` counts the
     # conversation's items, as the simulator saw them.
     assert parsed.items == 1
+    # 16 is the least limit that is bridged (below it the request passes through), and the
+    # structured answer to a long question is longer, so the bridged turn ends `incomplete` →
+    # `length`.
+    long = [{"role": "user", "content": " ".join(["word"] * 40)}]
     for c in both.values():
         with pytest.raises(openai.LengthFinishReasonError):
-            c.chat.completions.parse(model=MODEL, messages=HELLO, response_format=Answer, max_completion_tokens=2)
+            c.chat.completions.parse(model=MODEL, messages=long, response_format=Answer, max_completion_tokens=16)
+    raw = both["proxy"].chat.completions.with_raw_response.parse(
+        model=MODEL, messages=long, response_format=Answer, max_completion_tokens=16
+    )
+    assert raw.headers.get("x-wsbridge-route") == "chat-bridged"
+    with pytest.raises(openai.LengthFinishReasonError):
+        raw.parse()
 
 
 # --- the 20-call loop ---------------------------------------------------------------------------
