@@ -486,11 +486,17 @@ async fn tool_loop(options: &Options, api: Api) {
     {
         let turns_before = sim.sim_stats()["turns"].as_array().map_or(0, Vec::len);
         let mut answers = Vec::new();
+        // One client per path for all its loops, as one agent process keeps its connection:
+        // the direct path pays the simulator's connect cost once, not once per loop, so the
+        // table compares continuations rather than crediting wsbridge with handshakes (that is
+        // h). wsbridge pays for each socket it opens: one per loop, since a new conversation
+        // gets a new socket rather than another's head.
+        let client = load::client();
         for n in 0..loops {
             let started = Instant::now();
             answers.push(match api {
-                Api::Responses => load::agent_loop(&base, KEY, 20, n).await,
-                Api::Chat => load::chat_loop(&base, KEY, 20, n).await,
+                Api::Responses => load::agent_loop(&client, &base, KEY, 20, n).await,
+                Api::Chat => load::chat_loop(&client, &base, KEY, 20, n).await,
             });
             times[index].push(started.elapsed());
         }

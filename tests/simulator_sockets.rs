@@ -14,6 +14,7 @@ use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use wsbridge::simulator::SimulatorConfig;
+use wsbridge::simulator::latency::LatencyModel;
 
 #[tokio::test]
 async fn socket_cache_continues_its_latest_response_only() {
@@ -350,4 +351,70 @@ async fn a_busy_socket_refuses_creates_past_its_age_but_finishes_the_turn_in_fli
         "websocket_connection_limit_reached"
     );
     assert_eq!(code, Some(1000));
+}
+
+/// One HTTP/1.1 connection to `addr`, opened now and kept open.
+async fn http1_connection(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// `GET /v1/models` on `connection`, read to its end; when it ended.
+async fn list_models(connection: &mut hyper::client::conn::http1::SendRequest<String>) -> Instant {
+    use http_body_util::BodyExt;
+    let request = hyper::Request::get("/v1/models")
+        .header("host", "simulator")
+        .header("authorization", format!("Bearer {KEY}"))
+        .body(String::new())
+        .unwrap();
+    let response = connection.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.unwrap();
+    Instant::now()
+}
+
+#[tokio::test]
+async fn a_new_connection_waits_for_its_handshakes_once() {
+    const CONNECT: Duration = Duration::from_millis(500);
+    const UPGRADE: Duration = Duration::from_millis(200);
+    let sim = simulator(SimulatorConfig {
+        latency: LatencyModel {
+            connect: CONNECT,
+            upgrade: UPGRADE,
+            ..LatencyModel::NONE
+        },
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let opened = Instant::now();
+    let mut kept = http1_connection(sim.addr()).await;
+    assert!(list_models(&mut kept).await - opened >= CONNECT);
+
+    // The kept connection's next request against a new connection's first, sent together: the
+    // new one waits for its handshakes, the kept one has none left to wait for.
+    let raced = Instant::now();
+    let (again, fresh) = tokio::join!(list_models(&mut kept), async {
+        let mut new = http1_connection(sim.addr()).await;
+        list_models(&mut new).await
+    });
+    assert!(fresh - raced >= CONNECT);
+    assert!(
+        again < fresh,
+        "the kept-alive request ended {:?} after the new connection's",
+        again - fresh
+    );
+
+    // A WebSocket client also waits for its upgrade's round trip.
+    let opened = Instant::now();
+    let mut ws = ws_connect(&sim.ws_url(), KEY).await.unwrap();
+    assert!(opened.elapsed() >= CONNECT + UPGRADE);
+    ws.create(greeting()).await;
+    assert_eq!(types(&ws.turn().await).last(), Some(&"response.completed"));
 }

@@ -4,13 +4,19 @@
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-use super::{client, post_to};
+use super::{HttpClient, post_to};
 
-/// The usual chat tool loop against `base`: the whole `messages` history every turn (the
-/// assistant message as answered, nulls dropped as the SDKs do, then one `tool` message of about
-/// 1 KiB per call) until the model answers; returns the answer. Panics on anything but a 200.
-pub async fn chat_loop(base: &str, key: &str, calls: u32, seed: usize) -> String {
-    let client = client();
+/// The usual chat tool loop against `base` on `client` (its kept-alive connection): the whole
+/// `messages` history every turn (the assistant message as answered, nulls dropped as the SDKs
+/// do, then one `tool` message of about 1 KiB per call) until the model answers; returns the
+/// answer. Panics on anything but a 200.
+pub async fn chat_loop(
+    client: &HttpClient,
+    base: &str,
+    key: &str,
+    calls: u32,
+    seed: usize,
+) -> String {
     let tools = json!([{"type": "function", "function": {
         "name": "lookup", "description": "Look it up.",
         "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]);

@@ -266,6 +266,8 @@ pub fn simulator_profile(quick: bool) -> Vec<(&'static str, String)> {
                 "2.1".into(),
             ),
             ("WSBRIDGE_SIMULATOR_LATENCY_HYDRATE_MS", "15".into()),
+            ("WSBRIDGE_SIMULATOR_LATENCY_CONNECT_MS", "4".into()),
+            ("WSBRIDGE_SIMULATOR_LATENCY_UPGRADE_MS", "2".into()),
         ]
     } else {
         vec![("WSBRIDGE_SIMULATOR_LATENCY_PROFILE", "openai".into())]
@@ -544,10 +546,16 @@ pub async fn posts(
     all
 }
 
-/// The usual SDK agent loop against `base`: full history every turn (`input += output` plus a
-/// `function_call_output` per call) until the model answers; returns the answer.
-pub async fn agent_loop(base: &str, key: &str, calls: u32, seed: usize) -> String {
-    let client = client();
+/// The usual SDK agent loop against `base` on `client` (its kept-alive connection): full
+/// history every turn (`input += output` plus a `function_call_output` per call) until the model
+/// answers; returns the answer.
+pub async fn agent_loop(
+    client: &HttpClient,
+    base: &str,
+    key: &str,
+    calls: u32,
+    seed: usize,
+) -> String {
     let tools = json!([{"type": "function", "name": "lookup", "description": "Look it up.",
                         "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}]);
     let mut input =

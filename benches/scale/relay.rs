@@ -1,7 +1,8 @@
 //! `relay`: a WebSocket-mode client's first turn on a new connection, relayed through wsbridge
 //! (its pool warm, so no upstream handshake on the way) vs the same client connecting straight
-//! to the simulator: time from the start of the connect to `response.created` and to the
-//! terminal event.
+//! to the simulator, which makes it pay the profile's handshakes (`connect_ms` and
+//! `upgrade_ms`): time from the start of the connect to `response.created` and to the terminal
+//! event.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 use super::{profile, profile_name};
 use crate::load::{self, Process, pct, table};
-use crate::{KEY, Options, ratio, us, us_delta};
+use crate::{KEY, Options, ms, ratio};
 
 /// Connect, one `response.create`, read to its terminal event, close: when `response.created`
 /// and the terminal event arrived, counted from the start of the connect.
@@ -111,12 +112,14 @@ pub async fn relay(options: &Options) {
             first_turns(&proxy.ws_url(), concurrency, per_client).await;
         let after_relay = sim.sim_stats()["sockets_opened"].as_u64().unwrap_or(0);
         assert_eq!(d_failed + r_failed, 0, "every first turn completes");
-        let both = |v: &[Duration]| format!("{} / {}", us(pct(v, 50.0)), us(pct(v, 99.0)));
+        let both = |v: &[Duration]| format!("{} / {}", ms(pct(v, 50.0)), ms(pct(v, 99.0)));
+        let delta =
+            |r: Duration, d: Duration| format!("{:+.1}", (r.as_secs_f64() - d.as_secs_f64()) * 1e3);
         let added = |r: &[Duration], d: &[Duration]| {
             format!(
                 "**{} / {}**",
-                us_delta(pct(r, 50.0), pct(d, 50.0)),
-                us_delta(pct(r, 99.0), pct(d, 99.0))
+                delta(pct(r, 50.0), pct(d, 50.0)),
+                delta(pct(r, 99.0), pct(d, 99.0))
             )
         };
         rows.push(vec![
@@ -137,7 +140,7 @@ pub async fn relay(options: &Options) {
         ]);
     }
     println!(
-        "## h. WebSocket relay: a client's first turn on a new connection, from the start of its connect (µs; p50 / p99; {} latency profile)\n",
+        "## h. WebSocket relay: a client's first turn on a new connection, from the start of its connect (ms; p50 / p99; {} latency profile)\n",
         profile_name(options.quick)
     );
     table(
@@ -146,10 +149,10 @@ pub async fn relay(options: &Options) {
             "connections",
             "to response.created, direct",
             "to response.created, relayed",
-            "added",
+            "relayed − direct",
             "to response.completed, direct",
             "to response.completed, relayed",
-            "added",
+            "relayed − direct",
             "completed ratio p50 (relayed / direct)",
             "upstream handshakes, direct / relayed",
         ],

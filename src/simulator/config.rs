@@ -77,6 +77,10 @@ pub struct RawLatency {
     pub per_token_ms: f64,
     pub uncached_per_kib_ms: f64,
     pub hydrate_ms: f64,
+    /// Before a new connection is served (TCP and TLS handshakes), once per connection.
+    pub connect_ms: f64,
+    /// Before a WebSocket upgrade is answered (its round trip).
+    pub upgrade_ms: f64,
 }
 
 impl Default for RawLatency {
@@ -87,6 +91,8 @@ impl Default for RawLatency {
             per_token_ms: 0.0,
             uncached_per_kib_ms: 0.0,
             hydrate_ms: 0.0,
+            connect_ms: 0.0,
+            upgrade_ms: 0.0,
         }
     }
 }
@@ -191,7 +197,7 @@ fn required_query(text: &str) -> Result<Vec<(String, String)>, Invalid> {
         .collect()
 }
 
-/// `[simulator.latency]`: a profile, and four figures that only count with `custom`.
+/// `[simulator.latency]`: a profile, and six figures that only count with `custom`.
 fn validate_latency(raw: &RawLatency) -> Result<LatencyModel, Invalid> {
     let profile = raw.profile;
     let figures = [
@@ -202,6 +208,8 @@ fn validate_latency(raw: &RawLatency) -> Result<LatencyModel, Invalid> {
             raw.uncached_per_kib_ms,
         ),
         ("simulator.latency.hydrate_ms", raw.hydrate_ms),
+        ("simulator.latency.connect_ms", raw.connect_ms),
+        ("simulator.latency.upgrade_ms", raw.upgrade_ms),
     ];
     // Set under another profile the figures would silently do nothing, so that is an error
     // rather than a surprise in a benchmark.
@@ -247,8 +255,17 @@ mod tests {
             error.message
         );
         raw.latency.profile = LatencyProfile::Custom;
+        raw.latency.connect_ms = 40.0;
         let config = validate(raw).unwrap();
         assert_eq!(config.latency.per_token, Duration::from_millis(4));
+        assert_eq!(config.latency.connect, Duration::from_millis(40));
+        let mut raw = RawSimulator::default();
+        raw.latency.profile = LatencyProfile::OpenAi;
+        raw.latency.upgrade_ms = 20.0;
+        assert_eq!(
+            validate(raw).unwrap_err().key,
+            "simulator.latency.upgrade_ms"
+        );
     }
 
     #[test]

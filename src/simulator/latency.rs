@@ -5,6 +5,13 @@
 //! `hydrate` when `previous_response_id` came from the persisted store rather than the socket's
 //! memory), then `ttft`, then `per_token` before every further output token.
 //!
+//! A connection pays before its first request, once: `connect` (TCP and TLS handshakes) before
+//! a newly accepted connection is read at all, so a REST client on a kept-alive connection pays
+//! it on its first request only, and `upgrade` (the round trip of the WebSocket upgrade
+//! request) before an upgrade is answered. A REST request's own round trip and a WebSocket
+//! turn's are part of `ttft` alike; the upgrade is the one round trip a WebSocket client makes
+//! that a REST client does not.
+//!
 //! # The `openai` profile
 //! Calibrated to OpenAI's published figure for WebSocket mode: an agent loop of 20 tool calls
 //! takes about 20 s over HTTP and about 14 s over WebSocket (up to ~40 % faster). The reference
@@ -14,8 +21,16 @@
 //! REST but 22 KiB over WebSocket, so the REST−WS gap fixes `uncached_per_kib` (6 s / 289 KiB ≈
 //! 21 ms), and the WS total splits between `ttft` (350 ms, typical for a small tool call) and
 //! `per_token` (6 ms ≈ 170 tokens/s). A unit test (`openai_profile_matches_published_figures`)
-//! replays the loop through this model: 20.1 s REST, 14.0 s WebSocket. `hydrate` (150 ms) is
+//! replays the loop through this model: 20.2 s REST, 14.1 s WebSocket. `hydrate` (150 ms) is
 //! an estimate for loading a stored response, not a published figure.
+//!
+//! `connect` (40 ms) and `upgrade` (20 ms) are not published figures either: they count round
+//! trips of 20 ms, what nearby cloud regions measure between each other (N. California–Oregon,
+//! Ireland–Frankfurt), for a client near the API's servers. TCP's handshake costs one round
+//! trip before the client may send (RFC 9293), a full TLS 1.3 handshake one more (RFC 8446; a
+//! fresh process has no session to resume), and the WebSocket upgrade is an HTTP request and
+//! its `101` (RFC 6455), one more. They are paid once per connection: the calibration loop
+//! (one connection on each transport) counts them, 0.04 s over REST and 0.06 s over WebSocket.
 
 use std::time::Duration;
 
@@ -34,6 +49,10 @@ pub struct LatencyModel {
     pub per_token: Duration,
     pub uncached_per_kib: Duration,
     pub hydrate: Duration,
+    /// Before a newly accepted connection is served (TCP and TLS handshakes).
+    pub connect: Duration,
+    /// Before a WebSocket upgrade is answered (its request's round trip).
+    pub upgrade: Duration,
 }
 
 impl LatencyModel {
@@ -42,6 +61,8 @@ impl LatencyModel {
         per_token: Duration::ZERO,
         uncached_per_kib: Duration::ZERO,
         hydrate: Duration::ZERO,
+        connect: Duration::ZERO,
+        upgrade: Duration::ZERO,
     };
 
     pub const OPENAI: Self = Self {
@@ -49,18 +70,20 @@ impl LatencyModel {
         per_token: Duration::from_millis(6),
         uncached_per_kib: Duration::from_millis(21),
         hydrate: Duration::from_millis(150),
+        connect: Duration::from_millis(40),
+        upgrade: Duration::from_millis(20),
     };
 
-    /// The model for `profile`; `custom` reads the four figures, given in milliseconds.
+    /// The model for `profile`; `custom` reads the six figures, given in milliseconds.
     pub fn from_profile(
         profile: LatencyProfile,
-        custom_ms: [(&'static str, f64); 4],
+        custom_ms: [(&'static str, f64); 6],
     ) -> Result<Self, (&'static str, String)> {
         match profile {
             LatencyProfile::None => Ok(Self::NONE),
             LatencyProfile::OpenAi => Ok(Self::OPENAI),
             LatencyProfile::Custom => {
-                let mut out = [Duration::ZERO; 4];
+                let mut out = [Duration::ZERO; 6];
                 for (slot, (key, ms)) in out.iter_mut().zip(custom_ms) {
                     *slot = Duration::try_from_secs_f64(ms / 1000.0).map_err(|_| {
                         (
@@ -69,12 +92,14 @@ impl LatencyModel {
                         )
                     })?;
                 }
-                let [ttft, per_token, uncached_per_kib, hydrate] = out;
+                let [ttft, per_token, uncached_per_kib, hydrate, connect, upgrade] = out;
                 Ok(Self {
                     ttft,
                     per_token,
                     uncached_per_kib,
                     hydrate,
+                    connect,
+                    upgrade,
                 })
             }
         }
@@ -111,7 +136,8 @@ mod tests {
     use crate::simulator::store::{ContextSummary, json_len};
 
     /// Modelled seconds of the reference loop (20 tool calls and the answer, 200-byte question,
-    /// 1 KiB tool outputs): `(REST with the full history every turn, WebSocket continuation)`.
+    /// 1 KiB tool outputs, one connection): `(REST with the full history every turn, WebSocket
+    /// continuation)`.
     fn reference_loop(model: &LatencyModel) -> (f64, f64) {
         let request: Map<String, Value> =
             serde_json::from_value(json!({"tools": [{"type": "function", "name": "lookup"}]}))
@@ -125,7 +151,8 @@ mod tests {
         let question = json!({"role": "user", "content": "x".repeat(180)});
         let mut history = vec![question.clone()];
         let mut new_items = vec![question];
-        let (mut rest, mut ws) = (Duration::ZERO, Duration::ZERO);
+        // One connection on each transport: REST's handshakes, WebSocket's and its upgrade.
+        let (mut rest, mut ws) = (model.connect, model.connect + model.upgrade);
         loop {
             let mut summary = ContextSummary::default();
             summary.extend(&history);

@@ -1,6 +1,6 @@
 //! The upstream simulator: OpenAI's Responses API in WebSocket mode and over REST, and Chat
 //! Completions, driven by one deterministic scripted model, with per-socket response caches, a persisted store,
-//! lanes, the connection age limit, a latency model, fault injection and counters
+//! lanes, the connection age limit, a latency model (handshakes included), fault injection and counters
 //! (docs/architecture.md, "Simulator").
 //!
 //! ```text
@@ -17,6 +17,7 @@ pub mod config;
 pub mod events;
 pub mod faults;
 mod gate;
+mod handshake;
 pub mod latency;
 pub mod model;
 mod plan;
@@ -134,6 +135,8 @@ impl Simulator {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
+        let listener =
+            handshake::SlowStart::new(crate::net::without_nagle(listener), config.latency.connect);
         let shared = Arc::new(Shared {
             store: Store::new(config.store_capacity),
             stats: Stats::new(config.stats_turn_capacity),
@@ -145,7 +148,7 @@ impl Simulator {
         let app = router(shared.clone());
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {
-            let served = axum::serve(crate::net::without_nagle(listener), app)
+            let served = axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
             if let Err(error) = served {

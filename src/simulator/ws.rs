@@ -40,6 +40,11 @@ pub(super) async fn upgrade(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // The upgrade request's round trip (docs/architecture.md, "Simulator"), whatever the answer.
+    let round_trip = shared.config.latency.upgrade;
+    if !round_trip.is_zero() {
+        tokio::time::sleep(round_trip).await;
+    }
     let key = match shared.authenticate(&headers) {
         Ok(key) => key,
         Err(error) => return error.into_response(),
